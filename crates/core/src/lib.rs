@@ -1,1 +1,16 @@
-//! placeholder
+//! Domain types and ports of the MCP gateway.
+//!
+//! This crate holds what every other crate agrees on: validated names and session ids, the
+//! session record, the replicas of an adapter, and the traits (ports) that the data plane calls
+//! ([`SessionStore`], [`ReplicaResolver`]). It does no I/O and depends on no runtime, web
+//! framework, Redis or Kubernetes crate.
+
+mod names;
+mod replica;
+mod session;
+
+pub use names::{AdapterName, InvalidName, InvalidSessionId, SessionId, MAX_SESSION_ID_LEN};
+pub use replica::{AdapterTarget, Replica, ReplicaResolver, StaticResolver};
+pub use session::{
+    unix_millis, LegacyEndpoint, SessionKey, SessionRecord, SessionStore, StoreError,
+};
