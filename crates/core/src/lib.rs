@@ -9,8 +9,8 @@ mod names;
 mod replica;
 mod session;
 
-pub use names::{AdapterName, InvalidName, InvalidSessionId, SessionId, MAX_SESSION_ID_LEN};
+pub use names::{AdapterName, InvalidName, InvalidSessionId, MAX_SESSION_ID_LEN, SessionId};
 pub use replica::{AdapterTarget, Replica, ReplicaResolver, StaticResolver};
 pub use session::{
-    unix_millis, LegacyEndpoint, SessionKey, SessionRecord, SessionStore, StoreError,
+    LegacyEndpoint, SessionKey, SessionRecord, SessionStore, StoreError, unix_millis,
 };

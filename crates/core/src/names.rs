@@ -158,7 +158,17 @@ mod tests {
         for ok in ["a", "everything", "my-server-2", "0abc", &"a".repeat(63)] {
             assert!(AdapterName::new(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "-a", "a-", "A", "a_b", "a.b", "a/b", "ä", &"a".repeat(64)] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "a_b",
+            "a.b",
+            "a/b",
+            "ä",
+            &"a".repeat(64),
+        ] {
             assert!(AdapterName::new(bad).is_err(), "{bad}");
         }
     }

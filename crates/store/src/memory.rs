@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use mcp_gateway_core::{
-    unix_millis, AdapterName, SessionKey, SessionRecord, SessionStore, StoreError,
+    AdapterName, SessionKey, SessionRecord, SessionStore, StoreError, unix_millis,
 };
 
 /// Lifetimes of session records.
@@ -160,7 +160,12 @@ impl SessionStore for MemoryStore {
         &self,
         adapter: &AdapterName,
     ) -> Result<HashMap<Arc<str>, u64>, StoreError> {
-        Ok(self.state().counts.get(adapter).cloned().unwrap_or_default())
+        Ok(self
+            .state()
+            .counts
+            .get(adapter)
+            .cloned()
+            .unwrap_or_default())
     }
 
     async fn total_sessions(&self) -> Result<u64, StoreError> {
@@ -242,11 +247,13 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(350)).await;
         assert_eq!(store.reap(), 1);
         assert_eq!(store.total_sessions().await.unwrap(), 0);
-        assert!(store
-            .live_sessions(&AdapterName::new("a").unwrap())
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(
+            store
+                .live_sessions(&AdapterName::new("a").unwrap())
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,578 @@
+//! Bodies that stream through the proxy.
+//!
+//! - [`ForwardBody`]: a request body whose first bytes were read for routing, replayed in front
+//!   of the rest, which streams under the size limit.
+//! - [`Replayable`]: hands a request body to the upstream client while keeping the means to
+//!   take it back if the client never touched it (connection refused), so the request can go to
+//!   another replica.
+//! - [`Tracked`]: a response body with an idle timeout and a guard that runs when the stream
+//!   ends or the client goes away.
+//! - [`EndpointRewriter`]: a legacy SSE stream whose `endpoint` event is rewritten (after the
+//!   session is recorded) before it reaches the client; every later byte passes untouched.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use http_body::{Body, Frame, SizeHint};
+use tokio::time::{Instant, Sleep};
+
+use crate::error::ProxyError;
+use crate::sse;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every response of the gateway.
+pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// The request body grew past the configured limit while streaming.
+#[derive(Debug)]
+pub struct BodyTooLarge(pub u64);
+
+impl fmt::Display for BodyTooLarge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "request body exceeds {} bytes", self.0)
+    }
+}
+
+impl std::error::Error for BodyTooLarge {}
+
+/// The replica sent nothing on a response stream for the idle timeout.
+#[derive(Debug)]
+pub struct StreamIdle(pub Duration);
+
+impl fmt::Display for StreamIdle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "upstream stream idle for {:?}", self.0)
+    }
+}
+
+impl std::error::Error for StreamIdle {}
+
+// === impl ForwardBody ===
+
+/// Bytes already read from the client (`prefix`) followed by the rest of its body.
+pub struct ForwardBody {
+    prefix: VecDeque<Bytes>,
+    rest: Option<ProxyBody>,
+    seen: u64,
+    limit: u64,
+}
+
+impl ForwardBody {
+    pub fn new(prefix: Vec<Bytes>, rest: Option<ProxyBody>, limit: u64) -> Self {
+        let seen = prefix.iter().map(|b| b.len() as u64).sum();
+        Self {
+            prefix: prefix.into(),
+            rest,
+            seen,
+            limit,
+        }
+    }
+}
+
+impl Body for ForwardBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(chunk) = self.prefix.pop_front() {
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        let Some(rest) = self.rest.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(Pin::new(rest).poll_frame(cx)) {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    self.seen += data.len() as u64;
+                    if self.seen > self.limit {
+                        self.rest = None;
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge(self.limit)))));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Some(Err(e)) => Poll::Ready(Some(Err(e))),
+            None => {
+                self.rest = None;
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.prefix.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let buffered: u64 = self.prefix.iter().map(|b| b.len() as u64).sum();
+        match &self.rest {
+            None => SizeHint::with_exact(buffered),
+            Some(r) => {
+                let h = r.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(buffered + h.lower());
+                if let Some(upper) = h.upper() {
+                    hint.set_upper(buffered + upper);
+                }
+                hint
+            }
+        }
+    }
+}
+
+// === impl Replayable ===
+
+/// A request body the upstream client may or may not start reading. Until it does, the body
+/// stays in a slot the caller shares, from which [`Replayable::reclaim`] takes it back.
+pub struct Replayable {
+    slot: Arc<Mutex<Option<ForwardBody>>>,
+    body: Option<ForwardBody>,
+}
+
+/// The caller's handle on a [`Replayable`] body.
+#[derive(Clone)]
+pub struct ReplaySlot(Arc<Mutex<Option<ForwardBody>>>);
+
+impl Replayable {
+    pub fn new(body: ForwardBody) -> (Self, ReplaySlot) {
+        let slot = Arc::new(Mutex::new(Some(body)));
+        (
+            Self {
+                slot: slot.clone(),
+                body: None,
+            },
+            ReplaySlot(slot),
+        )
+    }
+}
+
+impl ReplaySlot {
+    /// The body, if the upstream client never read from it.
+    pub fn reclaim(&self) -> Option<ForwardBody> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl Body for Replayable {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.body.is_none() {
+            let taken = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            match taken {
+                Some(b) => self.body = Some(b),
+                None => return Poll::Ready(None),
+            }
+        }
+        match self.body.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.body {
+            Some(b) => b.is_end_stream(),
+            None => self
+                .slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .is_none_or(|b| b.is_end_stream()),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.body {
+            Some(b) => b.size_hint(),
+            None => self
+                .slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint()),
+        }
+    }
+}
+
+// === impl Tracked ===
+
+/// Runs a closure once, when the response stream ends or is dropped.
+pub struct OnClose(Option<Box<dyn FnOnce(bool) + Send>>);
+
+impl OnClose {
+    pub fn new(f: impl FnOnce(bool) + Send + 'static) -> Self {
+        Self(Some(Box::new(f)))
+    }
+
+    /// `complete`: the stream reached its end (rather than failing or being dropped).
+    fn fire(&mut self, complete: bool) {
+        if let Some(f) = self.0.take() {
+            f(complete);
+        }
+    }
+}
+
+impl Drop for OnClose {
+    fn drop(&mut self) {
+        self.fire(false);
+    }
+}
+
+/// A response body with an idle timeout and close hooks.
+pub struct Tracked {
+    inner: ProxyBody,
+    idle: Duration,
+    last_frame: Instant,
+    timer: Pin<Box<Sleep>>,
+    on_close: Vec<OnClose>,
+}
+
+impl Tracked {
+    pub fn new(inner: ProxyBody, idle: Duration, on_close: Vec<OnClose>) -> Self {
+        let now = Instant::now();
+        Self {
+            inner,
+            idle,
+            last_frame: now,
+            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            on_close,
+        }
+    }
+
+    fn close(&mut self, complete: bool) {
+        for hook in &mut self.on_close {
+            hook.fire(complete);
+        }
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                // Re-arming the timer per frame would touch the timer wheel on every chunk;
+                // remember the time instead and re-arm only when the timer fires early.
+                this.last_frame = Instant::now();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.close(false);
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => {
+                this.close(true);
+                Poll::Ready(None)
+            }
+            Poll::Pending => loop {
+                ready!(this.timer.as_mut().poll(cx));
+                let deadline = this.last_frame + this.idle;
+                if Instant::now() >= deadline {
+                    this.close(false);
+                    return Poll::Ready(Some(Err(Box::new(StreamIdle(this.idle)))));
+                }
+                this.timer.as_mut().reset(deadline);
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+// === impl EndpointRewriter ===
+
+/// Largest prefix of a legacy SSE stream read while looking for its `endpoint` event.
+const MAX_ENDPOINT_PREFIX: usize = 64 * 1024;
+
+/// Given the `endpoint` event's data, records the session and returns the URL to send instead.
+pub type OnEndpoint =
+    Box<dyn FnOnce(String) -> BoxFuture<'static, Result<String, ProxyError>> + Send>;
+
+enum Rewrite {
+    /// Looking for the endpoint event; `buf` holds an incomplete event.
+    Scanning {
+        buf: BytesMut,
+        on_endpoint: OnEndpoint,
+    },
+    /// Recording the session; `head` is what to send once that is done, `id` the event id.
+    Recording {
+        fut: BoxFuture<'static, Result<String, ProxyError>>,
+        before: Bytes,
+        id: Option<String>,
+        after: Bytes,
+    },
+    Passthrough,
+    Failed,
+}
+
+/// A legacy SSE response stream with its `endpoint` event rewritten.
+pub struct EndpointRewriter {
+    inner: ProxyBody,
+    state: Rewrite,
+}
+
+impl EndpointRewriter {
+    pub fn new(inner: ProxyBody, on_endpoint: OnEndpoint) -> Self {
+        Self {
+            inner,
+            state: Rewrite::Scanning {
+                buf: BytesMut::new(),
+                on_endpoint,
+            },
+        }
+    }
+}
+
+fn fail(msg: impl Into<String>) -> BoxError {
+    msg.into().into()
+}
+
+impl Body for EndpointRewriter {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                Rewrite::Passthrough => return Pin::new(&mut this.inner).poll_frame(cx),
+                Rewrite::Failed => return Poll::Ready(None),
+                Rewrite::Recording { fut, .. } => {
+                    let url = ready!(fut.as_mut().poll(cx));
+                    let Rewrite::Recording {
+                        before, id, after, ..
+                    } = std::mem::replace(&mut this.state, Rewrite::Passthrough)
+                    else {
+                        unreachable!("state checked above")
+                    };
+                    return match url {
+                        Ok(url) => {
+                            let mut out = BytesMut::from(&before[..]);
+                            out.extend_from_slice(&sse::endpoint_event(&url, id.as_deref()));
+                            out.extend_from_slice(&after);
+                            Poll::Ready(Some(Ok(Frame::data(out.freeze()))))
+                        }
+                        Err(e) => {
+                            this.state = Rewrite::Failed;
+                            Poll::Ready(Some(Err(fail(e.to_string()))))
+                        }
+                    };
+                }
+                Rewrite::Scanning { buf, .. } => {
+                    let frame = match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                        Some(Ok(frame)) => frame,
+                        Some(Err(e)) => {
+                            this.state = Rewrite::Failed;
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                        None => {
+                            this.state = Rewrite::Failed;
+                            return Poll::Ready(Some(Err(fail(
+                                "legacy SSE stream ended before its endpoint event",
+                            ))));
+                        }
+                    };
+                    let Ok(data) = frame.into_data() else {
+                        continue; // trailers on an SSE stream: nothing to forward
+                    };
+                    buf.extend_from_slice(&data);
+                    // Split off complete events; stop at the endpoint event.
+                    let mut passed = 0;
+                    let mut found = None;
+                    while let Some(ev) = sse::next_event(&buf[passed..]) {
+                        let len = ev.raw.len();
+                        if ev.event == Some("endpoint") {
+                            found = Some((ev.data, ev.id.map(str::to_owned), passed, len));
+                            break;
+                        }
+                        passed += len;
+                    }
+                    match found {
+                        Some((data, id, at, len)) => {
+                            let buf = buf.split().freeze();
+                            let Rewrite::Scanning { on_endpoint, .. } =
+                                std::mem::replace(&mut this.state, Rewrite::Failed)
+                            else {
+                                unreachable!("state checked above")
+                            };
+                            this.state = Rewrite::Recording {
+                                fut: on_endpoint(data),
+                                before: buf.slice(..at),
+                                id,
+                                after: buf.slice(at + len..),
+                            };
+                        }
+                        None if buf.len() > MAX_ENDPOINT_PREFIX => {
+                            this.state = Rewrite::Failed;
+                            return Poll::Ready(Some(Err(fail(
+                                "legacy SSE stream sent no endpoint event in its first 64 KiB",
+                            ))));
+                        }
+                        None if passed > 0 => {
+                            // Events before the endpoint (comments, pings) go out at once.
+                            let out = buf.split_to(passed).freeze();
+                            return Poll::Ready(Some(Ok(Frame::data(out))));
+                        }
+                        None => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.state, Rewrite::Failed)
+            || (matches!(self.state, Rewrite::Passthrough) && self.inner.is_end_stream())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, StreamBody};
+
+    fn chunks(parts: &[&'static str]) -> ProxyBody {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+    }
+
+    async fn collect(body: impl Body<Data = Bytes, Error = BoxError>) -> Result<String, String> {
+        body.collect()
+            .await
+            .map(|c| String::from_utf8(c.to_bytes().to_vec()).unwrap())
+            .map_err(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn forward_body_replays_the_prefix_then_streams_the_rest() {
+        let body = ForwardBody::new(
+            vec![Bytes::from_static(b"ab"), Bytes::from_static(b"c")],
+            Some(chunks(&["de", "f"])),
+            100,
+        );
+        assert_eq!(collect(body).await.unwrap(), "abcdef");
+    }
+
+    #[tokio::test]
+    async fn forward_body_enforces_the_limit_while_streaming() {
+        let body = ForwardBody::new(
+            vec![Bytes::from_static(b"abc")],
+            Some(chunks(&["de", "f"])),
+            4,
+        );
+        assert!(collect(body).await.unwrap_err().contains("exceeds 4 bytes"));
+    }
+
+    #[tokio::test]
+    async fn replayable_body_can_be_taken_back_until_read() {
+        let (body, slot) =
+            Replayable::new(ForwardBody::new(vec![Bytes::from_static(b"x")], None, 10));
+        drop(body);
+        let again = slot.reclaim().expect("never read, so reclaimable");
+        let (body, slot) = Replayable::new(again);
+        assert_eq!(collect(body).await.unwrap(), "x");
+        assert!(slot.reclaim().is_none());
+    }
+
+    #[tokio::test]
+    async fn rewriter_rewrites_only_the_endpoint_event() {
+        let upstream = chunks(&[
+            ": hello\n\n",
+            "event: endp",
+            "oint\ndata: /messages/?session_id=abc\n\nevent: message\ndata: {}\n\n",
+            "event: endpoint\ndata: /not-rewritten\n\n",
+        ]);
+        let on_endpoint: OnEndpoint = Box::new(|data| {
+            Box::pin(async move {
+                assert_eq!(data, "/messages/?session_id=abc");
+                Ok("/adapters/x/messages?session_id=abc".to_owned())
+            })
+        });
+        let out = collect(EndpointRewriter::new(upstream, on_endpoint))
+            .await
+            .unwrap();
+        assert_eq!(
+            out,
+            ": hello\n\nevent: endpoint\ndata: /adapters/x/messages?session_id=abc\n\n\
+             event: message\ndata: {}\n\nevent: endpoint\ndata: /not-rewritten\n\n"
+        );
+    }
+
+    #[tokio::test]
+    async fn rewriter_fails_when_recording_fails() {
+        let on_endpoint: OnEndpoint =
+            Box::new(|_| Box::pin(async { Err(ProxyError::SessionNotFound) }));
+        let upstream = chunks(&["event: endpoint\ndata: /m?sessionId=1\n\n"]);
+        assert!(
+            collect(EndpointRewriter::new(upstream, on_endpoint))
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn tracked_body_times_out_when_idle_and_fires_close_hooks() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let pending = StreamBody::new(futures_util::stream::pending::<
+            Result<Frame<Bytes>, BoxError>,
+        >())
+        .boxed_unsync();
+        let body = Tracked::new(
+            pending,
+            Duration::from_secs(30),
+            vec![OnClose::new(move |complete| {
+                let _ = tx.send(complete);
+            })],
+        );
+        let err = collect(body).await.unwrap_err();
+        assert!(err.contains("idle"), "{err}");
+        assert_eq!(rx.await, Ok(false));
+    }
+
+    #[tokio::test]
+    async fn tracked_body_reports_completion() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let body = Tracked::new(
+            chunks(&["a"]),
+            Duration::from_secs(30),
+            vec![OnClose::new(move |complete| {
+                let _ = tx.send(complete);
+            })],
+        );
+        assert_eq!(collect(body).await.unwrap(), "a");
+        assert_eq!(rx.await, Ok(true));
+    }
+}

@@ -1,0 +1,61 @@
+//! Settings of the data plane: timeouts, limits, passive health and DNS-rebinding protection.
+
+use std::time::Duration;
+
+/// Settings of [`Gateway`](crate::Gateway). `Default` runs on a laptop.
+#[derive(Debug, Clone)]
+pub struct RoutingConfig {
+    /// Time to open a TCP connection to a replica (default 5 s). On expiry: 504, and the
+    /// replica leaves placement for [`eject_for`](Self::eject_for).
+    pub connect_timeout: Duration,
+    /// Time from sending a request to receiving the replica's response headers (default 300 s,
+    /// long enough for slow tools answered as JSON). On expiry: 504.
+    pub request_timeout: Duration,
+    /// A response body (an SSE stream, say) that sends nothing for this long is closed
+    /// (default 600 s). MCP servers that keep streams open send pings well within this.
+    pub stream_idle_timeout: Duration,
+    /// How long a replica that refused or timed out a connection is left out of placement
+    /// (default 10 s). Sessions it owns are still routed to it.
+    pub eject_for: Duration,
+    /// Largest request body (default 4 MiB); beyond it, 413.
+    pub max_body_bytes: u64,
+    /// Largest total size of request header names and values (default 32 KiB); beyond it, 431.
+    pub max_header_bytes: usize,
+    /// Live sessions this gateway accepts (default 10 000); a new session beyond it gets 503.
+    pub max_sessions: u64,
+    /// Allowed `Host` values (host or host:port, case-insensitive). Empty: any host.
+    pub allowed_hosts: Vec<String>,
+    /// Allowed `Origin` values (`scheme://host[:port]`; `*` allows any). Requests with no
+    /// `Origin` (non-browser clients) are always allowed; loopback origins are allowed when the
+    /// request's `Host` is loopback too.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(300),
+            stream_idle_timeout: Duration::from_secs(600),
+            eject_for: Duration::from_secs(10),
+            max_body_bytes: 4 * 1024 * 1024,
+            max_header_bytes: 32 * 1024,
+            max_sessions: 10_000,
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl RoutingConfig {
+    /// The `Host` values a server bound to `ip` should accept by default: loopback names for a
+    /// loopback address (what DNS rebinding attacks), anything otherwise (a gateway behind a
+    /// load balancer is reached under names it cannot know).
+    pub fn default_allowed_hosts(ip: std::net::IpAddr) -> Vec<String> {
+        if ip.is_loopback() {
+            vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()]
+        } else {
+            Vec::new()
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! Every refusal and failure of the data plane, and the one place that turns them into an HTTP
+//! status and a JSON-RPC error body.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+
+use crate::body::ProxyBody;
+
+/// JSON-RPC code of "session not found" (as the official SDKs use it).
+pub const SESSION_NOT_FOUND: i64 = -32001;
+/// JSON-RPC code of MCP 2026-07-28 `HEADER_MISMATCH`.
+pub const HEADER_MISMATCH: i64 = -32020;
+const INVALID_REQUEST: i64 = -32600;
+const PARSE_ERROR: i64 = -32700;
+const INTERNAL_ERROR: i64 = -32603;
+
+/// Why the gateway answered instead of a replica.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(
+        "no route for {0}: use /adapters/{{name}}/mcp, /adapters/{{name}}/sse or /adapters/{{name}}/messages"
+    )]
+    NoRoute(String),
+    #[error("method {0} is not allowed on this route (allowed: {1})")]
+    MethodNotAllowed(http::Method, &'static str),
+    #[error("adapter {0:?} does not exist")]
+    UnknownAdapter(String),
+    #[error(
+        "session not found: it expired, was deleted, or its replica is gone; start a new session with initialize"
+    )]
+    SessionNotFound,
+    #[error("invalid Mcp-Session-Id: {0}")]
+    BadSessionId(mcp_gateway_core::InvalidSessionId),
+    #[error(
+        "missing session id: POST /messages needs the sessionId query parameter of the endpoint event"
+    )]
+    MissingSessionParam,
+    #[error("invalid JSON-RPC message: {0}")]
+    BadMessage(&'static str),
+    #[error("{0}")]
+    HeaderMismatch(String),
+    #[error("request body is larger than the limit of {0} bytes")]
+    BodyTooLarge(u64),
+    #[error("request headers are larger than the limit of {0} bytes")]
+    HeadersTooLarge(usize),
+    #[error("Host {0:?} is not allowed (DNS rebinding protection); add it to allowed_hosts")]
+    HostNotAllowed(String),
+    #[error("Origin {0:?} is not allowed; add it to allowed_origins")]
+    OriginNotAllowed(String),
+    #[error("the gateway's limit of {0} live sessions is reached; try again later")]
+    TooManySessions(u64),
+    #[error("adapter {0:?} has no ready replica")]
+    NoReadyReplica(String),
+    #[error("replica {replica} of adapter {adapter:?} is unreachable: {reason}")]
+    UpstreamUnavailable {
+        adapter: String,
+        replica: String,
+        reason: String,
+    },
+    #[error("replica {replica} of adapter {adapter:?} did not answer within {after:?}")]
+    UpstreamTimeout {
+        adapter: String,
+        replica: String,
+        after: std::time::Duration,
+    },
+    #[error("replica {replica} of adapter {adapter:?} sent an invalid response: {reason}")]
+    BadUpstreamResponse {
+        adapter: String,
+        replica: String,
+        reason: String,
+    },
+    #[error("session store unavailable: {0}")]
+    Store(#[from] mcp_gateway_core::StoreError),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        use ProxyError::*;
+        match self {
+            NoRoute(_) | UnknownAdapter(_) | SessionNotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
+            BadSessionId(_) | MissingSessionParam | BadMessage(_) | HeaderMismatch(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            HostNotAllowed(_) | OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            TooManySessions(_) | NoReadyReplica(_) | Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            UpstreamUnavailable { .. } | BadUpstreamResponse { .. } => StatusCode::BAD_GATEWAY,
+            UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn code(&self) -> i64 {
+        use ProxyError::*;
+        match self {
+            SessionNotFound => SESSION_NOT_FOUND,
+            HeaderMismatch(_) => HEADER_MISMATCH,
+            BadMessage(_) => PARSE_ERROR,
+            NoRoute(_) | MethodNotAllowed(..) | UnknownAdapter(_) | BadSessionId(_)
+            | MissingSessionParam | BodyTooLarge(_) | HeadersTooLarge(_) | HostNotAllowed(_)
+            | OriginNotAllowed(_) => INVALID_REQUEST,
+            _ => INTERNAL_ERROR,
+        }
+    }
+
+    /// A short, bounded label for metrics.
+    pub fn kind(&self) -> &'static str {
+        use ProxyError::*;
+        match self {
+            NoRoute(_) => "no_route",
+            MethodNotAllowed(..) => "method_not_allowed",
+            UnknownAdapter(_) => "unknown_adapter",
+            SessionNotFound => "session_not_found",
+            BadSessionId(_) => "bad_session_id",
+            MissingSessionParam => "missing_session_param",
+            BadMessage(_) => "bad_message",
+            HeaderMismatch(_) => "header_mismatch",
+            BodyTooLarge(_) => "body_too_large",
+            HeadersTooLarge(_) => "headers_too_large",
+            HostNotAllowed(_) => "host_not_allowed",
+            OriginNotAllowed(_) => "origin_not_allowed",
+            TooManySessions(_) => "too_many_sessions",
+            NoReadyReplica(_) => "no_ready_replica",
+            UpstreamUnavailable { .. } => "upstream_unavailable",
+            UpstreamTimeout { .. } => "upstream_timeout",
+            BadUpstreamResponse { .. } => "bad_upstream_response",
+            Store(_) => "store_unavailable",
+        }
+    }
+
+    /// The response: the status of [`status`](Self::status) and a JSON-RPC error body that
+    /// answers the request's `id` when it is known.
+    pub fn into_response(self, id: Option<Value>) -> Response<ProxyBody> {
+        let status = self.status();
+        let body = json!({
+            "jsonrpc": "2.0",
+            "id": id.unwrap_or(Value::Null),
+            "error": { "code": self.code(), "message": self.to_string() },
+        });
+        let mut res = Response::new(
+            Full::new(Bytes::from(body.to_string()))
+                .map_err(|never| match never {})
+                .boxed_unsync(),
+        );
+        *res.status_mut() = status;
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let ProxyError::MethodNotAllowed(_, allow) = self {
+            res.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        res
+    }
+}

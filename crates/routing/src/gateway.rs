@@ -1,0 +1,982 @@
+//! The gateway service: routes each request of the data plane to a replica.
+//!
+//! Reading order: [`Gateway::handle`] (metrics and the one error conversion), `dispatch` (which
+//! route), then one method per kind of request: `post_mcp`, `to_session`, `open_legacy`,
+//! `post_legacy`; `send` is the single place that talks to a replica.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, header};
+use http_body::Body;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use mcp_gateway_core::{
+    AdapterName, AdapterTarget, LegacyEndpoint, Replica, ReplicaResolver, SessionId, SessionKey,
+    SessionRecord, SessionStore,
+};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::body::{
+    BodyTooLarge, BoxError, EndpointRewriter, ForwardBody, OnClose, OnEndpoint, ProxyBody,
+    Replayable, Tracked,
+};
+use crate::error::ProxyError;
+use crate::headers::{self, MCP_METHOD, MCP_NAME, MCP_SESSION_ID};
+use crate::jsonrpc::{self, Envelope, Scan};
+use crate::placement::{self, HealthTable, InFlight};
+use crate::{RoutingConfig, sse};
+
+/// Request extension: the peer address of the client connection, for `X-Forwarded-For`.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+/// Request extension: the authenticated principal (its subject). Sessions are bound to the
+/// principal that opened them; another principal presenting the same session id gets 404.
+#[derive(Debug, Clone)]
+pub struct Principal(pub Arc<str>);
+
+/// The MCP-aware reverse proxy, as a cloneable [`tower::Service`].
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    config: RoutingConfig,
+    resolver: Arc<dyn ReplicaResolver>,
+    store: Arc<dyn SessionStore>,
+    client: Client<HttpConnector, Replayable>,
+    health: HealthTable,
+}
+
+/// A failed request: the error and the JSON-RPC id to answer, when known.
+struct Fail {
+    err: ProxyError,
+    id: Option<Value>,
+}
+
+impl From<ProxyError> for Fail {
+    fn from(err: ProxyError) -> Self {
+        Fail { err, id: None }
+    }
+}
+
+impl From<mcp_gateway_core::StoreError> for Fail {
+    fn from(err: mcp_gateway_core::StoreError) -> Self {
+        ProxyError::from(err).into()
+    }
+}
+
+trait WithId<T> {
+    fn with_id(self, id: &Option<Value>) -> Result<T, Fail>;
+}
+
+impl<T, E: Into<Fail>> WithId<T> for Result<T, E> {
+    fn with_id(self, id: &Option<Value>) -> Result<T, Fail> {
+        self.map_err(|e| {
+            let mut f = e.into();
+            f.id = f.id.or_else(|| id.clone());
+            f
+        })
+    }
+}
+
+/// Which route of an adapter a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Mcp,
+    Sse,
+    Messages,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Mcp => "mcp",
+            Kind::Sse => "sse",
+            Kind::Messages => "messages",
+        }
+    }
+}
+
+/// `/adapters/{name}/{mcp|sse|messages}` (a trailing `/` is accepted).
+fn parse_route(path: &str) -> Option<(&str, Kind)> {
+    let rest = path.strip_prefix("/adapters/")?;
+    let (name, route) = rest.split_once('/')?;
+    let kind = match route.strip_suffix('/').unwrap_or(route) {
+        "mcp" => Kind::Mcp,
+        "sse" => Kind::Sse,
+        "messages" | "message" => Kind::Messages,
+        _ => return None,
+    };
+    Some((name, kind))
+}
+
+/// Where on the replica a session-bound request goes.
+enum UpstreamPath<'a> {
+    /// The adapter's streamable HTTP endpoint, with the client's query.
+    Mcp(Option<&'a str>),
+    /// The path and query the legacy session's `endpoint` event announced.
+    Legacy,
+}
+
+/// Why a request could not be sent to a replica.
+enum SendError {
+    /// Nothing listens there (connection refused). The body, if the client never read it,
+    /// comes back for another replica.
+    Refused {
+        err: ProxyError,
+        body: Option<ForwardBody>,
+    },
+    Other(ProxyError),
+}
+
+impl SendError {
+    fn into_error(self) -> ProxyError {
+        match self {
+            SendError::Refused { err, .. } | SendError::Other(err) => err,
+        }
+    }
+}
+
+/// MCP methods counted by name in metrics; others count as `other`, so a client cannot
+/// create label values.
+const KNOWN_METHODS: &[&str] = &[
+    "initialize",
+    "ping",
+    "server/discover",
+    "subscriptions/listen",
+    "tools/list",
+    "tools/call",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/read",
+    "resources/templates/list",
+    "resources/subscribe",
+    "resources/unsubscribe",
+    "completion/complete",
+    "logging/setLevel",
+    "notifications/initialized",
+    "notifications/cancelled",
+    "notifications/progress",
+    "notifications/roots/list_changed",
+];
+
+fn method_label(env: Option<&Envelope>) -> &'static str {
+    match env.and_then(|e| e.method.as_deref()) {
+        Some(m) => KNOWN_METHODS
+            .iter()
+            .find(|k| **k == m)
+            .copied()
+            .unwrap_or("other"),
+        None if env.is_some_and(|e| e.batch) => "batch",
+        None => "response",
+    }
+}
+
+// === impl Gateway ===
+
+impl Gateway {
+    pub fn new(
+        config: RoutingConfig,
+        resolver: Arc<dyn ReplicaResolver>,
+        store: Arc<dyn SessionStore>,
+    ) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .build(connector);
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                resolver,
+                store,
+                client,
+                health: HealthTable::default(),
+            }),
+        }
+    }
+
+    /// Whether `path` is a data-plane route, for embedders that serve other paths beside it.
+    pub fn handles_path(path: &str) -> bool {
+        parse_route(path).is_some()
+    }
+
+    pub fn config(&self) -> &RoutingConfig {
+        &self.shared.config
+    }
+
+    /// Routes one request. Never fails: refusals and upstream failures become responses with
+    /// a JSON-RPC error body.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<ProxyBody>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let started = Instant::now();
+        let route = parse_route(req.uri().path()).map_or("none", |(_, k)| k.label());
+        let mut adapter: Option<AdapterName> = None;
+        let res = match self.dispatch(req, &mut adapter).await {
+            Ok(res) => res,
+            Err(Fail { err, id }) => {
+                let level_warn = err.status().is_server_error();
+                if level_warn {
+                    tracing::warn!(error = %err, route, "request failed");
+                } else {
+                    tracing::debug!(error = %err, route, "request refused");
+                }
+                metrics::counter!("mcp_gateway_refusals_total", "reason" => err.kind())
+                    .increment(1);
+                err.into_response(id)
+            }
+        };
+        let adapter = adapter.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        metrics::counter!(
+            "mcp_gateway_requests_total",
+            "adapter" => adapter.clone(),
+            "route" => route,
+            "status" => res.status().as_str().to_owned()
+        )
+        .increment(1);
+        metrics::histogram!(
+            "mcp_gateway_request_duration_seconds",
+            "adapter" => adapter,
+            "route" => route
+        )
+        .record(started.elapsed().as_secs_f64());
+        res
+    }
+
+    async fn dispatch<B>(
+        &self,
+        req: Request<B>,
+        adapter: &mut Option<AdapterName>,
+    ) -> Result<Response<ProxyBody>, Fail>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let config = &self.shared.config;
+        if headers::size(req.headers()) > config.max_header_bytes {
+            return Err(ProxyError::HeadersTooLarge(config.max_header_bytes).into());
+        }
+        headers::check_host_and_origin(req.headers(), config)?;
+        let path = req.uri().path();
+        let Some((name, kind)) = parse_route(path) else {
+            return Err(ProxyError::NoRoute(path.chars().take(200).collect()).into());
+        };
+        let target = self
+            .shared
+            .resolver
+            .resolve(name)
+            .ok_or_else(|| ProxyError::UnknownAdapter(name.chars().take(80).collect()))?;
+        *adapter = Some(target.name.clone());
+
+        let (parts, body) = req.into_parts();
+        let body = body.map_err(Into::into).boxed_unsync();
+        match (kind, &parts.method) {
+            (Kind::Mcp, &Method::POST) => self.post_mcp(target, parts, body).await,
+            (Kind::Mcp, &Method::GET | &Method::DELETE) => {
+                let body = ForwardBody::new(Vec::new(), Some(body), config.max_body_bytes);
+                match session_id(&parts.headers)? {
+                    Some(sid) => {
+                        let query = parts.uri.query().map(str::to_owned);
+                        self.to_session(
+                            &target,
+                            parts,
+                            body,
+                            sid,
+                            UpstreamPath::Mcp(query.as_deref()),
+                        )
+                        .await
+                    }
+                    // No session: let a replica give its own answer (400 or 405).
+                    None => {
+                        let candidates = self.stateless_candidates(&target);
+                        let path = mcp_path(&target, parts.uri.query());
+                        let (_, res) = self
+                            .send_any(&target, &candidates, &parts, body, &path)
+                            .await?;
+                        Ok(res)
+                    }
+                }
+            }
+            (Kind::Mcp, m) => {
+                Err(ProxyError::MethodNotAllowed(m.clone(), "GET, POST, DELETE").into())
+            }
+            (Kind::Sse, &Method::GET) => self.open_legacy(target, parts).await,
+            (Kind::Sse, m) => Err(ProxyError::MethodNotAllowed(m.clone(), "GET").into()),
+            (Kind::Messages, &Method::POST) => self.post_legacy(target, parts, body).await,
+            (Kind::Messages, m) => Err(ProxyError::MethodNotAllowed(m.clone(), "POST").into()),
+        }
+    }
+
+    /// `POST /adapters/{name}/mcp`: a message of a session, a new session, or a stateless
+    /// request.
+    async fn post_mcp(
+        &self,
+        target: Arc<AdapterTarget>,
+        parts: http::request::Parts,
+        body: ProxyBody,
+    ) -> Result<Response<ProxyBody>, Fail> {
+        let limit = self.shared.config.max_body_bytes;
+        if content_length(&parts.headers).is_some_and(|n| n > limit) {
+            return Err(ProxyError::BodyTooLarge(limit).into());
+        }
+        let (prefix, rest, env) = read_envelope(body, limit).await?;
+        let id = env.as_ref().and_then(|e| e.id.clone());
+        check_mcp_headers(&parts.headers, env.as_ref()).with_id(&id)?;
+        metrics::counter!(
+            "mcp_gateway_mcp_requests_total",
+            "adapter" => target.name.to_string(),
+            "method" => method_label(env.as_ref())
+        )
+        .increment(1);
+        let body = ForwardBody::new(prefix, rest, limit);
+        let query = parts.uri.query().map(str::to_owned);
+
+        if let Some(sid) = session_id(&parts.headers).with_id(&id)? {
+            return self
+                .to_session(
+                    &target,
+                    parts,
+                    body,
+                    sid,
+                    UpstreamPath::Mcp(query.as_deref()),
+                )
+                .await
+                .with_id(&id);
+        }
+        let initialize = env.as_ref().is_some_and(Envelope::is_initialize);
+        let candidates = if initialize {
+            self.check_session_limit().await.with_id(&id)?;
+            self.session_candidates(&target).await.with_id(&id)?
+        } else {
+            self.stateless_candidates(&target)
+        };
+        let path = mcp_path(&target, query.as_deref());
+        let (replica, res) = self
+            .send_any(&target, &candidates, &parts, body, &path)
+            .await
+            .with_id(&id)?;
+        // Any answer that opens a session (normally to `initialize`) is recorded before the
+        // client can learn the session id.
+        if res.status().is_success() {
+            if let Some(value) = res.headers().get(MCP_SESSION_ID) {
+                let sid = std::str::from_utf8(value.as_bytes())
+                    .ok()
+                    .and_then(|s| SessionId::new(s).ok())
+                    .ok_or_else(|| ProxyError::BadUpstreamResponse {
+                        adapter: target.name.to_string(),
+                        replica: replica.id.to_string(),
+                        reason: "Mcp-Session-Id is not a short visible-ASCII token".into(),
+                    })
+                    .with_id(&id)?;
+                let key = SessionKey {
+                    adapter: target.name.clone(),
+                    id: sid,
+                };
+                let record = SessionRecord::new(key, replica.id.clone(), principal(&parts));
+                self.shared.store.put(record).await.with_id(&id)?;
+                tracing::debug!(adapter = %target.name, replica = %replica.id, "session opened");
+            }
+        }
+        Ok(res)
+    }
+
+    /// A request of an existing session: to the replica that owns it, or 404.
+    async fn to_session(
+        &self,
+        target: &AdapterTarget,
+        parts: http::request::Parts,
+        body: ForwardBody,
+        sid: SessionId,
+        upstream: UpstreamPath<'_>,
+    ) -> Result<Response<ProxyBody>, Fail> {
+        let store = &self.shared.store;
+        let key = SessionKey {
+            adapter: target.name.clone(),
+            id: sid,
+        };
+        let record = store.get(&key).await?.ok_or(ProxyError::SessionNotFound)?;
+        if record.principal.as_deref() != principal(&parts).as_deref() {
+            return Err(ProxyError::SessionNotFound.into());
+        }
+        let path = match (&upstream, &record.legacy) {
+            (UpstreamPath::Mcp(query), None) => mcp_path(target, *query),
+            (UpstreamPath::Legacy, Some(legacy)) => legacy.path_and_query.clone(),
+            // A legacy session id on the streamable route, or the reverse.
+            _ => return Err(ProxyError::SessionNotFound.into()),
+        };
+        let Some(replica) = target.replica(&record.replica) else {
+            store.remove(&key).await?;
+            return Err(ProxyError::SessionNotFound.into());
+        };
+        match self.send(target, replica, &parts, body, &path).await {
+            Ok(res) => {
+                let ended = res.status() == StatusCode::NOT_FOUND
+                    || (parts.method == Method::DELETE && res.status().is_success());
+                if ended {
+                    store.remove(&key).await?;
+                }
+                Ok(res)
+            }
+            Err(SendError::Refused { err, .. }) => {
+                // Nothing listens where the session lived: its state is gone with the process.
+                tracing::info!(adapter = %target.name, replica = %replica.id, error = %err,
+                    "session's replica is gone; client must start a new session");
+                store.remove(&key).await?;
+                Err(ProxyError::SessionNotFound.into())
+            }
+            Err(e) => Err(e.into_error().into()),
+        }
+    }
+
+    /// `GET /adapters/{name}/sse`: opens a legacy HTTP+SSE session on a replica.
+    async fn open_legacy(
+        &self,
+        target: Arc<AdapterTarget>,
+        parts: http::request::Parts,
+    ) -> Result<Response<ProxyBody>, Fail> {
+        self.check_session_limit().await?;
+        let candidates = self.session_candidates(&target).await?;
+        let path = match parts.uri.query() {
+            Some(q) => format!("{}?{q}", target.sse_path),
+            None => target.sse_path.clone(),
+        };
+        let body = ForwardBody::new(Vec::new(), None, 0);
+        let (replica, res) = self
+            .send_any(&target, &candidates, &parts, body, &path)
+            .await?;
+        let is_stream = res
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/event-stream"));
+        if !res.status().is_success() || !is_stream {
+            return Ok(res);
+        }
+
+        // The session is known once the endpoint event names it; it ends with the stream.
+        let opened: Arc<Mutex<Option<SessionKey>>> = Arc::default();
+        let store = self.shared.store.clone();
+        let on_endpoint: OnEndpoint = {
+            let (store, opened) = (store.clone(), opened.clone());
+            let (target, replica_id, principal) =
+                (target.clone(), replica.id.clone(), principal(&parts));
+            Box::new(
+                move |data: String| -> BoxFuture<'static, Result<String, ProxyError>> {
+                    Box::pin(async move {
+                        let bad = |reason: &str| ProxyError::BadUpstreamResponse {
+                            adapter: target.name.to_string(),
+                            replica: replica_id.to_string(),
+                            reason: reason.to_owned(),
+                        };
+                        let endpoint = sse::parse_endpoint(&data)
+                            .ok_or_else(|| bad("endpoint event does not hold a URL"))?;
+                        let (_, sid) = sse::session_param(endpoint.query)
+                            .ok_or_else(|| bad("endpoint URL carries no session id"))?;
+                        let sid = SessionId::new(&sid)
+                            .map_err(|_| bad("session id is not a short visible-ASCII token"))?;
+                        let key = SessionKey {
+                            adapter: target.name.clone(),
+                            id: sid,
+                        };
+                        let mut record = SessionRecord::new(key.clone(), replica_id, principal);
+                        record.legacy = Some(LegacyEndpoint {
+                            path_and_query: endpoint.path_and_query.to_owned(),
+                        });
+                        store.put(record).await?;
+                        *opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(key);
+                        Ok(format!(
+                            "/adapters/{}/messages?{}",
+                            target.name, endpoint.query
+                        ))
+                    })
+                },
+            )
+        };
+        let close = OnClose::new(move |_| {
+            let Some(key) = opened.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+                return;
+            };
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    if let Err(e) = store.remove(&key).await {
+                        tracing::warn!(error = %e, "could not remove an ended legacy session");
+                    }
+                });
+            }
+        });
+        let (parts, body) = res.into_parts();
+        let body = Tracked::new(
+            EndpointRewriter::new(body, on_endpoint).boxed_unsync(),
+            self.shared.config.stream_idle_timeout,
+            vec![close],
+        );
+        Ok(Response::from_parts(parts, body.boxed_unsync()))
+    }
+
+    /// `POST /adapters/{name}/messages?sessionId=…`: a client message of a legacy session.
+    async fn post_legacy(
+        &self,
+        target: Arc<AdapterTarget>,
+        parts: http::request::Parts,
+        body: ProxyBody,
+    ) -> Result<Response<ProxyBody>, Fail> {
+        let limit = self.shared.config.max_body_bytes;
+        if content_length(&parts.headers).is_some_and(|n| n > limit) {
+            return Err(ProxyError::BodyTooLarge(limit).into());
+        }
+        let (_, sid) = sse::session_param(parts.uri.query().unwrap_or(""))
+            .ok_or(ProxyError::MissingSessionParam)?;
+        let sid = SessionId::new(&sid).map_err(ProxyError::BadSessionId)?;
+        let body = ForwardBody::new(Vec::new(), Some(body), limit);
+        self.to_session(&target, parts, body, sid, UpstreamPath::Legacy)
+            .await
+    }
+
+    async fn check_session_limit(&self) -> Result<(), ProxyError> {
+        let max = self.shared.config.max_sessions;
+        if self.shared.store.total_sessions().await? >= max {
+            return Err(ProxyError::TooManySessions(max));
+        }
+        Ok(())
+    }
+
+    async fn session_candidates(&self, target: &AdapterTarget) -> Result<Vec<Replica>, ProxyError> {
+        let counts: HashMap<Arc<str>, u64> = self.shared.store.live_sessions(&target.name).await?;
+        let health = &self.shared.health;
+        Ok(placement::for_new_session(target, &counts, |r| {
+            health.get(target.name.as_str(), &r.id).ejected()
+        })
+        .into_iter()
+        .cloned()
+        .collect())
+    }
+
+    fn stateless_candidates(&self, target: &AdapterTarget) -> Vec<Replica> {
+        let health = &self.shared.health;
+        let name = target.name.as_str();
+        placement::for_stateless(
+            target,
+            |r| health.get(name, &r.id).in_flight(),
+            |r| health.get(name, &r.id).ejected(),
+        )
+        .into_iter()
+        .cloned()
+        .collect()
+    }
+
+    /// Sends to the first candidate that accepts the connection; a refused connection moves on
+    /// to the next (the body was never read, so nothing was half-sent).
+    async fn send_any<'r>(
+        &self,
+        target: &AdapterTarget,
+        candidates: &'r [Replica],
+        parts: &http::request::Parts,
+        body: ForwardBody,
+        path: &str,
+    ) -> Result<(&'r Replica, Response<ProxyBody>), ProxyError> {
+        let mut body = Some(body);
+        let mut last = ProxyError::NoReadyReplica(target.name.to_string());
+        for replica in candidates {
+            let Some(b) = body.take() else { break };
+            match self.send(target, replica, parts, b, path).await {
+                Ok(res) => return Ok((replica, res)),
+                Err(SendError::Refused { err, body: again }) => {
+                    last = err;
+                    body = again;
+                }
+                Err(e) => return Err(e.into_error()),
+            }
+        }
+        Err(last)
+    }
+
+    /// Sends one request to one replica and wraps its response for the client.
+    async fn send(
+        &self,
+        target: &AdapterTarget,
+        replica: &Replica,
+        parts: &http::request::Parts,
+        body: ForwardBody,
+        path_and_query: &str,
+    ) -> Result<Response<ProxyBody>, SendError> {
+        let config = &self.shared.config;
+        let adapter = target.name.as_str();
+        let upstream_error = |kind: &'static str| {
+            metrics::counter!(
+                "mcp_gateway_upstream_errors_total",
+                "adapter" => adapter.to_owned(),
+                "replica" => replica.id.to_string(),
+                "kind" => kind
+            )
+            .increment(1);
+        };
+        let uri: Uri = format!("{}{}", replica.base_url, path_and_query)
+            .parse()
+            .map_err(|e| {
+                SendError::Other(ProxyError::BadUpstreamResponse {
+                    adapter: adapter.to_owned(),
+                    replica: replica.id.to_string(),
+                    reason: format!("invalid upstream URL: {e}"),
+                })
+            })?;
+        let (body, slot) = Replayable::new(body);
+        let mut req = Request::new(body);
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = uri;
+        *req.headers_mut() = parts.headers.clone();
+        headers::to_upstream(
+            req.headers_mut(),
+            parts.extensions.get::<ClientAddr>().map(|a| a.0),
+        );
+
+        let health = self.shared.health.get(adapter, &replica.id);
+        let in_flight = health.start();
+        let sent =
+            tokio::time::timeout(config.request_timeout, self.shared.client.request(req)).await;
+        let err = match sent {
+            Ok(Ok(res)) => {
+                health.restore();
+                return Ok(self.respond(res, in_flight));
+            }
+            Ok(Err(e)) => e,
+            Err(_) => {
+                upstream_error("timeout");
+                return Err(SendError::Other(ProxyError::UpstreamTimeout {
+                    adapter: adapter.to_owned(),
+                    replica: replica.id.to_string(),
+                    after: config.request_timeout,
+                }));
+            }
+        };
+        if let Some(limit) = find_source::<BodyTooLarge>(&err) {
+            return Err(SendError::Other(ProxyError::BodyTooLarge(limit.0)));
+        }
+        let io_kind = find_source::<std::io::Error>(&err).map(std::io::Error::kind);
+        let reason = error_chain(&err);
+        if err.is_connect() {
+            health.eject(config.eject_for);
+            metrics::counter!("mcp_gateway_replica_ejections_total",
+                "adapter" => adapter.to_owned(), "replica" => replica.id.to_string())
+            .increment(1);
+        }
+        if err.is_connect() && io_kind == Some(std::io::ErrorKind::TimedOut) {
+            upstream_error("connect_timeout");
+            return Err(SendError::Other(ProxyError::UpstreamTimeout {
+                adapter: adapter.to_owned(),
+                replica: replica.id.to_string(),
+                after: config.connect_timeout,
+            }));
+        }
+        let unavailable = ProxyError::UpstreamUnavailable {
+            adapter: adapter.to_owned(),
+            replica: replica.id.to_string(),
+            reason,
+        };
+        if err.is_connect() {
+            upstream_error("connect");
+            tracing::warn!(adapter, replica = %replica.id, error = %unavailable, "replica refused the connection; ejected");
+            Err(SendError::Refused {
+                err: unavailable,
+                body: slot.reclaim(),
+            })
+        } else {
+            upstream_error("io");
+            Err(SendError::Other(unavailable))
+        }
+    }
+
+    fn respond(&self, res: Response<Incoming>, in_flight: InFlight) -> Response<ProxyBody> {
+        let (mut parts, body) = res.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let body = Tracked::new(
+            body.map_err(BoxError::from).boxed_unsync(),
+            self.shared.config.stream_idle_timeout,
+            vec![OnClose::new(move |_| drop(in_flight))],
+        );
+        Response::from_parts(parts, body.boxed_unsync())
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Gateway
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ProxyBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let gateway = self.clone();
+        Box::pin(async move { Ok(gateway.handle(req).await) })
+    }
+}
+
+// === helpers ===
+
+fn principal(parts: &http::request::Parts) -> Option<String> {
+    parts.extensions.get::<Principal>().map(|p| p.0.to_string())
+}
+
+fn mcp_path(target: &AdapterTarget, query: Option<&str>) -> String {
+    match query {
+        Some(q) => format!("{}?{q}", target.mcp_path),
+        None => target.mcp_path.clone(),
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The `Mcp-Session-Id` of a request, validated.
+fn session_id(headers: &HeaderMap) -> Result<Option<SessionId>, ProxyError> {
+    let Some(v) = headers.get(MCP_SESSION_ID) else {
+        return Ok(None);
+    };
+    SessionId::check(v.as_bytes()).map_err(ProxyError::BadSessionId)?;
+    let s = std::str::from_utf8(v.as_bytes())
+        .map_err(|_| ProxyError::BadSessionId(mcp_gateway_core::InvalidSessionId::BadChar))?;
+    SessionId::new(s)
+        .map(Some)
+        .map_err(ProxyError::BadSessionId)
+}
+
+/// `Mcp-Method` / `Mcp-Name` (MCP 2026-07-28) may only be trusted when they agree with the
+/// body. Values in the spec's Base64 form (`=?base64?…?=`) are not decoded here: the gateway
+/// never routes on them, and the replica checks them itself.
+fn check_mcp_headers(headers: &HeaderMap, env: Option<&Envelope>) -> Result<(), ProxyError> {
+    let Some(env) = env else { return Ok(()) };
+    let plain = |name| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.starts_with("=?"))
+    };
+    if let Some(m) = plain(MCP_METHOD) {
+        if env.method.as_deref() != Some(m) {
+            return Err(ProxyError::HeaderMismatch(format!(
+                "Mcp-Method header {m:?} does not match the body's method {:?}",
+                env.method.as_deref().unwrap_or("")
+            )));
+        }
+    }
+    if let Some(n) = plain(MCP_NAME) {
+        if env.name.as_deref() != Some(n) {
+            return Err(ProxyError::HeaderMismatch(format!(
+                "Mcp-Name header {n:?} does not match the body's name/uri {:?}",
+                env.name.as_deref().unwrap_or("")
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Reads the front of a request body until [`jsonrpc::scan`] knows what routing needs.
+/// Returns the bytes read (to be replayed), the unread rest, and the envelope when the body is
+/// a JSON-RPC message (`None` otherwise: the replica gives its own error).
+async fn read_envelope(
+    mut body: ProxyBody,
+    limit: u64,
+) -> Result<(Vec<Bytes>, Option<ProxyBody>, Option<Envelope>), ProxyError> {
+    let mut buf = BytesMut::new();
+    let mut next_scan = 0;
+    loop {
+        let frame = match body.frame().await {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => {
+                return Err(ProxyError::BadMessage(
+                    if find_source::<BodyTooLarge>(&*e).is_some() {
+                        "request body too large"
+                    } else {
+                        "request body could not be read"
+                    },
+                ));
+            }
+            None => {
+                let env = match jsonrpc::scan(&buf, true) {
+                    Scan::Done(env) => Some(env),
+                    _ => None,
+                };
+                return Ok((vec![buf.freeze()], None, env));
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buf.extend_from_slice(&data);
+        if buf.len() as u64 > limit {
+            return Err(ProxyError::BodyTooLarge(limit));
+        }
+        if buf.len() < next_scan {
+            continue;
+        }
+        // Rescan from the start only when the buffer has doubled: linear in the body size.
+        next_scan = buf.len() * 2;
+        match jsonrpc::scan(&buf, body.is_end_stream()) {
+            Scan::NeedMore => {}
+            Scan::Done(env) => return Ok((vec![buf.freeze()], Some(body), Some(env))),
+            Scan::Invalid(_) => return Ok((vec![buf.freeze()], Some(body), None)),
+        }
+    }
+}
+
+fn find_source<'e, T: std::error::Error + 'static>(
+    err: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(t) = e.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = e.source();
+    }
+    None
+}
+
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_are_parsed() {
+        assert_eq!(parse_route("/adapters/a/mcp"), Some(("a", Kind::Mcp)));
+        assert_eq!(parse_route("/adapters/a/mcp/"), Some(("a", Kind::Mcp)));
+        assert_eq!(parse_route("/adapters/a/sse"), Some(("a", Kind::Sse)));
+        assert_eq!(
+            parse_route("/adapters/a/messages/"),
+            Some(("a", Kind::Messages))
+        );
+        assert_eq!(parse_route("/adapters/a/other"), None);
+        assert_eq!(parse_route("/adapters/a"), None);
+        assert_eq!(parse_route("/mcp"), None);
+    }
+
+    fn env(method: &str, name: Option<&str>) -> Envelope {
+        Envelope {
+            method: Some(method.into()),
+            id: Some(Value::from(1)),
+            name: name.map(Into::into),
+            batch: false,
+        }
+    }
+
+    fn hdrs(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_static(k),
+                    http::HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn mcp_headers_must_match_the_body() {
+        let call = env("tools/call", Some("echo"));
+        assert!(check_mcp_headers(&hdrs(&[]), Some(&call)).is_ok());
+        assert!(
+            check_mcp_headers(
+                &hdrs(&[("mcp-method", "tools/call"), ("mcp-name", "echo")]),
+                Some(&call)
+            )
+            .is_ok()
+        );
+        assert!(matches!(
+            check_mcp_headers(&hdrs(&[("mcp-method", "tools/list")]), Some(&call)),
+            Err(ProxyError::HeaderMismatch(_))
+        ));
+        assert!(matches!(
+            check_mcp_headers(&hdrs(&[("mcp-name", "rm_rf")]), Some(&call)),
+            Err(ProxyError::HeaderMismatch(_))
+        ));
+        // Encoded values are left to the replica.
+        assert!(
+            check_mcp_headers(&hdrs(&[("mcp-name", "=?base64?ZWNobw==?=")]), Some(&call)).is_ok()
+        );
+    }
+
+    #[test]
+    fn session_ids_are_validated() {
+        assert!(
+            session_id(&hdrs(&[("mcp-session-id", "abc-123")]))
+                .unwrap()
+                .is_some()
+        );
+        assert!(session_id(&hdrs(&[])).unwrap().is_none());
+        assert!(session_id(&hdrs(&[("mcp-session-id", "a b")])).is_err());
+        let long: &'static str = Box::leak("x".repeat(200).into_boxed_str());
+        assert!(session_id(&hdrs(&[("mcp-session-id", long)])).is_err());
+    }
+
+    #[test]
+    fn metric_labels_are_bounded() {
+        assert_eq!(method_label(Some(&env("tools/call", None))), "tools/call");
+        assert_eq!(method_label(Some(&env("x/evil-unbounded", None))), "other");
+        assert_eq!(method_label(None), "response");
+    }
+
+    #[tokio::test]
+    async fn envelope_is_read_from_a_chunked_body_and_the_rest_is_kept() {
+        use http_body::Frame;
+        use http_body_util::StreamBody;
+        let chunks = [
+            r#"{"jsonrpc":"2.0","id":1,"#,
+            r#""method":"tools/call","params":{"name":"echo","#,
+            r#""arguments":{"text":"hi"}}}"#,
+        ];
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = chunks
+            .iter()
+            .map(|c| Ok(Frame::data(Bytes::from_static(c.as_bytes()))))
+            .collect();
+        let body = StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+        let (prefix, rest, env) = read_envelope(body, 1 << 20).await.unwrap();
+        let env = env.unwrap();
+        assert_eq!(env.name.as_deref(), Some("echo"));
+        let mut all = prefix.concat();
+        if let Some(rest) = rest {
+            all.extend_from_slice(&rest.collect().await.unwrap().to_bytes());
+        }
+        assert_eq!(all, chunks.concat().as_bytes());
+    }
+}

@@ -1,0 +1,289 @@
+//! Header handling: what crosses the proxy (end-to-end headers, MCP headers), what does not
+//! (hop-by-hop headers), and the DNS-rebinding checks of `Host` and `Origin`.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::RoutingConfig;
+use crate::error::ProxyError;
+
+pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+pub const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+pub const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+pub const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The first revision of the stateless era: requests that announce it (or a later one) in
+/// `MCP-Protocol-Version` carry no session.
+pub const STATELESS_REVISION: &str = "2026-07-28";
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named by `Connection`.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        header::CONNECTION,
+        KEEP_ALIVE,
+        PROXY_CONNECTION,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// Prepares a client's request headers for a replica: no hop-by-hop headers, no `Host` (the
+/// client sets the replica's), and `X-Forwarded-*` describing the original request.
+pub fn to_upstream(headers: &mut HeaderMap, client: Option<SocketAddr>) {
+    strip_hop_by_hop(headers);
+    if let Some(host) = headers.remove(header::HOST) {
+        headers.insert(X_FORWARDED_HOST, host);
+    }
+    if let Some(addr) = client {
+        let ip = addr.ip().to_string();
+        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(X_FORWARDED_FOR, v);
+        }
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+}
+
+/// Total bytes of header names and values.
+pub fn size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum()
+}
+
+/// Whether the request announces the stateless era (2026-07-28 or later).
+pub fn is_stateless(headers: &HeaderMap) -> bool {
+    headers
+        .get(&MCP_PROTOCOL_VERSION)
+        .and_then(|v| v.to_str().ok())
+        // Revisions are ISO dates, so they order as strings.
+        .is_some_and(|v| v.len() == STATELESS_REVISION.len() && v >= STATELESS_REVISION)
+}
+
+/// Splits `host[:port]` (also `[v6]:port`) and returns the lowercase host part.
+fn host_part(authority: &str) -> String {
+    let a = authority.trim();
+    let host = if a.starts_with('[') {
+        a.find(']').map_or(a, |i| &a[..=i])
+    } else {
+        a.rsplit_once(':')
+            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+            .map_or(a, |(h, _)| h)
+    };
+    host.to_ascii_lowercase()
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    matches!(host, "localhost" | "[::1]") || host.starts_with("127.")
+}
+
+/// DNS-rebinding protection (MCP transport spec, "Security Warning"): the `Host` must be one
+/// the gateway is known by, and a browser's `Origin` one it trusts.
+pub fn check_host_and_origin(
+    headers: &HeaderMap,
+    config: &RoutingConfig,
+) -> Result<(), ProxyError> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !config.allowed_hosts.is_empty() {
+        let h = host_part(host);
+        let ok = config.allowed_hosts.iter().any(|allowed| {
+            let allowed = allowed.to_ascii_lowercase();
+            allowed == "*" || allowed == h || allowed.eq_ignore_ascii_case(host)
+        });
+        if !ok {
+            return Err(ProxyError::HostNotAllowed(host.chars().take(100).collect()));
+        }
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin_str = origin.to_str().unwrap_or("");
+    let allowed = config
+        .allowed_origins
+        .iter()
+        .any(|o| o == "*" || o.eq_ignore_ascii_case(origin_str.trim_end_matches('/')));
+    // A page served from a loopback origin talking to a gateway reached on loopback is the
+    // local-tools case (MCP Inspector); a remote page cannot reach a loopback Host unless DNS
+    // rebinding is at play, which the Host check above stops.
+    let origin_host = origin_str
+        .split_once("://")
+        .map(|(_, rest)| host_part(rest.split('/').next().unwrap_or("")));
+    let loopback =
+        origin_host.as_deref().is_some_and(is_loopback_host) && is_loopback_host(&host_part(host));
+    if allowed || loopback {
+        Ok(())
+    } else {
+        Err(ProxyError::OriginNotAllowed(
+            origin_str.chars().take(100).collect(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn hop_by_hop_headers_do_not_cross_mcp_headers_do() {
+        let mut h = map(&[
+            ("connection", "keep-alive, x-private"),
+            ("keep-alive", "timeout=5"),
+            ("x-private", "1"),
+            ("transfer-encoding", "chunked"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("proxy-authorization", "Basic x"),
+            ("host", "gw.example:8080"),
+            ("mcp-session-id", "abc"),
+            ("mcp-protocol-version", "2025-06-18"),
+            ("last-event-id", "42"),
+            ("accept", "application/json, text/event-stream"),
+            ("authorization", "Bearer t"),
+        ]);
+        to_upstream(&mut h, Some("10.0.0.9:5555".parse().unwrap()));
+        for gone in [
+            "connection",
+            "keep-alive",
+            "x-private",
+            "transfer-encoding",
+            "te",
+            "upgrade",
+            "proxy-authorization",
+            "host",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} must not be forwarded");
+        }
+        for kept in [
+            "mcp-session-id",
+            "mcp-protocol-version",
+            "last-event-id",
+            "accept",
+            "authorization",
+        ] {
+            assert!(h.contains_key(kept), "{kept} must be forwarded");
+        }
+        assert_eq!(h["x-forwarded-host"], "gw.example:8080");
+        assert_eq!(h["x-forwarded-for"], "10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn x_forwarded_for_is_appended() {
+        let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
+        to_upstream(&mut h, Some("10.0.0.9:1".parse().unwrap()));
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
+    }
+
+    #[test]
+    fn stateless_era_is_read_from_the_protocol_version() {
+        assert!(is_stateless(&map(&[(
+            "mcp-protocol-version",
+            "2026-07-28"
+        )])));
+        assert!(is_stateless(&map(&[(
+            "mcp-protocol-version",
+            "2027-01-01"
+        )])));
+        assert!(!is_stateless(&map(&[(
+            "mcp-protocol-version",
+            "2025-11-25"
+        )])));
+        assert!(!is_stateless(&map(&[(
+            "mcp-protocol-version",
+            "2026-07-28x"
+        )])));
+        assert!(!is_stateless(&map(&[])));
+    }
+
+    fn loopback_config() -> RoutingConfig {
+        RoutingConfig {
+            allowed_hosts: RoutingConfig::default_allowed_hosts("127.0.0.1".parse().unwrap()),
+            ..RoutingConfig::default()
+        }
+    }
+
+    #[test]
+    fn loopback_gateway_refuses_foreign_hosts() {
+        let c = loopback_config();
+        assert!(check_host_and_origin(&map(&[("host", "127.0.0.1:8080")]), &c).is_ok());
+        assert!(check_host_and_origin(&map(&[("host", "localhost")]), &c).is_ok());
+        assert!(check_host_and_origin(&map(&[("host", "[::1]:80")]), &c).is_ok());
+        assert!(matches!(
+            check_host_and_origin(&map(&[("host", "evil.example:8080")]), &c),
+            Err(ProxyError::HostNotAllowed(_))
+        ));
+        assert!(check_host_and_origin(&map(&[]), &c).is_err());
+    }
+
+    #[test]
+    fn origins_are_checked_when_present() {
+        let c = loopback_config();
+        let ok = |h: &[(&str, &str)]| check_host_and_origin(&map(h), &c).is_ok();
+        assert!(ok(&[
+            ("host", "localhost:8080"),
+            ("origin", "http://localhost:6274")
+        ]));
+        assert!(!ok(&[
+            ("host", "localhost:8080"),
+            ("origin", "https://evil.example")
+        ]));
+        let c = RoutingConfig {
+            allowed_origins: vec!["https://app.example".into()],
+            ..RoutingConfig::default()
+        };
+        let ok = |h: &[(&str, &str)]| check_host_and_origin(&map(h), &c).is_ok();
+        assert!(ok(&[
+            ("host", "gw.example"),
+            ("origin", "https://app.example")
+        ]));
+        assert!(!ok(&[
+            ("host", "gw.example"),
+            ("origin", "https://other.example")
+        ]));
+        assert!(!ok(&[
+            ("host", "gw.example"),
+            ("origin", "http://localhost:1")
+        ]));
+        assert!(ok(&[("host", "anything.example")]));
+    }
+}

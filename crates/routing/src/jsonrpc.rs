@@ -1,0 +1,367 @@
+//! Just enough JSON-RPC to route: the `method`, `id` and `params.name` / `params.uri` of a
+//! request, read from the front of the body without parsing (or buffering) the rest.
+//!
+//! [`scan`] walks the top-level object of a byte prefix and stops as soon as it has what routing
+//! needs, so a `tools/call` with megabytes of `arguments` after its `name` is routed after its
+//! first few dozen bytes. Values it does not need are skipped, never decoded.
+
+use serde_json::Value;
+
+/// What routing knows of a JSON-RPC message.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Envelope {
+    pub method: Option<String>,
+    /// The request id, when present (a notification or response has none / `method` none).
+    pub id: Option<Value>,
+    /// `params.name` (tools/call, prompts/get) or `params.uri` (resources/*).
+    pub name: Option<String>,
+    /// The body is a JSON array (a batch, allowed by 2025-03-26 only).
+    pub batch: bool,
+}
+
+impl Envelope {
+    pub fn is_initialize(&self) -> bool {
+        self.method.as_deref() == Some("initialize")
+    }
+}
+
+/// Outcome of scanning a prefix of a body.
+#[derive(Debug, PartialEq)]
+pub enum Scan {
+    /// Everything routing needs is known.
+    Done(Envelope),
+    /// The prefix ends before that; read more (or call again with `complete`).
+    NeedMore,
+    /// Not a JSON-RPC message.
+    Invalid(&'static str),
+}
+
+/// Methods whose target (tool, prompt or resource) is named in params.
+pub fn names_target(method: &str) -> bool {
+    matches!(
+        method,
+        "tools/call"
+            | "prompts/get"
+            | "resources/read"
+            | "resources/subscribe"
+            | "resources/unsubscribe"
+    )
+}
+
+/// Scans `buf`, the first bytes of a body; `complete` says whether that is the whole body.
+pub fn scan(buf: &[u8], complete: bool) -> Scan {
+    let mut s = Scanner {
+        buf,
+        pos: 0,
+        env: Envelope::default(),
+        id_seen: false,
+        name_seen: false,
+    };
+    match s.message() {
+        Ok(()) => Scan::Done(s.env),
+        Err(Stop::Early) => Scan::Done(s.env),
+        Err(Stop::Eof) if complete => Scan::Invalid("body ends inside the JSON-RPC message"),
+        Err(Stop::Eof) => Scan::NeedMore,
+        Err(Stop::Bad(why)) => Scan::Invalid(why),
+    }
+}
+
+enum Stop {
+    /// Found everything; the rest need not be read.
+    Early,
+    /// Ran out of bytes.
+    Eof,
+    Bad(&'static str),
+}
+
+type Step<T = ()> = Result<T, Stop>;
+
+struct Scanner<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    env: Envelope,
+    id_seen: bool,
+    name_seen: bool,
+}
+
+impl Scanner<'_> {
+    fn message(&mut self) -> Step {
+        self.ws()?;
+        match self.peek()? {
+            b'[' => {
+                self.env.batch = true;
+                Err(Stop::Early)
+            }
+            b'{' => {
+                self.pos += 1;
+                self.object(|s, key| s.top_level_member(key))
+            }
+            _ => Err(Stop::Bad("a JSON-RPC message must be a JSON object")),
+        }
+    }
+
+    fn top_level_member(&mut self, key: &str) -> Step {
+        match key {
+            "method" => {
+                let method = self.string()?;
+                self.env.method = Some(method);
+            }
+            "id" => {
+                let start = self.pos;
+                self.skip_value()?;
+                let id = serde_json::from_slice(&self.buf[start..self.pos])
+                    .map_err(|_| Stop::Bad("invalid JSON-RPC id"))?;
+                self.env.id = Some(id);
+                self.id_seen = true;
+            }
+            "params" if self.peek()? == b'{' => {
+                self.pos += 1;
+                self.object(|s, key| match key {
+                    "name" | "uri" if s.peek()? == b'"' => {
+                        let v = s.string()?;
+                        // `name` wins over `uri` if (oddly) both are present.
+                        if key == "name" || s.env.name.is_none() {
+                            s.env.name = Some(v);
+                        }
+                        s.name_seen = true;
+                        // Stop here rather than read (say) megabytes of `arguments`.
+                        if s.have_enough() {
+                            return Err(Stop::Early);
+                        }
+                        Ok(())
+                    }
+                    _ => s.skip_value(),
+                })?;
+            }
+            _ => self.skip_value()?,
+        }
+        if self.have_enough() {
+            return Err(Stop::Early);
+        }
+        Ok(())
+    }
+
+    fn have_enough(&self) -> bool {
+        match &self.env.method {
+            Some(m) => self.id_seen && (self.name_seen || !names_target(m)),
+            None => false,
+        }
+    }
+
+    /// Reads members of an object whose `{` was consumed, through its `}`.
+    fn object(&mut self, mut member: impl FnMut(&mut Self, &str) -> Step) -> Step {
+        self.ws()?;
+        if self.peek()? == b'}' {
+            self.pos += 1;
+            return Ok(());
+        }
+        loop {
+            self.ws()?;
+            if self.peek()? != b'"' {
+                return Err(Stop::Bad("expected a string key"));
+            }
+            let key = self.string()?;
+            self.ws()?;
+            if self.next()? != b':' {
+                return Err(Stop::Bad("expected ':' after a key"));
+            }
+            self.ws()?;
+            member(self, &key)?;
+            self.ws()?;
+            match self.next()? {
+                b',' => continue,
+                b'}' => return Ok(()),
+                _ => return Err(Stop::Bad("expected ',' or '}' in an object")),
+            }
+        }
+    }
+
+    fn peek(&self) -> Step<u8> {
+        self.buf.get(self.pos).copied().ok_or(Stop::Eof)
+    }
+
+    fn next(&mut self) -> Step<u8> {
+        let b = self.peek()?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn ws(&mut self) -> Step {
+        while matches!(self.peek()?, b' ' | b'\t' | b'\r' | b'\n') {
+            self.pos += 1;
+        }
+        Ok(())
+    }
+
+    /// Consumes a string literal and decodes it.
+    fn string(&mut self) -> Step<String> {
+        let start = self.pos;
+        let escaped = self.skip_string()?;
+        let raw = &self.buf[start..self.pos];
+        if escaped {
+            serde_json::from_slice(raw).map_err(|_| Stop::Bad("invalid string"))
+        } else {
+            std::str::from_utf8(&raw[1..raw.len() - 1])
+                .map(str::to_owned)
+                .map_err(|_| Stop::Bad("invalid UTF-8 in a string"))
+        }
+    }
+
+    /// Consumes a string literal; returns whether it holds escapes.
+    fn skip_string(&mut self) -> Step<bool> {
+        if self.next()? != b'"' {
+            return Err(Stop::Bad("expected a string"));
+        }
+        let mut escaped = false;
+        loop {
+            let rest = &self.buf[self.pos..];
+            let Some(i) = rest.iter().position(|&b| b == b'"' || b == b'\\') else {
+                self.pos = self.buf.len();
+                return Err(Stop::Eof);
+            };
+            self.pos += i;
+            if self.next()? == b'"' {
+                return Ok(escaped);
+            }
+            escaped = true;
+            self.next()?; // the escaped character
+        }
+    }
+
+    /// Consumes any JSON value without decoding it.
+    fn skip_value(&mut self) -> Step {
+        match self.peek()? {
+            b'"' => self.skip_string().map(drop),
+            b'{' | b'[' => {
+                let mut depth = 0usize;
+                loop {
+                    match self.peek()? {
+                        b'"' => {
+                            self.skip_string()?;
+                            continue;
+                        }
+                        b'{' | b'[' => depth += 1,
+                        b'}' | b']' => {
+                            depth -= 1;
+                            if depth == 0 {
+                                self.pos += 1;
+                                return Ok(());
+                            }
+                        }
+                        _ => {}
+                    }
+                    self.pos += 1;
+                }
+            }
+            b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
+                let rest = &self.buf[self.pos..];
+                match rest
+                    .iter()
+                    .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\r' | b'\n'))
+                {
+                    Some(i) => {
+                        self.pos += i;
+                        Ok(())
+                    }
+                    None => {
+                        self.pos = self.buf.len();
+                        Err(Stop::Eof)
+                    }
+                }
+            }
+            _ => Err(Stop::Bad("invalid JSON value")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn done(body: &str) -> Envelope {
+        match scan(body.as_bytes(), true) {
+            Scan::Done(e) => e,
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_method_id_and_name() {
+        let e = done(
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"hi"}}}"#,
+        );
+        assert_eq!(e.method.as_deref(), Some("tools/call"));
+        assert_eq!(e.id, Some(json!(7)));
+        assert_eq!(e.name.as_deref(), Some("echo"));
+        assert!(!e.batch);
+    }
+
+    #[test]
+    fn key_order_and_whitespace_do_not_matter() {
+        let e = done(
+            "{ \"params\" : { \"arguments\": {\"a\": [1, {\"b\": \"}\"}]}, \"name\" : \"x\\\"y\" },\n \"method\":\"tools/call\", \"id\": \"abc\", \"jsonrpc\": \"2.0\" }",
+        );
+        assert_eq!(e.method.as_deref(), Some("tools/call"));
+        assert_eq!(e.id, Some(json!("abc")));
+        assert_eq!(e.name.as_deref(), Some("x\"y"));
+    }
+
+    #[test]
+    fn resource_methods_name_their_uri() {
+        let e = done(
+            r#"{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///a"}}"#,
+        );
+        assert_eq!(e.name.as_deref(), Some("file:///a"));
+    }
+
+    #[test]
+    fn stops_before_large_arguments() {
+        let head = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"big","arguments":{"blob":""#;
+        // The prefix ends inside the (huge) arguments: routing already has what it needs.
+        match scan(head.as_bytes(), false) {
+            Scan::Done(e) => assert_eq!(e.name.as_deref(), Some("big")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn asks_for_more_when_the_prefix_is_short() {
+        assert_eq!(
+            scan(br#"{"jsonrpc":"2.0","id":1,"met"#, false),
+            Scan::NeedMore
+        );
+        assert_eq!(scan(br#"{"jsonrpc":"2.0","id":12"#, false), Scan::NeedMore);
+        assert!(matches!(
+            scan(br#"{"jsonrpc":"2.0","id":1,"met"#, true),
+            Scan::Invalid(_)
+        ));
+    }
+
+    #[test]
+    fn notifications_and_responses_are_read_to_the_end() {
+        let e = done(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        assert_eq!(e.method.as_deref(), Some("notifications/initialized"));
+        assert_eq!(e.id, None);
+        let e = done(r#"{"jsonrpc":"2.0","id":3,"result":{}}"#);
+        assert_eq!(e.method, None);
+        assert_eq!(e.id, Some(json!(3)));
+    }
+
+    #[test]
+    fn batches_and_garbage() {
+        assert!(done(r#"[{"jsonrpc":"2.0","id":1,"method":"ping"}]"#).batch);
+        assert!(matches!(scan(b"hello", true), Scan::Invalid(_)));
+        assert!(matches!(scan(b"{\"a\" 1}", true), Scan::Invalid(_)));
+        assert!(matches!(scan(b"{1:2}", true), Scan::Invalid(_)));
+        assert!(matches!(scan(b"", true), Scan::Invalid(_)));
+    }
+
+    #[test]
+    fn initialize_is_recognised() {
+        let e = done(
+            r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}"#,
+        );
+        assert!(e.is_initialize());
+    }
+}

@@ -1,0 +1,252 @@
+//! Where a new session or a stateless request goes, and the passive health that keeps failing
+//! replicas out of the way.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use mcp_gateway_core::{AdapterTarget, Replica};
+use tokio::time::Instant;
+
+/// What this gateway process knows of one replica: requests in flight and passive ejection.
+#[derive(Debug)]
+pub struct ReplicaHealth {
+    in_flight: AtomicU64,
+    /// Ejected until `epoch + ejected_until_ms`; 0 when not ejected.
+    ejected_until_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl ReplicaHealth {
+    fn new(epoch: Instant) -> Self {
+        Self {
+            in_flight: AtomicU64::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            epoch,
+        }
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request until the returned guard is dropped.
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn ejected(&self) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until != 0 && (Instant::now() - self.epoch).as_millis() as u64 <= until
+    }
+
+    pub fn eject(&self, for_: Duration) {
+        let until = (Instant::now() + for_ - self.epoch).as_millis() as u64;
+        self.ejected_until_ms.store(until.max(1), Ordering::Relaxed);
+    }
+
+    /// A successful exchange brings an ejected replica back at once.
+    pub fn restore(&self) {
+        self.ejected_until_ms.store(0, Ordering::Relaxed);
+    }
+}
+
+/// Guard of one in-flight request.
+#[derive(Debug)]
+pub struct InFlight(Arc<ReplicaHealth>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Health of every replica this process has forwarded to, by (adapter, replica id).
+#[derive(Debug)]
+pub struct HealthTable {
+    epoch: Instant,
+    replicas: RwLock<HashMap<(String, Arc<str>), Arc<ReplicaHealth>>>,
+}
+
+impl Default for HealthTable {
+    fn default() -> Self {
+        Self {
+            epoch: Instant::now(),
+            replicas: RwLock::default(),
+        }
+    }
+}
+
+impl HealthTable {
+    pub fn get(&self, adapter: &str, replica: &Arc<str>) -> Arc<ReplicaHealth> {
+        let key = (adapter.to_owned(), replica.clone());
+        if let Some(h) = self
+            .replicas
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return h.clone();
+        }
+        let mut map = self.replicas.write().unwrap_or_else(|e| e.into_inner());
+        map.entry(key)
+            .or_insert_with(|| Arc::new(ReplicaHealth::new(self.epoch)))
+            .clone()
+    }
+}
+
+/// Candidates for a new session, best first: placeable replicas that are not ejected, by fewest
+/// live sessions, ties to the lowest ordinal. When every placeable replica is ejected they are
+/// all tried anyway (better a likely failure than a certain one), in the same order.
+pub fn for_new_session<'a>(
+    target: &'a AdapterTarget,
+    sessions: &HashMap<Arc<str>, u64>,
+    ejected: impl Fn(&Replica) -> bool,
+) -> Vec<&'a Replica> {
+    order(
+        target,
+        |r| sessions.get(&r.id).copied().unwrap_or(0),
+        ejected,
+    )
+}
+
+/// Candidates for a stateless request, best first: fewest requests in flight, ties to the
+/// lowest ordinal.
+pub fn for_stateless<'a>(
+    target: &'a AdapterTarget,
+    in_flight: impl Fn(&Replica) -> u64,
+    ejected: impl Fn(&Replica) -> bool,
+) -> Vec<&'a Replica> {
+    order(target, in_flight, ejected)
+}
+
+fn order<'a>(
+    target: &'a AdapterTarget,
+    load: impl Fn(&Replica) -> u64,
+    ejected: impl Fn(&Replica) -> bool,
+) -> Vec<&'a Replica> {
+    let mut healthy: Vec<(u64, u32, &Replica)> = Vec::with_capacity(target.replicas.len());
+    let mut sick = Vec::new();
+    for r in target.replicas.iter().filter(|r| r.placeable()) {
+        let entry = (load(r), r.ordinal, r);
+        if ejected(r) {
+            sick.push(entry);
+        } else {
+            healthy.push(entry);
+        }
+    }
+    let pool = if healthy.is_empty() {
+        &mut sick
+    } else {
+        &mut healthy
+    };
+    pool.sort_by_key(|&(load, ordinal, _)| (load, ordinal));
+    pool.iter().map(|&(_, _, r)| r).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mcp_gateway_core::AdapterName;
+
+    fn target(replicas: &[(&str, bool, bool)]) -> AdapterTarget {
+        AdapterTarget {
+            name: AdapterName::new("a").unwrap(),
+            replicas: replicas
+                .iter()
+                .enumerate()
+                .map(|(i, (id, ready, draining))| Replica {
+                    id: (*id).into(),
+                    ordinal: i as u32,
+                    base_url: format!("http://127.0.0.1:{}", 9000 + i).into(),
+                    ready: *ready,
+                    draining: *draining,
+                })
+                .collect(),
+            mcp_path: "/mcp".into(),
+            sse_path: "/sse".into(),
+        }
+    }
+
+    fn ids(v: Vec<&Replica>) -> Vec<&str> {
+        v.into_iter().map(|r| &*r.id).collect()
+    }
+
+    #[test]
+    fn new_sessions_go_to_the_fewest_sessions_ties_to_lowest_ordinal() {
+        let t = target(&[("0", true, false), ("1", true, false), ("2", true, false)]);
+        let none = HashMap::new();
+        assert_eq!(ids(for_new_session(&t, &none, |_| false)), ["0", "1", "2"]);
+        let counts = HashMap::from([("0".into(), 2), ("1".into(), 1), ("2".into(), 1)]);
+        assert_eq!(
+            ids(for_new_session(&t, &counts, |_| false)),
+            ["1", "2", "0"]
+        );
+    }
+
+    #[test]
+    fn unready_draining_and_ejected_replicas_take_no_new_sessions() {
+        let t = target(&[
+            ("0", false, false),
+            ("1", true, true),
+            ("2", true, false),
+            ("3", true, false),
+        ]);
+        let counts = HashMap::from([("3".into(), 5)]);
+        assert_eq!(ids(for_new_session(&t, &counts, |_| false)), ["2", "3"]);
+        assert_eq!(ids(for_new_session(&t, &counts, |r| &*r.id == "2")), ["3"]);
+    }
+
+    #[test]
+    fn when_all_are_ejected_all_are_still_tried() {
+        let t = target(&[("0", true, false), ("1", true, false)]);
+        assert_eq!(
+            ids(for_new_session(&t, &HashMap::new(), |_| true)),
+            ["0", "1"]
+        );
+        let t = target(&[("0", false, false)]);
+        assert!(for_new_session(&t, &HashMap::new(), |_| false).is_empty());
+    }
+
+    #[test]
+    fn stateless_requests_go_to_the_least_busy() {
+        let t = target(&[("0", true, false), ("1", true, false)]);
+        assert_eq!(
+            ids(for_stateless(
+                &t,
+                |r| if &*r.id == "0" { 3 } else { 1 },
+                |_| false
+            )),
+            ["1", "0"]
+        );
+        assert_eq!(ids(for_stateless(&t, |_| 0, |_| false)), ["0", "1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_lasts_for_its_period() {
+        let table = HealthTable::default();
+        let h = table.get("a", &"0".into());
+        assert!(!h.ejected());
+        h.eject(Duration::from_secs(10));
+        assert!(table.get("a", &"0".into()).ejected(), "same entry");
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(!h.ejected());
+        h.eject(Duration::from_secs(10));
+        h.restore();
+        assert!(!h.ejected());
+    }
+
+    #[tokio::test]
+    async fn in_flight_is_counted_by_guards() {
+        let table = HealthTable::default();
+        let h = table.get("a", &"0".into());
+        let g1 = h.start();
+        let g2 = h.start();
+        assert_eq!(h.in_flight(), 2);
+        drop(g1);
+        drop(g2);
+        assert_eq!(h.in_flight(), 0);
+    }
+}
