@@ -1,1 +1,81 @@
-fn main() {}
+//! `cargo xtask`: the project's developer commands, in Rust so they run wherever cargo does.
+//!
+//!     cargo xtask test          unit + integration tests, then the end-to-end suite
+//!     cargo xtask e2e [ARGS]    build release binaries, install the e2e tools, run tests/e2e
+//!     cargo xtask bench [ARGS]  benchmarks
+
+mod bench;
+mod e2e;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Developer commands of the MCP gateway workspace"
+)]
+enum Cli {
+    /// `cargo test --workspace --all-targets`, then `cargo xtask e2e`.
+    Test,
+    /// Build the release binaries, install the e2e tools under target/e2e (tests/e2e/setup.sh)
+    /// and run the end-to-end suite (tests/e2e, pytest); ARGS go to pytest, e.g. `-k sse`.
+    E2e {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Benchmarks; ARGS go to the benchmark runner.
+    Bench {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    let result = match Cli::parse() {
+        Cli::Test => run_step(cargo().args(["test", "--workspace", "--all-targets"]))
+            .and_then(|()| e2e::run(Vec::new())),
+        Cli::E2e { args } => e2e::run(args),
+        Cli::Bench { args } => bench::run(args),
+    };
+    if let Err(err) = result {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+/// The workspace root (xtask's parent directory).
+pub(crate) fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the workspace root")
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR`, else `<root>/target`.
+pub(crate) fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from)
+}
+
+/// `cargo` (the one running xtask), in the workspace root.
+pub(crate) fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+/// Runs a command to completion, failing with the command line when it does not exit 0.
+pub(crate) fn run_step(cmd: &mut Command) -> anyhow::Result<()> {
+    let line = format!("{cmd:?}");
+    eprintln!("xtask: running {line}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {line}"))?;
+    if !status.success() {
+        bail!("{line} failed ({status})");
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+"""End-to-end tests of gateway-service with real MCP servers and the official clients.
+
+Run with tests/e2e/setup.sh done and the gateway built (`cargo xtask e2e` does both):
+    target/e2e/venv/bin/python -m pytest tests/e2e -v -s
+Fixtures (conftest.py) start 2 streamable-HTTP replicas, 2 HTTP+SSE replicas, 2 more streamable-HTTP
+replicas for the failover test, server-everything, and a gateway with one adapter for each group.
+"""
+from __future__ import annotations
+
+import asyncio
+import glob
+import json
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+from mcp import Client
+from mcp.client.sse import sse_client
+
+import sessions
+from conftest import E2E, NODE22, NODE_MODULES, http_get
+
+SESSION_ERA = "2025"  # every session-era revision starts with 2024 or 2025
+
+
+def run_sessions(**kw) -> sessions.Report:
+    report = asyncio.run(sessions.run(sessions.Options(**kw)))
+    print(f"\n  {report.summary()}")
+    for line in report.failures[:10] + report.timeouts[:10]:
+        print(f"  FAIL {line}")
+    return report
+
+
+def assert_all_passed(report: sessions.Report) -> None:
+    assert not report.timeouts, f"{len(report.timeouts)} calls hit their timeout: {report.timeouts[:3]}"
+    assert report.failed == 0, f"{report.failed} sessions failed: {report.failures[:5]}"
+
+
+# === streamable HTTP ===
+
+
+def test_streamable_http_sessions_keep_state_on_one_replica(stack):
+    report = run_sessions(url=stack.adapter_url("replicas"), mode="legacy", sessions=40, calls=5)
+    assert_all_passed(report)
+    assert all(v < "2026" for v in report.versions), report.versions
+    assert report.calls["http-a"] and report.calls["http-b"], f"load not spread: {report.calls}"
+    assert set(report.final) == {"http-a", "http-b"}, f"sessions per replica: {report.final}"
+
+
+@pytest.mark.parametrize("mode", ["2026-07-28", "auto"])
+def test_streamable_http_stateless_requests_reach_any_replica(stack, mode):
+    report = run_sessions(url=stack.adapter_url("replicas"), mode=mode, sessions=40, calls=5)
+    assert_all_passed(report)
+    assert set(report.versions) == {"2026-07-28"}, report.versions
+    assert report.calls["http-a"] and report.calls["http-b"], f"load not spread: {report.calls}"
+
+
+# === legacy HTTP+SSE ===
+
+
+def test_http_sse_sessions_keep_state_on_one_replica(stack):
+    report = run_sessions(url=stack.adapter_url("sse-replicas", "sse"), transport="sse", sessions=30, calls=5)
+    assert_all_passed(report)
+    assert set(report.final) == {"sse-a", "sse-b"}, f"sessions per replica: {report.final}"
+
+
+# === failover ===
+
+
+def test_sessions_on_a_killed_replica_reinitialize_on_the_other(stack):
+    victim, survivor = stack.replicas["failover"]
+
+    async def scenario() -> sessions.Report:
+        opts = sessions.Options(url=stack.adapter_url("failover"), mode="legacy", sessions=20, calls=40,
+                                pause=0.05, retries=3, timeout=10)
+        run = asyncio.create_task(sessions.run(opts))
+        await asyncio.sleep(1.0)  # every session is mid-way through its 40 calls (about 2 s each)
+        victim.proc.kill()
+        print(f"\n  SIGKILLed {victim.name} after 1.0 s")
+        return await run
+
+    start = time.monotonic()
+    report = asyncio.run(scenario())
+    print(f"  {report.summary()}")
+    assert_all_passed(report)
+    assert report.calls[victim.name] > 0, "the killed replica served nothing before it died"
+    assert report.reconnects > 0, "no session noticed the replica dying"
+    assert any("Session terminated" in r for r in report.reasons), \
+        f"no session got 404 after its replica died; reconnect reasons: {dict(report.reasons)}"
+    assert set(report.reconnected_final) == {survivor.name}, \
+        f"re-initialized sessions finished on {dict(report.reconnected_final)}, expected only {survivor.name}"
+    assert time.monotonic() - start < 60
+
+
+# === streaming ===
+
+
+@pytest.mark.parametrize("transport,mode", [("http", "legacy"), ("http", "2026-07-28"), ("sse", "legacy")])
+def test_progress_notifications_stream_through_unbuffered(stack, transport, mode):
+    """slow(2000 ms, 4 steps) sends progress every 500 ms: each must arrive when sent, not with the result."""
+    url = stack.adapter_url("sse-replicas", "sse") if transport == "sse" else stack.adapter_url("replicas")
+
+    async def call() -> tuple[list[float], float]:
+        seen: list[float] = []
+
+        async def on_progress(progress, total, message):
+            seen.append(time.monotonic() - start)
+
+        async with Client(sse_client(url) if transport == "sse" else url, mode=mode, read_timeout_seconds=15) as c:
+            start = time.monotonic()
+            result = await c.call_tool("slow", {"ms": 2000, "steps": 4}, progress_callback=on_progress)
+            assert result.content[0].text.startswith("slept 2000 ms")
+            return seen, time.monotonic() - start
+
+    seen, total = asyncio.run(call())
+    print(f"\n  progress at {[round(t, 2) for t in seen]} s, result at {total:.2f} s")
+    assert len(seen) == 4, f"expected 4 progress notifications, got {len(seen)}"
+    assert seen[0] < 1.2 and total - seen[0] > 1.0, "progress was held back until the result: the stream is buffered"
+    assert all(b - a > 0.25 for a, b in zip(seen, seen[1:])), f"progress arrived in bursts: {seen}"
+
+
+def test_large_result_arrives_intact(stack):
+    async def call() -> str:
+        async with Client(stack.adapter_url("replicas"), mode="legacy", read_timeout_seconds=30) as c:
+            return (await c.call_tool("big", {"kib": 4096})).content[0].text
+
+    text = asyncio.run(call())
+    assert len(text) == 4096 * 1024 and set(text) == {"x"}
+
+
+# === admin listener ===
+
+
+def test_metrics_count_requests_per_adapter(stack):
+    run_sessions(url=stack.adapter_url("replicas"), mode="legacy", sessions=1, calls=1)
+    status, body = http_get(f"{stack.admin}/metrics")
+    assert status == 200, f"/metrics answered {status}"
+    ours = [line for line in body.splitlines() if line.startswith("mcp_gateway_")]
+    requests = [line for line in ours if line.startswith("mcp_gateway_requests_total") and '"replicas"' in line]
+    print(f"\n  {len(ours)} mcp_gateway_ sample lines; requests_total for adapter 'replicas':")
+    print("\n".join(f"    {line}" for line in requests[:8]))
+    assert requests, "no mcp_gateway_requests_total line for adapter 'replicas':\n" + "\n".join(ours[:40])
+
+
+# === official conformance suite ===
+
+
+def conformance(url: str, out_name: str) -> tuple[set[str], set[str]]:
+    """Run the official server scenarios against url; return (passing, failing) scenario names."""
+    out = E2E / "conformance" / out_name
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    cli = NODE_MODULES / "@modelcontextprotocol/conformance/dist/index.js"
+    with open(out / "run.log", "wb") as log:  # exits non-zero when any scenario fails: judged below
+        subprocess.run([NODE22, cli, "server", "--url", url, "-o", out], stdout=log, stderr=subprocess.STDOUT,
+                       timeout=600, check=False)
+    passing, failing = set(), set()
+    for f in glob.glob(str(out / "server-*" / "checks.json")):
+        name = re.sub(r"^server-(.*)-\d{4}-\d\d-\d\dT.*$", r"\1", f.split("/")[-2])
+        checks = json.load(open(f))
+        (failing if any(c.get("status") == "FAILURE" for c in checks) else passing).add(name)
+    return passing, failing
+
+
+def test_conformance_suite_results_match_direct_and_through_gateway(stack):
+    direct, direct_failing = conformance(stack.everything, "direct")
+    via, via_failing = conformance(stack.adapter_url("everything"), "gateway")
+    print(f"\n  server-everything direct: {len(direct)} passed, {len(direct_failing)} failed")
+    print(f"  through the gateway:      {len(via)} passed, {len(via_failing)} failed")
+    assert direct, "no scenario passed directly: is the suite set up?"
+    assert via == direct, f"only direct: {sorted(direct - via)}; only through the gateway: {sorted(via - direct)}"
