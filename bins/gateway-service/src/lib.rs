@@ -1,1 +1,166 @@
-//! x
+//! `gateway-service`: the MCP gateway's data plane as a library, so tests boot whole gateways
+//! in-process. [`run`] binds the listeners and returns a [`Handle`] with the bound addresses
+//! and a graceful shutdown.
+
+pub mod config;
+mod server;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context as _;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use mcp_gateway_core::{AdapterTarget, Replica, StaticResolver};
+use mcp_gateway_routing::{ClientAddr, Gateway, ProxyBody};
+use mcp_gateway_store::{MemoryStore, StoreConfig};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use config::{AdapterConfig, Args, Config};
+
+/// A running gateway.
+pub struct Handle {
+    /// Where the data plane listens (the real port when configured with port 0).
+    pub data_addr: std::net::SocketAddr,
+    /// Where /healthz, /readyz and /metrics listen.
+    pub admin_addr: std::net::SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Handle {
+    /// Stops accepting, lets in-flight requests finish within the configured grace period, then
+    /// closes what remains (long-lived streams).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// The static adapters of the configuration as resolver targets (replica ids are indexes).
+pub fn targets(adapters: &[AdapterConfig]) -> Vec<AdapterTarget> {
+    adapters
+        .iter()
+        .map(|a| AdapterTarget {
+            name: a.name.clone(),
+            replicas: a
+                .upstreams
+                .iter()
+                .enumerate()
+                .map(|(i, url)| Replica {
+                    id: i.to_string().into(),
+                    ordinal: i as u32,
+                    base_url: url.trim_end_matches('/').into(),
+                    ready: true,
+                    draining: false,
+                })
+                .collect(),
+            mcp_path: a.mcp_path.clone(),
+            sse_path: a.sse_path.clone(),
+        })
+        .collect()
+}
+
+/// Binds both listeners and starts serving.
+pub async fn run(config: Config) -> anyhow::Result<Handle> {
+    let metrics = mcp_gateway_telemetry::metrics()?;
+    let store = Arc::new(MemoryStore::new(StoreConfig {
+        idle_ttl: config.session_idle_ttl,
+        max_lifetime: config.session_max_lifetime,
+    }));
+    let reaper = store.spawn_reaper(std::time::Duration::from_secs(30));
+    let resolver = Arc::new(StaticResolver::new(targets(&config.adapters)));
+    let gateway = Gateway::new(config.routing.clone(), resolver, store);
+
+    let data = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
+    let admin = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin_listen)", config.admin_listen))?;
+    let data_addr = data.local_addr()?;
+    let admin_addr = admin.local_addr()?;
+    tracing::info!(%data_addr, %admin_addr, adapters = config.adapters.len(), "gateway listening");
+
+    let (shutdown, rx) = watch::channel(false);
+    let accepting = Arc::new(AtomicBool::new(true));
+    let data_task = {
+        let accepting = accepting.clone();
+        let rx = rx.clone();
+        let grace = config.shutdown_grace;
+        tokio::spawn(async move {
+            server::serve(data, rx, grace, move |peer| {
+                let gateway = gateway.clone();
+                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ClientAddr(peer));
+                    let gateway = gateway.clone();
+                    async move { Ok::<_, std::convert::Infallible>(gateway.handle(req).await) }
+                })
+            })
+            .await;
+            accepting.store(false, Ordering::Relaxed);
+            reaper.abort();
+        })
+    };
+    let admin_task = tokio::spawn(async move {
+        server::serve(admin, rx, std::time::Duration::from_secs(1), move |_| {
+            let metrics = metrics.clone();
+            let accepting = accepting.clone();
+            hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let res = admin_response(req.uri().path(), &metrics, &accepting);
+                async move { Ok::<_, std::convert::Infallible>(res) }
+            })
+        })
+        .await;
+    });
+    Ok(Handle {
+        data_addr,
+        admin_addr,
+        shutdown,
+        tasks: vec![data_task, admin_task],
+    })
+}
+
+fn admin_response(
+    path: &str,
+    metrics: &PrometheusHandle,
+    accepting: &AtomicBool,
+) -> Response<ProxyBody> {
+    let (status, content_type, body) = match path {
+        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
+        "/readyz" if accepting.load(Ordering::Relaxed) => {
+            (StatusCode::OK, "text/plain", "ready\n".to_owned())
+        }
+        "/readyz" => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "shutting down\n".to_owned(),
+        ),
+        "/metrics" => (
+            StatusCode::OK,
+            "text/plain; version=0.0.4",
+            metrics.render(),
+        ),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: use /healthz, /readyz or /metrics\n".to_owned(),
+        ),
+    };
+    let mut res = Response::new(
+        Full::new(bytes::Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    res
+}

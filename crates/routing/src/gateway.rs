@@ -33,7 +33,7 @@ use crate::body::{
 use crate::error::ProxyError;
 use crate::headers::{self, MCP_METHOD, MCP_NAME, MCP_SESSION_ID};
 use crate::jsonrpc::{self, Envelope, Scan};
-use crate::placement::{self, HealthTable, InFlight};
+use crate::placement::{self, HealthTable, InFlight, Placing};
 use crate::{RoutingConfig, sse};
 
 /// Request extension: the peer address of the client connection, for `X-Forwarded-For`.
@@ -362,11 +362,11 @@ impl Gateway {
                 .with_id(&id);
         }
         let initialize = env.as_ref().is_some_and(Envelope::is_initialize);
-        let candidates = if initialize {
+        let (candidates, _placing) = if initialize {
             self.check_session_limit().await.with_id(&id)?;
             self.session_candidates(&target).await.with_id(&id)?
         } else {
-            self.stateless_candidates(&target)
+            (self.stateless_candidates(&target), None)
         };
         let path = mcp_path(&target, query.as_deref());
         let (replica, res) = self
@@ -453,7 +453,7 @@ impl Gateway {
         parts: http::request::Parts,
     ) -> Result<Response<ProxyBody>, Fail> {
         self.check_session_limit().await?;
-        let candidates = self.session_candidates(&target).await?;
+        let (candidates, placing) = self.session_candidates(&target).await?;
         let path = match parts.uri.query() {
             Some(q) => format!("{}?{q}", target.sse_path),
             None => target.sse_path.clone(),
@@ -501,6 +501,7 @@ impl Gateway {
                             path_and_query: endpoint.path_and_query.to_owned(),
                         });
                         store.put(record).await?;
+                        drop(placing);
                         *opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(key);
                         Ok(format!(
                             "/adapters/{}/messages?{}",
@@ -558,15 +559,28 @@ impl Gateway {
         Ok(())
     }
 
-    async fn session_candidates(&self, target: &AdapterTarget) -> Result<Vec<Replica>, ProxyError> {
+    /// Candidates for a new session, best first, and a guard that counts the session on the
+    /// first candidate until its record is written.
+    async fn session_candidates(
+        &self,
+        target: &AdapterTarget,
+    ) -> Result<(Vec<Replica>, Option<Placing>), ProxyError> {
         let counts: HashMap<Arc<str>, u64> = self.shared.store.live_sessions(&target.name).await?;
         let health = &self.shared.health;
-        Ok(placement::for_new_session(target, &counts, |r| {
-            health.get(target.name.as_str(), &r.id).ejected()
-        })
+        let name = target.name.as_str();
+        let candidates: Vec<Replica> = placement::for_new_session(
+            target,
+            &counts,
+            |r| health.get(name, &r.id).placing(),
+            |r| health.get(name, &r.id).ejected(),
+        )
         .into_iter()
         .cloned()
-        .collect())
+        .collect();
+        let placing = candidates
+            .first()
+            .map(|r| health.get(name, &r.id).start_placing());
+        Ok((candidates, placing))
     }
 
     fn stateless_candidates(&self, target: &AdapterTarget) -> Vec<Replica> {

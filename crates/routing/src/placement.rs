@@ -13,6 +13,9 @@ use tokio::time::Instant;
 #[derive(Debug)]
 pub struct ReplicaHealth {
     in_flight: AtomicU64,
+    /// New sessions placed here whose record is not written yet: counted as live sessions so
+    /// a burst of concurrent `initialize`s does not all land on the same replica.
+    placing: AtomicU64,
     /// Ejected until `epoch + ejected_until_ms`; 0 when not ejected.
     ejected_until_ms: AtomicU64,
     epoch: Instant,
@@ -22,6 +25,7 @@ impl ReplicaHealth {
     fn new(epoch: Instant) -> Self {
         Self {
             in_flight: AtomicU64::new(0),
+            placing: AtomicU64::new(0),
             ejected_until_ms: AtomicU64::new(0),
             epoch,
         }
@@ -35,6 +39,16 @@ impl ReplicaHealth {
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+
+    pub fn placing(&self) -> u64 {
+        self.placing.load(Ordering::Relaxed)
+    }
+
+    /// Counts a session being opened here until the returned guard is dropped.
+    pub fn start_placing(self: &Arc<Self>) -> Placing {
+        self.placing.fetch_add(1, Ordering::Relaxed);
+        Placing(self.clone())
     }
 
     pub fn ejected(&self) -> bool {
@@ -60,6 +74,16 @@ pub struct InFlight(Arc<ReplicaHealth>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Guard of one session being placed.
+#[derive(Debug)]
+pub struct Placing(Arc<ReplicaHealth>);
+
+impl Drop for Placing {
+    fn drop(&mut self) {
+        self.0.placing.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -100,14 +124,16 @@ impl HealthTable {
 /// Candidates for a new session, best first: placeable replicas that are not ejected, by fewest
 /// live sessions, ties to the lowest ordinal. When every placeable replica is ejected they are
 /// all tried anyway (better a likely failure than a certain one), in the same order.
+/// `placing` adds sessions being opened whose records are not written yet.
 pub fn for_new_session<'a>(
     target: &'a AdapterTarget,
     sessions: &HashMap<Arc<str>, u64>,
+    placing: impl Fn(&Replica) -> u64,
     ejected: impl Fn(&Replica) -> bool,
 ) -> Vec<&'a Replica> {
     order(
         target,
-        |r| sessions.get(&r.id).copied().unwrap_or(0),
+        |r| sessions.get(&r.id).copied().unwrap_or(0) + placing(r),
         ejected,
     )
 }
@@ -178,11 +204,24 @@ mod tests {
     fn new_sessions_go_to_the_fewest_sessions_ties_to_lowest_ordinal() {
         let t = target(&[("0", true, false), ("1", true, false), ("2", true, false)]);
         let none = HashMap::new();
-        assert_eq!(ids(for_new_session(&t, &none, |_| false)), ["0", "1", "2"]);
+        assert_eq!(
+            ids(for_new_session(&t, &none, |_| 0, |_| false)),
+            ["0", "1", "2"]
+        );
         let counts = HashMap::from([("0".into(), 2), ("1".into(), 1), ("2".into(), 1)]);
         assert_eq!(
-            ids(for_new_session(&t, &counts, |_| false)),
+            ids(for_new_session(&t, &counts, |_| 0, |_| false)),
             ["1", "2", "0"]
+        );
+    }
+
+    #[test]
+    fn sessions_being_placed_count_as_live() {
+        let t = target(&[("0", true, false), ("1", true, false)]);
+        let placing = |r: &Replica| if &*r.id == "0" { 1 } else { 0 };
+        assert_eq!(
+            ids(for_new_session(&t, &HashMap::new(), placing, |_| false)),
+            ["1", "0"]
         );
     }
 
@@ -195,19 +234,25 @@ mod tests {
             ("3", true, false),
         ]);
         let counts = HashMap::from([("3".into(), 5)]);
-        assert_eq!(ids(for_new_session(&t, &counts, |_| false)), ["2", "3"]);
-        assert_eq!(ids(for_new_session(&t, &counts, |r| &*r.id == "2")), ["3"]);
+        assert_eq!(
+            ids(for_new_session(&t, &counts, |_| 0, |_| false)),
+            ["2", "3"]
+        );
+        assert_eq!(
+            ids(for_new_session(&t, &counts, |_| 0, |r| &*r.id == "2")),
+            ["3"]
+        );
     }
 
     #[test]
     fn when_all_are_ejected_all_are_still_tried() {
         let t = target(&[("0", true, false), ("1", true, false)]);
         assert_eq!(
-            ids(for_new_session(&t, &HashMap::new(), |_| true)),
+            ids(for_new_session(&t, &HashMap::new(), |_| 0, |_| true)),
             ["0", "1"]
         );
         let t = target(&[("0", false, false)]);
-        assert!(for_new_session(&t, &HashMap::new(), |_| false).is_empty());
+        assert!(for_new_session(&t, &HashMap::new(), |_| 0, |_| false).is_empty());
     }
 
     #[test]

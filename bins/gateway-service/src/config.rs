@@ -1,0 +1,429 @@
+//! Configuration of `gateway-service`: a TOML file, each key overridable by a flag or an
+//! environment variable (`MCP_GATEWAY_<KEY>`), defaults that run on a laptop.
+//!
+//! Precedence: flag > environment > file > default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use mcp_gateway_core::AdapterName;
+use mcp_gateway_telemetry::LogFormat;
+use serde::Deserialize;
+
+/// MCP gateway data plane: one entry point for many MCP servers, with session-aware routing.
+#[derive(Debug, Parser, Default)]
+#[command(name = "gateway-service", version, about)]
+pub struct Args {
+    /// TOML configuration file. Every key below may also be set there (snake_case).
+    #[arg(long, env = "MCP_GATEWAY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data-plane listen address (default 127.0.0.1:8080; port 0 picks a free port).
+    #[arg(long, env = "MCP_GATEWAY_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// Admin listen address for /healthz, /readyz and /metrics (default 127.0.0.1:9090).
+    #[arg(long, env = "MCP_GATEWAY_ADMIN_LISTEN")]
+    pub admin_listen: Option<SocketAddr>,
+    /// An adapter fronting servers deployed elsewhere: NAME=URL[,URL...] (one URL per replica).
+    /// Repeatable; in the environment, separate adapters with ';'.
+    #[arg(long = "adapter", env = "MCP_GATEWAY_ADAPTERS", value_delimiter = ';')]
+    pub adapters: Vec<String>,
+    /// Log filter in RUST_LOG syntax (default "info").
+    #[arg(long, env = "MCP_GATEWAY_LOG")]
+    pub log: Option<String>,
+    /// Log format: text or json (default text).
+    #[arg(long, env = "MCP_GATEWAY_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Time to connect to a replica, e.g. 5s (default 5s).
+    #[arg(long, env = "MCP_GATEWAY_CONNECT_TIMEOUT", value_parser = parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// Time to a replica's response headers (default 300s).
+    #[arg(long, env = "MCP_GATEWAY_REQUEST_TIMEOUT", value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+    /// Close a response stream silent for this long (default 600s).
+    #[arg(long, env = "MCP_GATEWAY_STREAM_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub stream_idle_timeout: Option<Duration>,
+    /// Keep a replica that refused a connection out of placement this long (default 10s).
+    #[arg(long, env = "MCP_GATEWAY_EJECT_FOR", value_parser = parse_duration)]
+    pub eject_for: Option<Duration>,
+    /// Largest request body in bytes (default 4194304).
+    #[arg(long, env = "MCP_GATEWAY_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<u64>,
+    /// Largest total request header size in bytes (default 32768).
+    #[arg(long, env = "MCP_GATEWAY_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Live sessions this gateway accepts (default 10000).
+    #[arg(long, env = "MCP_GATEWAY_MAX_SESSIONS")]
+    pub max_sessions: Option<u64>,
+    /// Allowed Host values (comma-separated; "*" for any). Default: loopback names when
+    /// listening on loopback, any otherwise.
+    #[arg(long, env = "MCP_GATEWAY_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Option<Vec<String>>,
+    /// Allowed browser Origins (comma-separated; "*" for any). Loopback origins are allowed
+    /// on a loopback Host.
+    #[arg(long, env = "MCP_GATEWAY_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+    /// A session unused this long expires (default 1h).
+    #[arg(long, env = "MCP_GATEWAY_SESSION_IDLE_TTL", value_parser = parse_duration)]
+    pub session_idle_ttl: Option<Duration>,
+    /// A session older than this expires (default 12h).
+    #[arg(long, env = "MCP_GATEWAY_SESSION_MAX_LIFETIME", value_parser = parse_duration)]
+    pub session_max_lifetime: Option<Duration>,
+    /// On shutdown, how long in-flight requests may finish before streams are closed (default 30s).
+    #[arg(long, env = "MCP_GATEWAY_SHUTDOWN_GRACE", value_parser = parse_duration)]
+    pub shutdown_grace: Option<Duration>,
+}
+
+/// The configuration file. Unknown keys are an error, so a typo does not pass silently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    admin_listen: Option<SocketAddr>,
+    log: Option<String>,
+    log_format: Option<LogFormat>,
+    #[serde(default, deserialize_with = "de_duration")]
+    connect_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    request_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    stream_idle_timeout: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    eject_for: Option<Duration>,
+    max_body_bytes: Option<u64>,
+    max_header_bytes: Option<usize>,
+    max_sessions: Option<u64>,
+    allowed_hosts: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "de_duration")]
+    session_idle_ttl: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    session_max_lifetime: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    shutdown_grace: Option<Duration>,
+    #[serde(default)]
+    adapters: Vec<AdapterConfig>,
+}
+
+/// An adapter fronting MCP servers deployed elsewhere, one upstream URL per replica.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterConfig {
+    pub name: AdapterName,
+    /// Base URLs (`http://host:port`), one per replica; replica ids are their indexes.
+    pub upstreams: Vec<String>,
+    /// The replicas' streamable HTTP endpoint path.
+    #[serde(default = "default_mcp_path")]
+    pub mcp_path: String,
+    /// The replicas' legacy HTTP+SSE endpoint path.
+    #[serde(default = "default_sse_path")]
+    pub sse_path: String,
+}
+
+fn default_mcp_path() -> String {
+    "/mcp".into()
+}
+
+fn default_sse_path() -> String {
+    "/sse".into()
+}
+
+/// The resolved configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub routing: mcp_gateway_routing::RoutingConfig,
+    pub session_idle_ttl: Duration,
+    pub session_max_lifetime: Duration,
+    pub shutdown_grace: Duration,
+    pub adapters: Vec<AdapterConfig>,
+}
+
+impl Config {
+    /// Defaults for tests: every port 0, no adapters.
+    pub fn for_tests() -> Self {
+        Self::resolve(Args {
+            listen: Some("127.0.0.1:0".parse().expect("literal address")),
+            admin_listen: Some("127.0.0.1:0".parse().expect("literal address")),
+            ..Args::default()
+        })
+        .expect("defaults are valid")
+    }
+
+    /// Reads the file named by `--config` (if any) and applies flags and environment on top.
+    pub fn resolve(args: Args) -> anyhow::Result<Self> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let listen = args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:8080".parse().expect("literal address"));
+        let defaults = mcp_gateway_routing::RoutingConfig::default();
+        let routing = mcp_gateway_routing::RoutingConfig {
+            connect_timeout: args
+                .connect_timeout
+                .or(file.connect_timeout)
+                .unwrap_or(defaults.connect_timeout),
+            request_timeout: args
+                .request_timeout
+                .or(file.request_timeout)
+                .unwrap_or(defaults.request_timeout),
+            stream_idle_timeout: args
+                .stream_idle_timeout
+                .or(file.stream_idle_timeout)
+                .unwrap_or(defaults.stream_idle_timeout),
+            eject_for: args
+                .eject_for
+                .or(file.eject_for)
+                .unwrap_or(defaults.eject_for),
+            max_body_bytes: args
+                .max_body_bytes
+                .or(file.max_body_bytes)
+                .unwrap_or(defaults.max_body_bytes),
+            max_header_bytes: args
+                .max_header_bytes
+                .or(file.max_header_bytes)
+                .unwrap_or(defaults.max_header_bytes),
+            max_sessions: args
+                .max_sessions
+                .or(file.max_sessions)
+                .unwrap_or(defaults.max_sessions),
+            allowed_hosts: args
+                .allowed_hosts
+                .or(file.allowed_hosts)
+                .unwrap_or_else(|| {
+                    mcp_gateway_routing::RoutingConfig::default_allowed_hosts(listen.ip())
+                }),
+            allowed_origins: args
+                .allowed_origins
+                .or(file.allowed_origins)
+                .unwrap_or_default(),
+        };
+        let mut adapters = file.adapters;
+        for spec in &args.adapters {
+            let adapter = parse_adapter_flag(spec)?;
+            adapters.retain(|a| a.name != adapter.name);
+            adapters.push(adapter);
+        }
+        let config = Self {
+            listen,
+            admin_listen: args
+                .admin_listen
+                .or(file.admin_listen)
+                .unwrap_or_else(|| "127.0.0.1:9090".parse().expect("literal address")),
+            log: args.log.or(file.log).unwrap_or_else(|| "info".into()),
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            routing,
+            session_idle_ttl: args
+                .session_idle_ttl
+                .or(file.session_idle_ttl)
+                .unwrap_or(Duration::from_secs(3600)),
+            session_max_lifetime: args
+                .session_max_lifetime
+                .or(file.session_max_lifetime)
+                .unwrap_or(Duration::from_secs(12 * 3600)),
+            shutdown_grace: args
+                .shutdown_grace
+                .or(file.shutdown_grace)
+                .unwrap_or(Duration::from_secs(30)),
+            adapters,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for a in &self.adapters {
+            if !seen.insert(a.name.clone()) {
+                bail!("adapter {} is declared twice", a.name);
+            }
+            if a.upstreams.is_empty() {
+                bail!("adapter {}: upstreams must list at least one URL", a.name);
+            }
+            for u in &a.upstreams {
+                check_upstream(u).with_context(|| format!("adapter {}", a.name))?;
+            }
+            for (key, path) in [("mcp_path", &a.mcp_path), ("sse_path", &a.sse_path)] {
+                if !path.starts_with('/') || path.contains('?') {
+                    bail!(
+                        "adapter {}: {key} {path:?} must be a path starting with '/'",
+                        a.name
+                    );
+                }
+            }
+        }
+        if self.routing.max_body_bytes == 0 || self.routing.max_sessions == 0 {
+            bail!("max_body_bytes and max_sessions must be greater than 0");
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// `NAME=URL[,URL...]`
+fn parse_adapter_flag(spec: &str) -> anyhow::Result<AdapterConfig> {
+    let Some((name, urls)) = spec.split_once('=') else {
+        bail!("--adapter {spec:?}: expected NAME=URL[,URL...]");
+    };
+    Ok(AdapterConfig {
+        name: AdapterName::new(name.trim())?,
+        upstreams: urls
+            .split(',')
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect(),
+        mcp_path: default_mcp_path(),
+        sse_path: default_sse_path(),
+    })
+}
+
+/// An upstream is `http://host:port` with no path: the adapter's paths are appended.
+fn check_upstream(url: &str) -> anyhow::Result<()> {
+    let uri: http::Uri = url
+        .parse()
+        .with_context(|| format!("upstream {url:?} is not a URL"))?;
+    if uri.scheme_str() != Some("http") {
+        bail!("upstream {url:?} must start with http:// (TLS to replicas is not supported yet)");
+    }
+    if uri.authority().is_none() {
+        bail!("upstream {url:?} has no host");
+    }
+    if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        bail!("upstream {url:?} must have no path; set mcp_path/sse_path instead");
+    }
+    Ok(())
+}
+
+/// `250ms`, `5s`, `10m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 5s, 10m, 1h"))?;
+    let secs = match unit.trim() {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Option::<Raw>::deserialize(d)? {
+        None => Ok(None),
+        Some(Raw::Secs(n)) => Ok(Some(Duration::from_secs(n))),
+        Some(Raw::Text(t)) => parse_duration(&t)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(text: &str, flags: &[&str]) -> anyhow::Result<Config> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("gw.toml");
+        std::fs::write(&path, text)?;
+        let mut argv = vec![
+            "gateway-service".to_owned(),
+            "--config".into(),
+            path.display().to_string(),
+        ];
+        argv.extend(flags.iter().map(|s| s.to_string()));
+        Config::resolve(Args::try_parse_from(argv)?)
+    }
+
+    #[test]
+    fn reads_the_documented_example() {
+        let c = from_toml(
+            r#"
+listen = "127.0.0.1:8080"
+admin_listen = "127.0.0.1:9090"
+[[adapters]]
+name = "everything"
+upstreams = ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]
+mcp_path = "/mcp"
+sse_path = "/sse"
+"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.adapters.len(), 1);
+        assert_eq!(c.adapters[0].upstreams.len(), 2);
+        assert_eq!(c.routing.allowed_hosts, ["localhost", "127.0.0.1", "[::1]"]);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let c = from_toml(
+            "listen = \"127.0.0.1:1\"\nrequest_timeout = \"2s\"\nconnect_timeout = 3\n",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--adapter",
+                "x=http://127.0.0.1:5,http://127.0.0.1:6",
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 0);
+        assert_eq!(c.routing.request_timeout, Duration::from_secs(2));
+        assert_eq!(c.routing.connect_timeout, Duration::from_secs(3));
+        assert_eq!(c.adapters[0].name.as_str(), "x");
+        assert_eq!(c.adapters[0].upstreams.len(), 2);
+    }
+
+    #[test]
+    fn bad_configs_say_what_to_fix() {
+        let err = |text: &str| format!("{:#}", from_toml(text, &[]).unwrap_err());
+        assert!(err("lisen = \"x\"").contains("unknown field"));
+        assert!(
+            err("[[adapters]]\nname = \"Bad_Name\"\nupstreams = [\"http://a:1\"]")
+                .contains("DNS-1123")
+        );
+        assert!(err("[[adapters]]\nname = \"a\"\nupstreams = []").contains("at least one"));
+        assert!(
+            err("[[adapters]]\nname = \"a\"\nupstreams = [\"http://a:1/mcp\"]").contains("no path")
+        );
+        assert!(err("[[adapters]]\nname = \"a\"\nupstreams = [\"ftp://a:1\"]").contains("http://"));
+        assert!(err("request_timeout = \"5 parsecs\"").contains("duration"));
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("5d").is_err());
+    }
+}
