@@ -34,7 +34,10 @@ pub enum Error {
     #[error("{0}")]
     HeaderMismatch(String),
     #[error("Unsupported protocol version")]
-    UnsupportedVersion { requested: String, supported: &'static [&'static str] },
+    UnsupportedVersion {
+        requested: String,
+        supported: &'static [&'static str],
+    },
     #[error("Bad Request: Missing session ID")]
     MissingSession,
     #[error("Session not found")]
@@ -50,9 +53,10 @@ impl Error {
     pub fn code(&self) -> i64 {
         match self {
             Self::Parse => code::PARSE_ERROR,
-            Self::InvalidRequest(_) | Self::MissingSession | Self::SessionNotFound | Self::BodyTooLarge => {
-                code::INVALID_REQUEST
-            }
+            Self::InvalidRequest(_)
+            | Self::MissingSession
+            | Self::SessionNotFound
+            | Self::BodyTooLarge => code::INVALID_REQUEST,
             Self::MethodNotFound(_) => code::METHOD_NOT_FOUND,
             Self::InvalidParams(_) => code::INVALID_PARAMS,
             Self::HeaderMismatch(_) => code::HEADER_MISMATCH,
@@ -75,7 +79,10 @@ impl Error {
         let mut error = json!({ "code": self.code(), "message": self.to_string() });
         match self {
             Self::MethodNotFound(method) => error["data"] = json!(method),
-            Self::UnsupportedVersion { requested, supported } => {
+            Self::UnsupportedVersion {
+                requested,
+                supported,
+            } => {
                 error["data"] = json!({ "supported": supported, "requested": requested });
             }
             _ => {}
@@ -110,7 +117,10 @@ mod tests {
 
     #[test]
     fn unsupported_version_names_what_is_supported() {
-        let err = Error::UnsupportedVersion { requested: "1999-01-01".into(), supported: &["2026-07-28"] };
+        let err = Error::UnsupportedVersion {
+            requested: "1999-01-01".into(),
+            supported: &["2026-07-28"],
+        };
         let body = err.to_response(Some(&json!(3)));
         assert_eq!(body["id"], 3);
         assert_eq!(body["error"]["code"], code::UNSUPPORTED_PROTOCOL_VERSION);

@@ -31,7 +31,12 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `listener` until `shutdown` resolves, then drains: session streams are ended and
 /// in-flight requests get [`DRAIN_TIMEOUT`] to finish.
-pub async fn serve(listener: TcpListener, server: Arc<Server>, transport: Transport, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    server: Arc<Server>,
+    transport: Transport,
+    shutdown: impl Future<Output = ()>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -53,7 +58,11 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, transport: Transp
         }
         let server = server.clone();
         let service = hyper::service::service_fn(move |req| route(server.clone(), transport, req));
-        let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+        let conn = graceful.watch(
+            builder
+                .serve_connection(TokioIo::new(stream), service)
+                .into_owned(),
+        );
         tokio::spawn(async move {
             if let Err(err) = conn.await {
                 tracing::debug!(%peer, %err, "connection ended with an error");
@@ -62,12 +71,19 @@ pub async fn serve(listener: TcpListener, server: Arc<Server>, transport: Transp
     }
     drop(listener);
     server.sessions().close_all();
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!("connections still open after {DRAIN_TIMEOUT:?}, closing them");
     }
 }
 
-async fn route(server: Arc<Server>, transport: Transport, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn route(
+    server: Arc<Server>,
+    transport: Transport,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let (parts, body) = req.into_parts();
     let (streamable, legacy) = (transport.serves_streamable_http(), transport.serves_sse());
     let response = match (&parts.method, parts.uri.path()) {
@@ -95,7 +111,9 @@ async fn read_body(body: Incoming) -> Result<Bytes, Error> {
     match Limited::new(body, MAX_BODY).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(Error::BodyTooLarge),
-        Err(err) => Err(Error::InvalidRequest(format!("could not read the request body: {err}"))),
+        Err(err) => Err(Error::InvalidRequest(format!(
+            "could not read the request body: {err}"
+        ))),
     }
 }
 
@@ -128,7 +146,9 @@ impl http_body::Body for Body {
 
     fn size_hint(&self) -> http_body::SizeHint {
         match self {
-            Self::Full(bytes) => http_body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Full(bytes) => {
+                http_body::SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
             Self::Sse(_) => http_body::SizeHint::default(),
         }
     }
@@ -138,7 +158,10 @@ impl http_body::Body for Body {
 pub fn json(status: StatusCode, value: &Value) -> Response<Body> {
     let mut response = Response::new(Body::Full(Some(Bytes::from(value.to_string()))));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -157,15 +180,23 @@ pub fn empty(status: StatusCode) -> Response<Body> {
 pub fn sse(body: SseBody) -> Response<Body> {
     let mut response = Response::new(Body::Sse(body));
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, no-transform"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, no-transform"),
+    );
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
 }
 
 fn method_not_allowed(allow: &'static str) -> Response<Body> {
     let mut response = empty(StatusCode::METHOD_NOT_ALLOWED);
-    response.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
     response
 }
 
@@ -183,7 +214,11 @@ pub fn accepts(headers: &HeaderMap, media_type: &str) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|item| item.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case(media_type)))
+        .any(|item| {
+            item.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case(media_type))
+        })
 }
 
 #[cfg(test)]
@@ -193,7 +228,10 @@ mod tests {
     #[test]
     fn accept_lists_are_split_and_parameters_ignored() {
         let mut headers = HeaderMap::new();
-        headers.insert(header::ACCEPT, HeaderValue::from_static("application/json, Text/Event-Stream;q=0.9"));
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_static("application/json, Text/Event-Stream;q=0.9"),
+        );
         assert!(accepts(&headers, "text/event-stream"));
         assert!(accepts(&headers, "application/json"));
         assert!(!accepts(&headers, "text/html"));

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::error::Error;
 use crate::http::{Body, empty, error, sse};
-use crate::protocol::{Message, Scope, Server};
+use crate::protocol::{self, Message, Server};
 use crate::sse::{SseBody, event};
 
 /// Messages a session may have queued on its stream before senders wait for the client.
@@ -23,8 +23,14 @@ pub fn open(server: &Server) -> Response<Body> {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
     let session = server.sessions().create(Some(tx));
     tracing::debug!(session = session.id(), "legacy SSE session opened");
-    let endpoint = event(Some("endpoint"), None, &format!("/messages?sessionId={}", session.id()));
-    sse(SseBody::new(rx).with_preamble(endpoint).with_guard(server.sessions().guard(session.id())))
+    let endpoint = event(
+        Some("endpoint"),
+        None,
+        &format!("/messages?sessionId={}", session.id()),
+    );
+    sse(SseBody::new(rx)
+        .with_preamble(endpoint)
+        .with_guard(server.sessions().guard(session.id())))
 }
 
 /// `POST /messages?sessionId=…` (`session_id`, the Python SDK's key, is accepted too).
@@ -32,7 +38,11 @@ pub fn post(server: &Arc<Server>, query: Option<&str>, body: Bytes) -> Response<
     let Some(id) = query.and_then(session_id) else {
         return error(&Error::InvalidRequest("sessionId is required".into()), None);
     };
-    let Some((session, out)) = server.sessions().get(id).and_then(|s| s.outbound().map(|out| (s, out))) else {
+    let Some((session, out)) = server
+        .sessions()
+        .get(id)
+        .and_then(|s| s.outbound().map(|out| (s, out)))
+    else {
         return error(&Error::SessionNotFound, None);
     };
     let request = match Message::parse(&body) {
@@ -42,7 +52,10 @@ pub fn post(server: &Arc<Server>, query: Option<&str>, body: Bytes) -> Response<
     };
     let server = server.clone();
     tokio::spawn(async move {
-        let response = server.handle(&request, &Scope::Session(session), Some(out.clone())).await;
+        let response = match protocol::scope_for(&request, &session) {
+            Ok(scope) => server.handle(&request, &scope, Some(out.clone())).await,
+            Err(err) => err.to_response(Some(&request.id)),
+        };
         // Fails only when the stream has closed, which ends the session anyway.
         let _ = out.send(response).await;
     });
@@ -71,7 +84,10 @@ mod tests {
     async fn unknown_and_missing_sessions_are_refused() {
         let server = Arc::new(Server::new("r".into()));
         let ping = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#);
-        assert_eq!(post(&server, Some("sessionId=nope"), ping.clone()).status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            post(&server, Some("sessionId=nope"), ping.clone()).status(),
+            StatusCode::NOT_FOUND
+        );
         assert_eq!(post(&server, None, ping).status(), StatusCode::BAD_REQUEST);
     }
 

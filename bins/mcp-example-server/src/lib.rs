@@ -92,7 +92,10 @@ impl Handle {
 pub async fn start_http(config: &Config) -> std::io::Result<Handle> {
     let listener = TcpListener::bind((config.host.as_str(), config.port)).await?;
     let local_addr = listener.local_addr()?;
-    let replica = config.replica.clone().unwrap_or_else(|| format!("p{}", local_addr.port()));
+    let replica = config
+        .replica
+        .clone()
+        .unwrap_or_else(|| format!("p{}", local_addr.port()));
     let server = Arc::new(Server::new(replica));
     let (shutdown, stopped) = oneshot::channel::<()>();
     let transport = config.transport;
@@ -102,11 +105,23 @@ pub async fn start_http(config: &Config) -> std::io::Result<Handle> {
         })
         .await;
     });
-    Ok(Handle { local_addr, shutdown, task })
+    Ok(Handle {
+        local_addr,
+        shutdown,
+        task,
+    })
 }
 
 /// Serves stdio until stdin ends.
 pub async fn run_stdio(config: &Config) -> std::io::Result<()> {
-    let replica = config.replica.clone().unwrap_or_else(|| format!("pid{}", std::process::id()));
-    stdio::serve(Arc::new(Server::new(replica)), tokio::io::stdin(), tokio::io::stdout()).await
+    let replica = config
+        .replica
+        .clone()
+        .unwrap_or_else(|| format!("pid{}", std::process::id()));
+    stdio::serve(
+        Arc::new(Server::new(replica)),
+        tokio::io::stdin(),
+        tokio::io::stdout(),
+    )
+    .await
 }

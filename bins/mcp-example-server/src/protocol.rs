@@ -32,7 +32,9 @@ pub const META_SERVER_INFO: &str = "io.modelcontextprotocol/serverInfo";
 #[derive(Debug, Clone, PartialEq)]
 pub enum Message {
     Request(Request),
-    Notification { method: String },
+    Notification {
+        method: String,
+    },
     /// A response from the client (to a server request; this server sends none).
     Response,
 }
@@ -50,7 +52,9 @@ impl Message {
     pub fn parse(bytes: &[u8]) -> Result<Self, Error> {
         let value: Value = serde_json::from_slice(bytes).map_err(|_| Error::Parse)?;
         let Value::Object(mut obj) = value else {
-            return Err(Error::InvalidRequest("Body must be a single JSON-RPC message object".into()));
+            return Err(Error::InvalidRequest(
+                "Body must be a single JSON-RPC message object".into(),
+            ));
         };
         if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
             return Err(Error::InvalidRequest("jsonrpc must be \"2.0\"".into()));
@@ -59,7 +63,9 @@ impl Message {
         if let Some(id) = &id
             && !(id.is_string() || id.is_number())
         {
-            return Err(Error::InvalidRequest("id must be a string or a number".into()));
+            return Err(Error::InvalidRequest(
+                "id must be a string or a number".into(),
+            ));
         }
         match (obj.remove("method"), id) {
             (Some(Value::String(method)), Some(id)) => {
@@ -68,8 +74,12 @@ impl Message {
             }
             (Some(Value::String(method)), None) => Ok(Self::Notification { method }),
             (Some(_), _) => Err(Error::InvalidRequest("method must be a string".into())),
-            (None, Some(_)) if obj.contains_key("result") || obj.contains_key("error") => Ok(Self::Response),
-            (None, _) => Err(Error::InvalidRequest("not a JSON-RPC request, notification or response".into())),
+            (None, Some(_)) if obj.contains_key("result") || obj.contains_key("error") => {
+                Ok(Self::Response)
+            }
+            (None, _) => Err(Error::InvalidRequest(
+                "not a JSON-RPC request, notification or response".into(),
+            )),
         }
     }
 }
@@ -77,12 +87,17 @@ impl Message {
 impl Request {
     /// `params._meta.progressToken`, if the client asked for progress.
     pub fn progress_token(&self) -> Option<&Value> {
-        self.params.get("_meta")?.get("progressToken").filter(|t| t.is_string() || t.is_number())
+        self.params
+            .get("_meta")?
+            .get("progressToken")
+            .filter(|t| t.is_string() || t.is_number())
     }
 
     /// Whether the request carries a stateless (2026-07-28) envelope: how stdio tells the eras apart.
     pub fn has_envelope(&self) -> bool {
-        self.params.get("_meta").is_some_and(|meta| meta.get(META_PROTOCOL_VERSION).is_some())
+        self.params
+            .get("_meta")
+            .is_some_and(|meta| meta.get(META_PROTOCOL_VERSION).is_some())
     }
 
     /// The param mirrored by the `Mcp-Name` header: `name` of a tool or prompt, `uri` of a resource.
@@ -129,13 +144,19 @@ pub fn envelope_version(request: &Request) -> Result<&Value, Error> {
              '{META_CLIENT_CAPABILITIES}' envelope keys"
         )));
     };
-    match (meta.get(META_PROTOCOL_VERSION), meta.contains_key(META_CLIENT_CAPABILITIES)) {
+    match (
+        meta.get(META_PROTOCOL_VERSION),
+        meta.contains_key(META_CLIENT_CAPABILITIES),
+    ) {
         (Some(version), true) => Ok(version),
         (version, capabilities) => {
-            let missing: Vec<_> = [(META_PROTOCOL_VERSION, version.is_some()), (META_CLIENT_CAPABILITIES, capabilities)]
-                .into_iter()
-                .filter_map(|(key, present)| (!present).then_some(key))
-                .collect();
+            let missing: Vec<_> = [
+                (META_PROTOCOL_VERSION, version.is_some()),
+                (META_CLIENT_CAPABILITIES, capabilities),
+            ]
+            .into_iter()
+            .filter_map(|(key, present)| (!present).then_some(key))
+            .collect();
             Err(Error::InvalidParams(format!(
                 "params._meta is missing the required envelope key(s): {}",
                 missing.join(", ")
@@ -148,8 +169,13 @@ pub fn envelope_version(request: &Request) -> Result<&Value, Error> {
 pub fn check_version(version: &Value) -> Result<(), Error> {
     match version {
         Value::String(v) if MODERN_VERSIONS.contains(&v.as_str()) => Ok(()),
-        Value::String(v) => Err(Error::UnsupportedVersion { requested: v.clone(), supported: MODERN_VERSIONS }),
-        _ => Err(Error::InvalidParams("the protocol-version envelope value must be a string".into())),
+        Value::String(v) => Err(Error::UnsupportedVersion {
+            requested: v.clone(),
+            supported: MODERN_VERSIONS,
+        }),
+        _ => Err(Error::InvalidParams(
+            "the protocol-version envelope value must be a string".into(),
+        )),
     }
 }
 
@@ -159,6 +185,16 @@ pub enum Scope {
     Session(Arc<Session>),
     /// Revision 2026-07-28: no session.
     Stateless,
+}
+
+/// The scope of a request on a transport bound to one session (stdio, legacy HTTP+SSE): a
+/// request carrying a 2026-07-28 envelope is served statelessly, anything else in the session.
+pub fn scope_for(request: &Request, session: &Arc<Session>) -> Result<Scope, Error> {
+    if request.has_envelope() && request.method != "initialize" {
+        check_envelope(request).map(|()| Scope::Stateless)
+    } else {
+        Ok(Scope::Session(session.clone()))
+    }
 }
 
 /// The MCP server proper: tools and sessions, no transport.
@@ -172,7 +208,11 @@ pub struct Server {
 
 impl Server {
     pub fn new(replica: String) -> Self {
-        Self { replica, sessions: Sessions::default(), stateless_counter: AtomicU64::new(0) }
+        Self {
+            replica,
+            sessions: Sessions::default(),
+            stateless_counter: AtomicU64::new(0),
+        }
     }
 
     pub fn replica(&self) -> &str {
@@ -188,13 +228,20 @@ impl Server {
     pub async fn handle(&self, request: &Request, scope: &Scope, out: Option<Outbound>) -> Value {
         let result = self.dispatch(request, scope, out).await;
         match result {
-            Ok(result) if matches!(scope, Scope::Stateless) => response(&request.id, self.stamp(request, result)),
+            Ok(result) if matches!(scope, Scope::Stateless) => {
+                response(&request.id, self.stamp(request, result))
+            }
             Ok(result) => response(&request.id, result),
             Err(err) => err.to_response(Some(&request.id)),
         }
     }
 
-    async fn dispatch(&self, request: &Request, scope: &Scope, out: Option<Outbound>) -> Result<Value, Error> {
+    async fn dispatch(
+        &self,
+        request: &Request,
+        scope: &Scope,
+        out: Option<Outbound>,
+    ) -> Result<Value, Error> {
         match (request.method.as_str(), scope) {
             ("initialize", Scope::Session(session)) => Ok(self.initialize(request, session)),
             ("ping", _) => Ok(json!({})),
@@ -206,22 +253,41 @@ impl Server {
             ("tools/list", _) => Ok(json!({ "tools": tools::list() })),
             ("tools/call", _) => {
                 let Some(name) = request.params.get("name").and_then(Value::as_str) else {
-                    return Err(Error::InvalidParams("tools/call needs a string `name`".into()));
+                    return Err(Error::InvalidParams(
+                        "tools/call needs a string `name`".into(),
+                    ));
                 };
                 let arguments = request.params.get("arguments").unwrap_or(&Value::Null);
                 let counter = match scope {
                     Scope::Session(session) => session.counter(),
                     Scope::Stateless => &self.stateless_counter,
                 };
-                let progress = out.zip(request.progress_token()).map(|(out, token)| Progress { token: token.clone(), out });
-                tools::call(name, arguments, Env { replica: &self.replica, counter, progress }).await
+                let progress = out
+                    .zip(request.progress_token())
+                    .map(|(out, token)| Progress {
+                        token: token.clone(),
+                        out,
+                    });
+                tools::call(
+                    name,
+                    arguments,
+                    Env {
+                        replica: &self.replica,
+                        counter,
+                        progress,
+                    },
+                )
+                .await
             }
             (method, _) => Err(Error::MethodNotFound(method.to_owned())),
         }
     }
 
     fn initialize(&self, request: &Request, session: &Session) -> Value {
-        let requested = request.params.get("protocolVersion").and_then(Value::as_str);
+        let requested = request
+            .params
+            .get("protocolVersion")
+            .and_then(Value::as_str);
         let version = negotiate(requested);
         session.set_protocol_version(version);
         tracing::debug!(session = session.id(), version, "initialized");
@@ -267,7 +333,11 @@ mod tests {
     use tokio::sync::mpsc;
 
     fn request(method: &str, params: Value) -> Request {
-        Request { id: json!(1), method: method.into(), params }
+        Request {
+            id: json!(1),
+            method: method.into(),
+            params,
+        }
     }
 
     fn envelope() -> Value {
@@ -277,9 +347,22 @@ mod tests {
     #[test]
     fn parses_requests_notifications_and_responses() {
         let m = Message::parse(br#"{"jsonrpc":"2.0","id":"a","method":"ping"}"#).unwrap();
-        assert_eq!(m, Message::Request(Request { id: json!("a"), method: "ping".into(), params: Value::Null }));
-        let m = Message::parse(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
-        assert_eq!(m, Message::Notification { method: "notifications/initialized".into() });
+        assert_eq!(
+            m,
+            Message::Request(Request {
+                id: json!("a"),
+                method: "ping".into(),
+                params: Value::Null
+            })
+        );
+        let m =
+            Message::parse(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#).unwrap();
+        assert_eq!(
+            m,
+            Message::Notification {
+                method: "notifications/initialized".into()
+            }
+        );
         let m = Message::parse(br#"{"jsonrpc":"2.0","id":4,"result":{}}"#).unwrap();
         assert_eq!(m, Message::Response);
     }
@@ -287,10 +370,22 @@ mod tests {
     #[test]
     fn refuses_malformed_messages() {
         assert!(matches!(Message::parse(b"{nope"), Err(Error::Parse)));
-        assert!(matches!(Message::parse(b"[]"), Err(Error::InvalidRequest(_))));
-        assert!(matches!(Message::parse(br#"{"id":1,"method":"ping"}"#), Err(Error::InvalidRequest(_))));
-        assert!(matches!(Message::parse(br#"{"jsonrpc":"2.0","id":{},"method":"x"}"#), Err(Error::InvalidRequest(_))));
-        assert!(matches!(Message::parse(br#"{"jsonrpc":"2.0","method":7}"#), Err(Error::InvalidRequest(_))));
+        assert!(matches!(
+            Message::parse(b"[]"),
+            Err(Error::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            Message::parse(br#"{"id":1,"method":"ping"}"#),
+            Err(Error::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            Message::parse(br#"{"jsonrpc":"2.0","id":{},"method":"x"}"#),
+            Err(Error::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            Message::parse(br#"{"jsonrpc":"2.0","method":7}"#),
+            Err(Error::InvalidRequest(_))
+        ));
     }
 
     #[test]
@@ -306,9 +401,19 @@ mod tests {
         let bad = check_envelope(&request("tools/list", Value::Null)).unwrap_err();
         assert_eq!(bad.code(), code::INVALID_PARAMS);
         let partial = json!({ "_meta": { META_PROTOCOL_VERSION: "2026-07-28" } });
-        assert_eq!(check_envelope(&request("tools/list", partial)).unwrap_err().code(), code::INVALID_PARAMS);
+        assert_eq!(
+            check_envelope(&request("tools/list", partial))
+                .unwrap_err()
+                .code(),
+            code::INVALID_PARAMS
+        );
         let old = json!({ "_meta": { META_PROTOCOL_VERSION: "2025-11-25", META_CLIENT_CAPABILITIES: {} } });
-        assert_eq!(check_envelope(&request("tools/list", old)).unwrap_err().code(), code::UNSUPPORTED_PROTOCOL_VERSION);
+        assert_eq!(
+            check_envelope(&request("tools/list", old))
+                .unwrap_err()
+                .code(),
+            code::UNSUPPORTED_PROTOCOL_VERSION
+        );
         assert!(check_envelope(&request("tools/list", json!({ "_meta": envelope() }))).is_ok());
     }
 
@@ -316,8 +421,13 @@ mod tests {
     async fn initialize_negotiates_and_records_the_version() {
         let server = Server::new("r".into());
         let session = server.sessions().create(None);
-        let init = request("initialize", json!({ "protocolVersion": "2025-06-18", "capabilities": {} }));
-        let out = server.handle(&init, &Scope::Session(session.clone()), None).await;
+        let init = request(
+            "initialize",
+            json!({ "protocolVersion": "2025-06-18", "capabilities": {} }),
+        );
+        let out = server
+            .handle(&init, &Scope::Session(session.clone()), None)
+            .await;
         assert_eq!(out["result"]["protocolVersion"], "2025-06-18");
         assert_eq!(out["result"]["serverInfo"]["name"], SERVER_NAME);
         assert_eq!(session.protocol_version().as_deref(), Some("2025-06-18"));
@@ -326,36 +436,60 @@ mod tests {
     #[tokio::test]
     async fn counters_are_per_session() {
         let server = Server::new("r".into());
-        let (a, b) = (Scope::Session(server.sessions().create(None)), Scope::Session(server.sessions().create(None)));
+        let (a, b) = (
+            Scope::Session(server.sessions().create(None)),
+            Scope::Session(server.sessions().create(None)),
+        );
         let call = request("tools/call", json!({ "name": "counter_increment" }));
-        let text = |v: Value| v["result"]["content"][0]["text"].as_str().unwrap_or_default().to_owned();
+        let text = |v: Value| {
+            v["result"]["content"][0]["text"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        };
         assert_eq!(text(server.handle(&call, &a, None).await), "r:1");
         assert_eq!(text(server.handle(&call, &a, None).await), "r:2");
         assert_eq!(text(server.handle(&call, &b, None).await), "r:1");
-        assert_eq!(text(server.handle(&call, &Scope::Stateless, None).await), "r:1");
+        assert_eq!(
+            text(server.handle(&call, &Scope::Stateless, None).await),
+            "r:1"
+        );
     }
 
     #[tokio::test]
     async fn unknown_methods_get_method_not_found() {
         let server = Server::new("r".into());
-        let out = server.handle(&request("nope/nope", Value::Null), &Scope::Stateless, None).await;
+        let out = server
+            .handle(&request("nope/nope", Value::Null), &Scope::Stateless, None)
+            .await;
         assert_eq!(out["error"]["code"], code::METHOD_NOT_FOUND);
         assert_eq!(out["id"], 1);
-        let out = server.handle(&request("initialize", Value::Null), &Scope::Stateless, None).await;
+        let out = server
+            .handle(&request("initialize", Value::Null), &Scope::Stateless, None)
+            .await;
         assert_eq!(out["error"]["code"], code::METHOD_NOT_FOUND);
     }
 
     #[tokio::test]
     async fn stateless_results_carry_the_2026_fields() {
         let server = Server::new("r".into());
-        let out = server.handle(&request("server/discover", json!({ "_meta": envelope() })), &Scope::Stateless, None).await;
+        let out = server
+            .handle(
+                &request("server/discover", json!({ "_meta": envelope() })),
+                &Scope::Stateless,
+                None,
+            )
+            .await;
         let result = &out["result"];
         assert_eq!(result["supportedVersions"], json!(["2026-07-28"]));
         assert_eq!(result["resultType"], "complete");
         assert_eq!(result["cacheScope"], "public");
         assert_eq!(result["ttlMs"], 0);
         assert_eq!(result["_meta"][META_SERVER_INFO]["name"], SERVER_NAME);
-        let call = request("tools/call", json!({ "name": "echo", "arguments": { "text": "x" } }));
+        let call = request(
+            "tools/call",
+            json!({ "name": "echo", "arguments": { "text": "x" } }),
+        );
         let out = server.handle(&call, &Scope::Stateless, None).await;
         assert_eq!(out["result"]["resultType"], "complete");
         assert!(out["result"].get("cacheScope").is_none());
@@ -365,8 +499,13 @@ mod tests {
     async fn progress_goes_to_the_outbound_stream_only_when_asked_for() {
         let server = Server::new("r".into());
         let (tx, mut rx) = mpsc::channel(8);
-        let plain = request("tools/call", json!({ "name": "slow", "arguments": { "ms": 1, "steps": 2 } }));
-        server.handle(&plain, &Scope::Stateless, Some(tx.clone())).await;
+        let plain = request(
+            "tools/call",
+            json!({ "name": "slow", "arguments": { "ms": 1, "steps": 2 } }),
+        );
+        server
+            .handle(&plain, &Scope::Stateless, Some(tx.clone()))
+            .await;
         assert!(rx.try_recv().is_err());
         let mut asked = plain.clone();
         asked.params["_meta"] = json!({ "progressToken": 7 });

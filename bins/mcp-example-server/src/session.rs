@@ -120,9 +120,16 @@ impl Sessions {
         lock(&self.map).len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        lock(&self.map).is_empty()
+    }
+
     /// Removes the session when dropped: ties a legacy session to its SSE stream.
     pub fn guard(&self, id: &str) -> SessionGuard {
-        SessionGuard { sessions: self.clone(), id: id.to_owned() }
+        SessionGuard {
+            sessions: self.clone(),
+            id: id.to_owned(),
+        }
     }
 }
 

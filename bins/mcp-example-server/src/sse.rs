@@ -55,9 +55,16 @@ pub struct SseBody {
 
 impl SseBody {
     pub fn new(rx: mpsc::Receiver<Value>) -> Self {
-        let mut keepalive = tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
+        let mut keepalive =
+            tokio::time::interval_at(tokio::time::Instant::now() + KEEPALIVE, KEEPALIVE);
         keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        Self { preamble: None, rx, ids: None, keepalive, _guard: None }
+        Self {
+            preamble: None,
+            rx,
+            ids: None,
+            keepalive,
+            _guard: None,
+        }
     }
 
     /// Numbers every event (`id:`) from the session's sequence.
@@ -84,7 +91,11 @@ impl SseBody {
     }
 
     fn encode(&self, message: &Value) -> Bytes {
-        event(Some("message"), self.ids.as_ref().map(|s| s.next_event_id()), &message.to_string())
+        event(
+            Some("message"),
+            self.ids.as_ref().map(|s| s.next_event_id()),
+            &message.to_string(),
+        )
     }
 }
 
@@ -107,7 +118,9 @@ impl http_body::Body for SseBody {
             }
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => match this.keepalive.poll_tick(cx) {
-                Poll::Ready(_) => Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(PING))))),
+                Poll::Ready(_) => {
+                    Poll::Ready(Some(Ok(http_body::Frame::data(Bytes::from_static(PING)))))
+                }
                 Poll::Pending => Poll::Pending,
             },
         }
@@ -122,15 +135,23 @@ mod tests {
 
     #[test]
     fn events_are_framed_with_name_id_and_data() {
-        assert_eq!(event(Some("message"), Some(3), "{}"), "event: message\nid: 3\ndata: {}\n\n");
-        assert_eq!(event(Some("endpoint"), None, "/messages?sessionId=a"), "event: endpoint\ndata: /messages?sessionId=a\n\n");
+        assert_eq!(
+            event(Some("message"), Some(3), "{}"),
+            "event: message\nid: 3\ndata: {}\n\n"
+        );
+        assert_eq!(
+            event(Some("endpoint"), None, "/messages?sessionId=a"),
+            "event: endpoint\ndata: /messages?sessionId=a\n\n"
+        );
     }
 
     #[tokio::test]
     async fn the_body_streams_messages_with_ids_and_ends_with_the_senders() {
         let (tx, rx) = mpsc::channel(4);
         let session = Session::detached();
-        let mut body = SseBody::new(rx).with_event_ids(session).with_preamble(Bytes::from_static(b": hi\n\n"));
+        let mut body = SseBody::new(rx)
+            .with_event_ids(session)
+            .with_preamble(Bytes::from_static(b": hi\n\n"));
         tx.send(json!({ "a": 1 })).await.unwrap();
         drop(tx);
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();

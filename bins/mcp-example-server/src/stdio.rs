@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::protocol::{self, Message, Scope, Server};
+use crate::protocol::{self, Message, Server};
 use crate::session::Session;
 
 /// Serves `input` until it ends and every request has been answered.
@@ -44,14 +44,12 @@ where
                 continue;
             }
         };
-        let scope = if request.has_envelope() && request.method != "initialize" {
-            if let Err(err) = protocol::check_envelope(&request) {
+        let scope = match protocol::scope_for(&request, &session) {
+            Ok(scope) => scope,
+            Err(err) => {
                 let _ = tx.send(err.to_response(Some(&request.id))).await;
                 continue;
             }
-            Scope::Stateless
-        } else {
-            Scope::Session(session.clone())
         };
         let (server, tx) = (server.clone(), tx.clone());
         requests.spawn(async move {
@@ -65,7 +63,10 @@ where
     writer.await.map_err(std::io::Error::other)?
 }
 
-async fn write_lines<W: AsyncWrite + Unpin>(mut rx: mpsc::Receiver<Value>, mut output: W) -> std::io::Result<()> {
+async fn write_lines<W: AsyncWrite + Unpin>(
+    mut rx: mpsc::Receiver<Value>,
+    mut output: W,
+) -> std::io::Result<()> {
     while let Some(message) = rx.recv().await {
         let mut line = serde_json::to_vec(&message)?;
         line.push(b'\n');
@@ -86,8 +87,12 @@ mod tests {
         serve(server, &input[..], server_end).await.unwrap();
         let mut out = String::new();
         let mut client = client;
-        tokio::io::AsyncReadExt::read_to_string(&mut client, &mut out).await.unwrap();
-        out.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+        tokio::io::AsyncReadExt::read_to_string(&mut client, &mut out)
+            .await
+            .unwrap();
+        out.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
     }
 
     #[tokio::test]
@@ -100,15 +105,26 @@ mod tests {
         ))
         .await;
         assert_eq!(out.len(), 2);
-        assert!(out.iter().any(|m| m["result"]["protocolVersion"] == "2025-06-18"));
+        assert!(
+            out.iter()
+                .any(|m| m["result"]["protocolVersion"] == "2025-06-18")
+        );
         assert!(out.iter().any(|m| m["error"]["code"] == -32700));
     }
 
     #[tokio::test]
     async fn the_counter_continues_across_requests() {
         let call = r#"{"jsonrpc":"2.0","id":ID,"method":"tools/call","params":{"name":"counter_increment"}}"#;
-        let out = run(&format!("{}\n{}\n", call.replace("ID", "1"), call.replace("ID", "2"))).await;
-        let mut texts: Vec<_> = out.iter().map(|m| m["result"]["content"][0]["text"].clone()).collect();
+        let out = run(&format!(
+            "{}\n{}\n",
+            call.replace("ID", "1"),
+            call.replace("ID", "2")
+        ))
+        .await;
+        let mut texts: Vec<_> = out
+            .iter()
+            .map(|m| m["result"]["content"][0]["text"].clone())
+            .collect();
         texts.sort_by_key(|t| t.to_string());
         assert_eq!(texts, ["pid1:1", "pid1:2"]);
     }

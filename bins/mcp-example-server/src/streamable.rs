@@ -53,7 +53,10 @@ pub async fn post(server: &Arc<Server>, headers: &HeaderMap, body: Bytes) -> Res
         }
     };
     if let Some(version) = version.filter(|v| !initialize && protocol::is_stateless_version(v)) {
-        let err = Error::UnsupportedVersion { requested: version.to_owned(), supported: HANDSHAKE_VERSIONS };
+        let err = Error::UnsupportedVersion {
+            requested: version.to_owned(),
+            supported: HANDSHAKE_VERSIONS,
+        };
         return error(&err, Some(&request.id));
     }
     let session = if initialize {
@@ -64,7 +67,13 @@ pub async fn post(server: &Arc<Server>, headers: &HeaderMap, body: Bytes) -> Res
             Err(err) => return error(&err, Some(&request.id)),
         }
     };
-    let mut response = answer(server, request, Scope::Session(session.clone()), accepts_sse(headers)).await;
+    let mut response = answer(
+        server,
+        request,
+        Scope::Session(session.clone()),
+        accepts_sse(headers),
+    )
+    .await;
     if initialize && let Ok(id) = HeaderValue::from_str(session.id()) {
         response.headers_mut().insert(SESSION_ID, id);
     }
@@ -86,8 +95,14 @@ pub fn get(server: &Server, headers: &HeaderMap) -> Response<Body> {
     session.add_listener(tx);
     let mut body = SseBody::new(rx);
     // 2025-11-25 clients expect a priming event (an id, empty data) to resume from.
-    if session.protocol_version().is_some_and(|v| v.as_str() >= "2025-11-25") {
-        body = body.with_preamble(Bytes::from(format!("id: {}\ndata: \n\n", session.next_event_id())));
+    if session
+        .protocol_version()
+        .is_some_and(|v| v.as_str() >= "2025-11-25")
+    {
+        body = body.with_preamble(Bytes::from(format!(
+            "id: {}\ndata: \n\n",
+            session.next_event_id()
+        )));
     }
     sse(body.with_event_ids(session))
 }
@@ -120,13 +135,21 @@ async fn stateless(server: &Arc<Server>, headers: &HeaderMap, message: Message) 
             return match header_str(headers, PROTOCOL_VERSION) {
                 Some(v) if MODERN_VERSIONS.contains(&v) => empty(StatusCode::ACCEPTED),
                 v => error(
-                    &Error::UnsupportedVersion { requested: v.unwrap_or_default().to_owned(), supported: MODERN_VERSIONS },
+                    &Error::UnsupportedVersion {
+                        requested: v.unwrap_or_default().to_owned(),
+                        supported: MODERN_VERSIONS,
+                    },
                     None,
                 ),
             };
         }
         Message::Response => {
-            return error(&Error::InvalidRequest("Body must be a single JSON-RPC request or notification".into()), None);
+            return error(
+                &Error::InvalidRequest(
+                    "Body must be a single JSON-RPC request or notification".into(),
+                ),
+                None,
+            );
         }
     };
     let checked = check_duplicates(headers)
@@ -143,7 +166,9 @@ async fn stateless(server: &Arc<Server>, headers: &HeaderMap, message: Message) 
 fn check_duplicates(headers: &HeaderMap) -> Result<(), Error> {
     for name in [PROTOCOL_VERSION, METHOD, NAME] {
         if headers.get_all(name).iter().nth(1).is_some() {
-            return Err(Error::HeaderMismatch(format!("{name} header appears more than once")));
+            return Err(Error::HeaderMismatch(format!(
+                "{name} header appears more than once"
+            )));
         }
     }
     Ok(())
@@ -158,12 +183,16 @@ pub fn check_headers(headers: &HeaderMap, request: &Request, version: &Value) ->
         )));
     }
     if header_str(headers, METHOD) != Some(request.method.as_str()) {
-        return Err(Error::HeaderMismatch(format!("{METHOD} header does not match the request body's method")));
+        return Err(Error::HeaderMismatch(format!(
+            "{METHOD} header does not match the request body's method"
+        )));
     }
     if let Some(name) = request.name_param() {
         let header = header_str(headers, NAME).and_then(decode_header_value);
         if header.is_none_or(|h| name.as_str() != Some(h.as_str())) {
-            return Err(Error::HeaderMismatch(format!("{NAME} header does not match the request body's name")));
+            return Err(Error::HeaderMismatch(format!(
+                "{NAME} header does not match the request body's name"
+            )));
         }
     }
     Ok(())
@@ -172,7 +201,12 @@ pub fn check_headers(headers: &HeaderMap, request: &Request, version: &Value) ->
 // === Answering a request ===
 
 /// Runs a request and answers it: JSON, or an SSE stream once it emits a notification.
-async fn answer(server: &Arc<Server>, request: Request, scope: Scope, accepts_sse: bool) -> Response<Body> {
+async fn answer(
+    server: &Arc<Server>,
+    request: Request,
+    scope: Scope,
+    accepts_sse: bool,
+) -> Response<Body> {
     let stateless = matches!(scope, Scope::Stateless);
     let ids = match &scope {
         Scope::Session(session) => Some(session.clone()),
@@ -200,7 +234,10 @@ async fn answer(server: &Arc<Server>, request: Request, scope: Scope, accepts_ss
             };
             sse(body.with_first(&first))
         }
-        None => error(&Error::Internal("the request handler stopped without answering".into()), None),
+        None => error(
+            &Error::Internal("the request handler stopped without answering".into()),
+            None,
+        ),
     }
 }
 
@@ -210,7 +247,11 @@ fn is_response(message: &Value) -> bool {
 
 /// Session era: a JSON-RPC error is still a `200` (as the SDK answers). Stateless: by error code.
 fn status(response: &Value, stateless: bool) -> StatusCode {
-    match response.get("error").and_then(|e| e.get("code")).and_then(Value::as_i64) {
+    match response
+        .get("error")
+        .and_then(|e| e.get("code"))
+        .and_then(Value::as_i64)
+    {
         Some(code) if stateless => status_for_code(code),
         _ => StatusCode::OK,
     }
@@ -219,7 +260,10 @@ fn status(response: &Value, stateless: bool) -> StatusCode {
 /// Decodes an `Mcp-Name` value: verbatim, or the `=?base64?…?=` form clients use for values that
 /// are not plain printable ASCII. `None` when the sentinel is malformed (never matches a body).
 fn decode_header_value(value: &str) -> Option<String> {
-    let Some(payload) = value.strip_prefix("=?base64?").and_then(|v| v.strip_suffix("?=")) else {
+    let Some(payload) = value
+        .strip_prefix("=?base64?")
+        .and_then(|v| v.strip_suffix("?="))
+    else {
         return Some(value.to_owned());
     };
     String::from_utf8(base64_decode(payload)?).ok()
@@ -239,7 +283,7 @@ fn base64_decode(input: &str) -> Option<Vec<u8>> {
         }
     }
     let bytes = input.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
@@ -280,27 +324,56 @@ mod tests {
     }
 
     fn call(name: &str) -> Request {
-        Request { id: json!(1), method: "tools/call".into(), params: json!({ "name": name }) }
+        Request {
+            id: json!(1),
+            method: "tools/call".into(),
+            params: json!({ "name": name }),
+        }
     }
 
     #[test]
     fn headers_must_mirror_the_body() {
         let version = json!("2026-07-28");
-        let ok = headers(&[(PROTOCOL_VERSION, "2026-07-28"), (METHOD, "tools/call"), (NAME, "echo")]);
+        let ok = headers(&[
+            (PROTOCOL_VERSION, "2026-07-28"),
+            (METHOD, "tools/call"),
+            (NAME, "echo"),
+        ]);
         assert!(check_headers(&ok, &call("echo"), &version).is_ok());
-        let wrong_name = headers(&[(PROTOCOL_VERSION, "2026-07-28"), (METHOD, "tools/call"), (NAME, "whoami")]);
-        assert_eq!(check_headers(&wrong_name, &call("echo"), &version).unwrap_err().code(), code::HEADER_MISMATCH);
+        let wrong_name = headers(&[
+            (PROTOCOL_VERSION, "2026-07-28"),
+            (METHOD, "tools/call"),
+            (NAME, "whoami"),
+        ]);
+        assert_eq!(
+            check_headers(&wrong_name, &call("echo"), &version)
+                .unwrap_err()
+                .code(),
+            code::HEADER_MISMATCH
+        );
         let no_name = headers(&[(PROTOCOL_VERSION, "2026-07-28"), (METHOD, "tools/call")]);
         assert!(check_headers(&no_name, &call("echo"), &version).is_err());
-        let wrong_method = headers(&[(PROTOCOL_VERSION, "2026-07-28"), (METHOD, "tools/list"), (NAME, "echo")]);
+        let wrong_method = headers(&[
+            (PROTOCOL_VERSION, "2026-07-28"),
+            (METHOD, "tools/list"),
+            (NAME, "echo"),
+        ]);
         assert!(check_headers(&wrong_method, &call("echo"), &version).is_err());
-        let wrong_version = headers(&[(PROTOCOL_VERSION, "2026-07-29"), (METHOD, "tools/call"), (NAME, "echo")]);
+        let wrong_version = headers(&[
+            (PROTOCOL_VERSION, "2026-07-29"),
+            (METHOD, "tools/call"),
+            (NAME, "echo"),
+        ]);
         assert!(check_headers(&wrong_version, &call("echo"), &version).is_err());
     }
 
     #[test]
     fn base64_names_are_decoded() {
-        let encoded = headers(&[(PROTOCOL_VERSION, "2026-07-28"), (METHOD, "tools/call"), (NAME, "=?base64?w6ljaG8=?=")]);
+        let encoded = headers(&[
+            (PROTOCOL_VERSION, "2026-07-28"),
+            (METHOD, "tools/call"),
+            (NAME, "=?base64?w6ljaG8=?="),
+        ]);
         assert!(check_headers(&encoded, &call("écho"), &json!("2026-07-28")).is_ok());
         assert_eq!(base64_decode("aGk=").as_deref(), Some(&b"hi"[..]));
         assert_eq!(base64_decode("aGVsbG8h").as_deref(), Some(&b"hello!"[..]));
@@ -314,7 +387,10 @@ mod tests {
     #[test]
     fn duplicated_routing_headers_are_refused() {
         let twice = headers(&[(METHOD, "ping"), (METHOD, "ping")]);
-        assert!(matches!(check_duplicates(&twice), Err(Error::HeaderMismatch(_))));
+        assert!(matches!(
+            check_duplicates(&twice),
+            Err(Error::HeaderMismatch(_))
+        ));
     }
 
     #[test]

@@ -146,7 +146,10 @@ async fn slow(args: &Map<String, Value>, progress: Option<Progress>) -> Result<S
     let start = tokio::time::Instant::now();
     for step in 1..=steps {
         // Deadlines from the start, so the notifications do not drift later than `ms`.
-        tokio::time::sleep_until(start + interval * u32::try_from(step).map_err(|e| e.to_string())?).await;
+        tokio::time::sleep_until(
+            start + interval * u32::try_from(step).map_err(|e| e.to_string())?,
+        )
+        .await;
         if !progress.report(step, steps).await {
             return Err("client went away".into());
         }
@@ -161,13 +164,24 @@ fn big(args: &Map<String, Value>) -> Result<String, String> {
 }
 
 /// A non-negative integer argument no larger than `max`, or its default.
-fn integer(args: &Map<String, Value>, key: &str, default: Option<u64>, max: u64) -> Result<u64, String> {
+fn integer(
+    args: &Map<String, Value>,
+    key: &str,
+    default: Option<u64>,
+    max: u64,
+) -> Result<u64, String> {
     let value = match (args.get(key), default) {
         (None | Some(Value::Null), Some(default)) => default,
-        (None | Some(Value::Null), None) => return Err(format!("missing required argument `{key}`")),
+        (None | Some(Value::Null), None) => {
+            return Err(format!("missing required argument `{key}`"));
+        }
         (Some(v), _) => v
             .as_u64()
-            .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64))
+            .or_else(|| {
+                v.as_f64()
+                    .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                    .map(|f| f as u64)
+            })
             .ok_or_else(|| format!("`{key}` must be a non-negative integer"))?,
     };
     if value > max {
@@ -182,7 +196,11 @@ mod tests {
     use tokio::sync::mpsc;
 
     fn env(counter: &AtomicU64) -> Env<'_> {
-        Env { replica: "r1", counter, progress: None }
+        Env {
+            replica: "r1",
+            counter,
+            progress: None,
+        }
     }
 
     fn text(result: &Value) -> &str {
@@ -193,7 +211,9 @@ mod tests {
     async fn counter_counts_and_names_the_replica() {
         let counter = AtomicU64::new(0);
         for expected in ["r1:1", "r1:2", "r1:3"] {
-            let r = call("counter_increment", &Value::Null, env(&counter)).await.unwrap();
+            let r = call("counter_increment", &Value::Null, env(&counter))
+                .await
+                .unwrap();
             assert_eq!(text(&r), expected);
         }
         let r = call("whoami", &json!({}), env(&counter)).await.unwrap();
@@ -203,9 +223,13 @@ mod tests {
     #[tokio::test]
     async fn echo_accepts_text_and_its_alias() {
         let counter = AtomicU64::new(0);
-        let r = call("echo", &json!({ "text": "hi" }), env(&counter)).await.unwrap();
+        let r = call("echo", &json!({ "text": "hi" }), env(&counter))
+            .await
+            .unwrap();
         assert_eq!((text(&r), r["isError"].as_bool()), ("hi", Some(false)));
-        let r = call("echo", &json!({ "message": "yo" }), env(&counter)).await.unwrap();
+        let r = call("echo", &json!({ "message": "yo" }), env(&counter))
+            .await
+            .unwrap();
         assert_eq!(text(&r), "yo");
     }
 
@@ -214,30 +238,53 @@ mod tests {
         let counter = AtomicU64::new(0);
         let r = call("echo", &json!({}), env(&counter)).await.unwrap();
         assert_eq!(r["isError"], true);
-        let r = call("big", &json!({ "kib": -1 }), env(&counter)).await.unwrap();
+        let r = call("big", &json!({ "kib": -1 }), env(&counter))
+            .await
+            .unwrap();
         assert_eq!(r["isError"], true);
-        let r = call("big", &json!({ "kib": MAX_BIG_KIB + 1 }), env(&counter)).await.unwrap();
+        let r = call("big", &json!({ "kib": MAX_BIG_KIB + 1 }), env(&counter))
+            .await
+            .unwrap();
         assert_eq!(r["isError"], true);
-        assert!(matches!(call("nope", &json!({}), env(&counter)).await, Err(Error::InvalidParams(_))));
-        assert!(matches!(call("echo", &json!([1]), env(&counter)).await, Err(Error::InvalidParams(_))));
+        assert!(matches!(
+            call("nope", &json!({}), env(&counter)).await,
+            Err(Error::InvalidParams(_))
+        ));
+        assert!(matches!(
+            call("echo", &json!([1]), env(&counter)).await,
+            Err(Error::InvalidParams(_))
+        ));
     }
 
     #[tokio::test]
     async fn big_returns_that_many_kib() {
         let counter = AtomicU64::new(0);
-        let r = call("big", &json!({ "kib": 3 }), env(&counter)).await.unwrap();
+        let r = call("big", &json!({ "kib": 3 }), env(&counter))
+            .await
+            .unwrap();
         assert_eq!(text(&r).len(), 3 * 1024);
     }
 
     #[tokio::test(start_paused = true)]
     async fn slow_spreads_its_progress_over_the_duration() {
-        let counter = AtomicU64::new(0);
         let (out, mut rx) = mpsc::channel(16);
-        let progress = Some(Progress { token: json!("t"), out });
+        let progress = Some(Progress {
+            token: json!("t"),
+            out,
+        });
         let start = tokio::time::Instant::now();
         let task = tokio::spawn(async move {
             let counter = AtomicU64::new(0);
-            call("slow", &json!({ "ms": 400, "steps": 4 }), Env { replica: "r", counter: &counter, progress }).await
+            call(
+                "slow",
+                &json!({ "ms": 400, "steps": 4 }),
+                Env {
+                    replica: "r",
+                    counter: &counter,
+                    progress,
+                },
+            )
+            .await
         });
         for step in 1..=4u64 {
             let note = rx.recv().await.unwrap();
@@ -247,7 +294,6 @@ mod tests {
         }
         let r = task.await.unwrap().unwrap();
         assert_eq!(text(&r), "done");
-        drop(counter);
     }
 
     #[test]
