@@ -1,5 +1,6 @@
 //! The stdio transport: newline-delimited JSON-RPC on stdin/stdout, one session for the
-//! process lifetime. Requests run concurrently; one writer task owns the output, so lines never
+//! process lifetime. `initialize` runs before the next line is read, other requests run
+//! concurrently; one writer task owns the output, so lines never
 //! interleave. A request carrying a 2026-07-28 envelope in `params._meta` is served statelessly.
 
 use std::sync::Arc;
@@ -51,6 +52,11 @@ where
                 continue;
             }
         };
+        if request.method == "initialize" {
+            // The handshake settles the session before anything read after it runs.
+            let _ = tx.send(server.handle(&request, &scope, None).await).await;
+            continue;
+        }
         let (server, tx) = (server.clone(), tx.clone());
         requests.spawn(async move {
             let response = server.handle(&request, &scope, Some(tx.clone())).await;
