@@ -375,25 +375,25 @@ impl Gateway {
             .with_id(&id)?;
         // Any answer that opens a session (normally to `initialize`) is recorded before the
         // client can learn the session id.
-        if res.status().is_success() {
-            if let Some(value) = res.headers().get(MCP_SESSION_ID) {
-                let sid = std::str::from_utf8(value.as_bytes())
-                    .ok()
-                    .and_then(|s| SessionId::new(s).ok())
-                    .ok_or_else(|| ProxyError::BadUpstreamResponse {
-                        adapter: target.name.to_string(),
-                        replica: replica.id.to_string(),
-                        reason: "Mcp-Session-Id is not a short visible-ASCII token".into(),
-                    })
-                    .with_id(&id)?;
-                let key = SessionKey {
-                    adapter: target.name.clone(),
-                    id: sid,
-                };
-                let record = SessionRecord::new(key, replica.id.clone(), principal(&parts));
-                self.shared.store.put(record).await.with_id(&id)?;
-                tracing::debug!(adapter = %target.name, replica = %replica.id, "session opened");
-            }
+        if res.status().is_success()
+            && let Some(value) = res.headers().get(MCP_SESSION_ID)
+        {
+            let sid = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|s| SessionId::new(s).ok())
+                .ok_or_else(|| ProxyError::BadUpstreamResponse {
+                    adapter: target.name.to_string(),
+                    replica: replica.id.to_string(),
+                    reason: "Mcp-Session-Id is not a short visible-ASCII token".into(),
+                })
+                .with_id(&id)?;
+            let key = SessionKey {
+                adapter: target.name.clone(),
+                id: sid,
+            };
+            let record = SessionRecord::new(key, replica.id.clone(), principal(&parts));
+            self.shared.store.put(record).await.with_id(&id)?;
+            tracing::debug!(adapter = %target.name, replica = %replica.id, "session opened");
         }
         Ok(res)
     }
@@ -794,21 +794,21 @@ fn check_mcp_headers(headers: &HeaderMap, env: Option<&Envelope>) -> Result<(), 
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.starts_with("=?"))
     };
-    if let Some(m) = plain(MCP_METHOD) {
-        if env.method.as_deref() != Some(m) {
-            return Err(ProxyError::HeaderMismatch(format!(
-                "Mcp-Method header {m:?} does not match the body's method {:?}",
-                env.method.as_deref().unwrap_or("")
-            )));
-        }
+    if let Some(m) = plain(MCP_METHOD)
+        && env.method.as_deref() != Some(m)
+    {
+        return Err(ProxyError::HeaderMismatch(format!(
+            "Mcp-Method header {m:?} does not match the body's method {:?}",
+            env.method.as_deref().unwrap_or("")
+        )));
     }
-    if let Some(n) = plain(MCP_NAME) {
-        if env.name.as_deref() != Some(n) {
-            return Err(ProxyError::HeaderMismatch(format!(
-                "Mcp-Name header {n:?} does not match the body's name/uri {:?}",
-                env.name.as_deref().unwrap_or("")
-            )));
-        }
+    if let Some(n) = plain(MCP_NAME)
+        && env.name.as_deref() != Some(n)
+    {
+        return Err(ProxyError::HeaderMismatch(format!(
+            "Mcp-Name header {n:?} does not match the body's name/uri {:?}",
+            env.name.as_deref().unwrap_or("")
+        )));
     }
     Ok(())
 }

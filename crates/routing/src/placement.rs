@@ -87,11 +87,14 @@ impl Drop for Placing {
     }
 }
 
+/// (adapter, replica id).
+type ReplicaKey = (String, Arc<str>);
+
 /// Health of every replica this process has forwarded to, by (adapter, replica id).
 #[derive(Debug)]
 pub struct HealthTable {
     epoch: Instant,
-    replicas: RwLock<HashMap<(String, Arc<str>), Arc<ReplicaHealth>>>,
+    replicas: RwLock<HashMap<ReplicaKey, Arc<ReplicaHealth>>>,
 }
 
 impl Default for HealthTable {
@@ -140,19 +143,19 @@ pub fn for_new_session<'a>(
 
 /// Candidates for a stateless request, best first: fewest requests in flight, ties to the
 /// lowest ordinal.
-pub fn for_stateless<'a>(
-    target: &'a AdapterTarget,
+pub fn for_stateless(
+    target: &AdapterTarget,
     in_flight: impl Fn(&Replica) -> u64,
     ejected: impl Fn(&Replica) -> bool,
-) -> Vec<&'a Replica> {
+) -> Vec<&Replica> {
     order(target, in_flight, ejected)
 }
 
-fn order<'a>(
-    target: &'a AdapterTarget,
+fn order(
+    target: &AdapterTarget,
     load: impl Fn(&Replica) -> u64,
     ejected: impl Fn(&Replica) -> bool,
-) -> Vec<&'a Replica> {
+) -> Vec<&Replica> {
     let mut healthy: Vec<(u64, u32, &Replica)> = Vec::with_capacity(target.replicas.len());
     let mut sick = Vec::new();
     for r in target.replicas.iter().filter(|r| r.placeable()) {
