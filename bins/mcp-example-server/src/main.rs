@@ -1,7 +1,7 @@
 //! `mcp-example-server`: parse the configuration, start the transport, print where it listens,
 //! stop on SIGINT/SIGTERM. Logs go to stderr (`RUST_LOG`, default `info`).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 
 use clap::Parser;
 use mcp_example_server::{Config, Transport};
@@ -14,6 +14,7 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     // Registered before anything is served, so an early SIGTERM is never the default (fatal) one.
     let shutdown = shutdown_signal()?;
