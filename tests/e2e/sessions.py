@@ -57,6 +57,7 @@ class Report:
     reconnected_final: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     versions: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     reasons: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # why sessions reconnected
+    statuses: collections.Counter = dataclasses.field(default_factory=collections.Counter)  # HTTP status -> responses
     seconds: float = 0.0
 
     @property
@@ -68,6 +69,7 @@ class Report:
             f"sessions={self.sessions} passed={self.passed} failed={self.failed} timeouts={len(self.timeouts)} "
             f"reconnects={self.reconnects} calls_per_replica={dict(sorted(self.calls.items()))} "
             f"sessions_per_replica={dict(sorted(self.final.items()))} versions={dict(self.versions)} "
+            f"http_statuses={dict(sorted(self.statuses.items()))} "
             f"in {self.seconds:.1f}s" + (f" reconnect_reasons={dict(self.reasons)}" if self.reasons else "")
         )
 
@@ -90,9 +92,10 @@ def leaves(e: BaseException) -> list[BaseException]:
 
 
 def is_timeout(e: BaseException) -> bool:
+    """A client-side timeout. (Servers also answer -32001 for "session not found": the message tells them apart.)"""
     return any(
         isinstance(x, (TimeoutError, httpx2.TimeoutException))
-        or (isinstance(x, MCPError) and x.error.code == REQUEST_TIMEOUT)
+        or (isinstance(x, MCPError) and x.code == REQUEST_TIMEOUT and "timed out" in x.message)
         for x in leaves(e)
     )
 
@@ -101,16 +104,22 @@ def describe(e: BaseException) -> str:
     return "; ".join(f"{type(x).__name__}: {x}" for x in leaves(e))[:300]
 
 
-async def attempt(opts: Options, n: int, calls: collections.Counter, versions: collections.Counter) -> str:
+async def attempt(opts: Options, n: int, report: Report) -> str:
     """One MCP session from connect to close; returns the replica that served it (or 'stateless')."""
-    async with httpx2.AsyncClient(timeout=httpx2.Timeout(opts.timeout)) as http:
+    calls = report.calls
+
+    async def count_status(response: httpx2.Response) -> None:
+        report.statuses[response.status_code] += 1
+
+    hooks = {"response": [count_status]}
+    async with httpx2.AsyncClient(timeout=httpx2.Timeout(opts.timeout), event_hooks=hooks) as http:
         if opts.transport == "sse":
             transport = sse_client(opts.url, timeout=opts.timeout, sse_read_timeout=opts.timeout * 4)
         else:
             transport = streamable_http_client(opts.url, http_client=http)
         async with Client(transport, mode=opts.mode, read_timeout_seconds=opts.timeout) as client:
             version = client.protocol_version
-            versions[version] += 1
+            report.versions[version] += 1
             stateless = version >= "2026"
             if opts.mode == "legacy" and stateless or opts.mode.startswith("20") and not stateless:
                 raise SessionBroken(f"mode {opts.mode} negotiated protocol {version}")
@@ -144,7 +153,7 @@ async def session(opts: Options, n: int, report: Report) -> None:
     deadline = opts.timeout * (opts.calls + 6)  # a hang anywhere (connect, close) is caught too
     for try_no in range(opts.retries + 1):
         try:
-            replica = await asyncio.wait_for(attempt(opts, n, report.calls, report.versions), deadline)
+            replica = await asyncio.wait_for(attempt(opts, n, report), deadline)
         except SessionBroken as e:
             report.failures.append(f"session {n}: {e}")
             return
@@ -164,9 +173,10 @@ async def session(opts: Options, n: int, report: Report) -> None:
         return
 
 
-async def run(opts: Options) -> Report:
-    """Run opts.sessions sessions concurrently and report what happened."""
-    report = Report(sessions=opts.sessions)
+async def run(opts: Options, report: Report | None = None) -> Report:
+    """Run opts.sessions sessions concurrently; fill `report` (watchable while it runs) and return it."""
+    report = report or Report()
+    report.sessions = opts.sessions
     start = time.monotonic()
     await asyncio.gather(*(session(opts, n, report) for n in range(opts.sessions)))
     report.seconds = time.monotonic() - start

@@ -18,6 +18,7 @@ import time
 import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
 
 import sessions
 from conftest import E2E, NODE22, NODE_MODULES, http_get
@@ -75,10 +76,13 @@ def test_sessions_on_a_killed_replica_reinitialize_on_the_other(stack):
     async def scenario() -> sessions.Report:
         opts = sessions.Options(url=stack.adapter_url("failover"), mode="legacy", sessions=20, calls=40,
                                 pause=0.05, retries=3, timeout=10)
-        run = asyncio.create_task(sessions.run(opts))
-        await asyncio.sleep(1.0)  # every session is mid-way through its 40 calls (about 2 s each)
+        report = sessions.Report()
+        run = asyncio.create_task(sessions.run(opts, report))
+        # Kill once both replicas serve sessions mid-way (each session makes 40 calls, about 2 s).
+        while min(report.calls[victim.name], report.calls[survivor.name]) < 40 and not run.done():
+            await asyncio.sleep(0.05)
         victim.proc.kill()
-        print(f"\n  SIGKILLed {victim.name} after 1.0 s")
+        print(f"\n  SIGKILLed {victim.name} after {time.monotonic() - start:.1f} s, calls so far {dict(report.calls)}")
         return await run
 
     start = time.monotonic()
@@ -87,8 +91,7 @@ def test_sessions_on_a_killed_replica_reinitialize_on_the_other(stack):
     assert_all_passed(report)
     assert report.calls[victim.name] > 0, "the killed replica served nothing before it died"
     assert report.reconnects > 0, "no session noticed the replica dying"
-    assert any("Session terminated" in r for r in report.reasons), \
-        f"no session got 404 after its replica died; reconnect reasons: {dict(report.reasons)}"
+    assert report.statuses[404] > 0, f"no session got 404 after its replica died: {dict(report.statuses)}"
     assert set(report.reconnected_final) == {survivor.name}, \
         f"re-initialized sessions finished on {dict(report.reconnected_final)}, expected only {survivor.name}"
     assert time.monotonic() - start < 60
@@ -123,11 +126,12 @@ def test_progress_notifications_stream_through_unbuffered(stack, transport, mode
 
 def test_large_result_arrives_intact(stack):
     async def call() -> str:
-        async with Client(stack.adapter_url("replicas"), mode="legacy", read_timeout_seconds=30) as c:
-            return (await c.call_tool("big", {"kib": 4096})).content[0].text
+        transport = streamable_http_client(stack.adapter_url("replicas"), max_sse_event_size=None)
+        async with Client(transport, mode="legacy", read_timeout_seconds=30) as c:
+            return (await c.call_tool("big", {"kib": 8192})).content[0].text
 
     text = asyncio.run(call())
-    assert len(text) == 4096 * 1024 and set(text) == {"x"}
+    assert len(text) == 8192 * 1024 and set(text) == {"x"}
 
 
 # === admin listener ===
@@ -164,10 +168,17 @@ def conformance(url: str, out_name: str) -> tuple[set[str], set[str]]:
     return passing, failing
 
 
+# Scenarios the gateway enforces itself, so they may pass through it while the server fails them:
+# server-everything does not validate Host/Origin, the gateway does (DNS-rebinding protection).
+ENFORCED_BY_GATEWAY = {"dns-rebinding-protection"}
+
+
 def test_conformance_suite_results_match_direct_and_through_gateway(stack):
     direct, direct_failing = conformance(stack.everything, "direct")
     via, via_failing = conformance(stack.adapter_url("everything"), "gateway")
     print(f"\n  server-everything direct: {len(direct)} passed, {len(direct_failing)} failed")
     print(f"  through the gateway:      {len(via)} passed, {len(via_failing)} failed")
+    print(f"  passing only through the gateway: {sorted(via - direct)}")
     assert direct, "no scenario passed directly: is the suite set up?"
-    assert via == direct, f"only direct: {sorted(direct - via)}; only through the gateway: {sorted(via - direct)}"
+    assert not direct - via, f"pass directly but fail through the gateway: {sorted(direct - via)}"
+    assert via - direct <= ENFORCED_BY_GATEWAY, f"pass only through the gateway: {sorted(via - direct)}"
