@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import sys
 import time
@@ -106,47 +107,50 @@ def describe(e: BaseException) -> str:
 
 async def attempt(opts: Options, n: int, report: Report) -> str:
     """One MCP session from connect to close; returns the replica that served it (or 'stateless')."""
-    calls = report.calls
 
     async def count_status(response: httpx2.Response) -> None:
         report.statuses[response.status_code] += 1
 
-    hooks = {"response": [count_status]}
-    async with httpx2.AsyncClient(timeout=httpx2.Timeout(opts.timeout), event_hooks=hooks) as http:
+    def http_client(headers=None, timeout=None, auth=None) -> httpx2.AsyncClient:
+        timeout = timeout or httpx2.Timeout(opts.timeout)
+        return httpx2.AsyncClient(headers=headers, timeout=timeout, auth=auth, event_hooks={"response": [count_status]})
+
+    async with contextlib.AsyncExitStack() as stack:
         if opts.transport == "sse":
-            transport = sse_client(opts.url, timeout=opts.timeout, sse_read_timeout=opts.timeout * 4)
+            transport = sse_client(opts.url, timeout=opts.timeout, sse_read_timeout=opts.timeout * 4,
+                                   httpx_client_factory=http_client)
         else:
-            transport = streamable_http_client(opts.url, http_client=http)
-        async with Client(transport, mode=opts.mode, read_timeout_seconds=opts.timeout) as client:
-            version = client.protocol_version
-            report.versions[version] += 1
-            stateless = version >= "2026"
-            if opts.mode == "legacy" and stateless or opts.mode.startswith("20") and not stateless:
-                raise SessionBroken(f"mode {opts.mode} negotiated protocol {version}")
-            tools = {t.name for t in (await client.list_tools()).tools}
-            if not {"whoami", "counter_increment", "echo"} <= tools:
-                raise SessionBroken(f"tools missing, got {sorted(tools)}")
-            seen: list[str] = []
-            for i in range(1, opts.calls + 1):
-                value = text_of(await client.call_tool("counter_increment", {}))
-                replica, _, count = value.rpartition(":")
-                seen.append(replica)
-                calls[replica] += 1
-                if not replica or not count.isdigit():
-                    raise SessionBroken(f"call {i}: bad counter value {value!r}")
-                if not stateless and count != str(i):
-                    raise SessionBroken(f"call {i} returned {value!r}: session state was lost")
-                if opts.pause:
-                    await asyncio.sleep(opts.pause)
-            word = f"hello-{n}"
-            if (echoed := text_of(await client.call_tool("echo", {"text": word}))) != word:
-                raise SessionBroken(f"echo returned {echoed!r}, expected {word!r}")
-            who = text_of(await client.call_tool("whoami", {}))
-            seen.append(who)
-            calls[who] += 1
-            if not stateless and len(set(seen)) != 1:
-                raise SessionBroken(f"served by several replicas {sorted(set(seen))}")
-            return "stateless" if stateless else who
+            transport = streamable_http_client(opts.url, http_client=await stack.enter_async_context(http_client()))
+        client = await stack.enter_async_context(Client(transport, mode=opts.mode, read_timeout_seconds=opts.timeout))
+        version = client.protocol_version
+        report.versions[version] += 1
+        stateless = version >= "2026"
+        if (opts.mode == "legacy" and stateless) or (opts.mode.startswith("20") and not stateless):
+            raise SessionBroken(f"mode {opts.mode} negotiated protocol {version}")
+        tools = {t.name for t in (await client.list_tools()).tools}
+        if not {"whoami", "counter_increment", "echo"} <= tools:
+            raise SessionBroken(f"tools missing, got {sorted(tools)}")
+        seen: list[str] = []
+        for i in range(1, opts.calls + 1):
+            value = text_of(await client.call_tool("counter_increment", {}))
+            replica, _, count = value.rpartition(":")
+            seen.append(replica)
+            report.calls[replica] += 1
+            if not replica or not count.isdigit():
+                raise SessionBroken(f"call {i}: bad counter value {value!r}")
+            if not stateless and count != str(i):
+                raise SessionBroken(f"call {i} returned {value!r}: session state was lost")
+            if opts.pause:
+                await asyncio.sleep(opts.pause)
+        word = f"hello-{n}"
+        if (echoed := text_of(await client.call_tool("echo", {"text": word}))) != word:
+            raise SessionBroken(f"echo returned {echoed!r}, expected {word!r}")
+        who = text_of(await client.call_tool("whoami", {}))
+        seen.append(who)
+        report.calls[who] += 1
+        if not stateless and len(set(seen)) != 1:
+            raise SessionBroken(f"served by several replicas {sorted(set(seen))}")
+        return "stateless" if stateless else who
 
 
 async def session(opts: Options, n: int, report: Report) -> None:
