@@ -98,6 +98,12 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// The idle TTL of records: a session unused for this long expires.
     fn idle_ttl(&self) -> Duration;
+
+    /// `Some(reason)` while the store works in a degraded mode (a shared backend unreachable,
+    /// say): shown by readiness checks, which stay ready.
+    fn degraded(&self) -> Option<String> {
+        None
+    }
 }
 
 #[async_trait::async_trait]
@@ -122,5 +128,8 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
     }
     fn idle_ttl(&self) -> Duration {
         (**self).idle_ttl()
+    }
+    fn degraded(&self) -> Option<String> {
+        (**self).degraded()
     }
 }

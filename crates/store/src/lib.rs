@@ -8,7 +8,13 @@
 //! or when older than the absolute lifetime, whichever comes first. Expired records are never
 //! returned; a background reaper ([`MemoryStore::spawn_reaper`]) frees them and keeps the
 //! `mcp_gateway_sessions_live{adapter,replica}` gauge true.
+//!
+//! [`RedisStore`] shares sessions between gateway replicas through Redis, with a local cache
+//! in front so the hot path does not wait on Redis; its module docs give the key layout, the
+//! round trips per operation, the staleness bound and the behaviour during outages.
 
 mod memory;
+mod shared;
 
 pub use memory::{MemoryStore, StoreConfig};
+pub use shared::{RedisConfig, RedisStore};

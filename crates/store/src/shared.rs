@@ -1,0 +1,631 @@
+//! The session store shared by every gateway replica: Redis behind a local cache.
+//!
+//! # Key layout (prefix `mcpgw` by default)
+//!
+//! | key | type | holds | expiry |
+//! |---|---|---|---|
+//! | `{p}:s:{adapter}:{session}` | string | the [`SessionRecord`] as JSON | idle TTL, refreshed |
+//! | `{p}:r:{adapter}:{replica}` | sorted set | session ids of a replica, scored by expiry (ms) | members trimmed when counted |
+//! | `{p}:replicas:{adapter}` | set | replica ids that have had sessions | none (tiny) |
+//! | `{p}:invalidate` | pub/sub channel | `{adapter}\n{session}` of every removed session | |
+//!
+//! # Costs
+//!
+//! - A request of a session this gateway has seen: no Redis round trip. Once every
+//!   `refresh_after` (default 30 s) per session, a background `PEXPIRE` + `ZADD` slides the idle
+//!   TTL and checks the record still exists.
+//! - A request of a session first seen here: one round trip (`GET` + `PEXPIRE`, pipelined).
+//! - A new session: one round trip to count sessions per replica (a Lua script), one to write
+//!   the record (`SET` + `ZADD` + `SADD`, in a transaction).
+//! - `DELETE`: one round trip (`DEL` + `ZREM` + `PUBLISH`).
+//!
+//! # Staleness
+//!
+//! A session removed through another gateway is dropped from this gateway's cache when the
+//! `invalidate` message arrives (milliseconds). If that message is lost (the subscription was
+//! down), the next refresh finds the record gone: no request is routed on a stale record for
+//! longer than `refresh_after`. Idle expiry is kept by each cache and by Redis alike.
+//!
+//! # Outages
+//!
+//! While Redis is unreachable, sessions in the cache keep working; new sessions are placed on
+//! local counts, kept in the cache and queued; removals are queued too. A background task pings
+//! Redis every second and, once it answers, writes back every session this gateway knows (Redis
+//! may have restarted empty) and the queued removals.
+//! Only a session this gateway has never seen fails (503: the store is needed to find it).
+//! Errors are counted (`mcp_gateway_store_errors_total{op}`) and logged at most once per
+//! 10 seconds.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use mcp_gateway_core::{
+    AdapterName, SessionId, SessionKey, SessionRecord, SessionStore, StoreError, unix_millis,
+};
+use redis::IntoConnectionInfo;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::time::Instant;
+
+/// Settings of [`RedisStore`].
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` or `rediss://…` (TLS). Must not hold a password.
+    pub url: String,
+    /// Password (from an environment variable or a file; never the command line).
+    pub password: Option<String>,
+    /// Key prefix, so several gateways' deployments can share one Redis.
+    pub prefix: String,
+    pub idle_ttl: Duration,
+    pub max_lifetime: Duration,
+    /// How often a cached session's Redis TTL is slid forward (and its existence checked).
+    pub refresh_after: Duration,
+    /// Time allowed to connect and to answer a command before Redis counts as unreachable.
+    pub timeout: Duration,
+}
+
+impl RedisConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            password: None,
+            prefix: "mcpgw".into(),
+            idle_ttl: Duration::from_secs(3600),
+            max_lifetime: Duration::from_secs(12 * 3600),
+            refresh_after: Duration::from_secs(30),
+            timeout: Duration::from_millis(500),
+        }
+    }
+}
+
+/// A session known to this gateway.
+#[derive(Debug, Clone)]
+struct Cached {
+    record: SessionRecord,
+    /// When the Redis TTL was last slid forward (or the record read).
+    refreshed: Instant,
+}
+
+/// Writes that could not reach Redis yet.
+#[derive(Debug, Default)]
+struct Queue {
+    puts: HashMap<SessionKey, SessionRecord>,
+    removes: HashSet<SessionKey>,
+}
+
+/// Redis-backed [`SessionStore`] with a local cache in front. See the module docs.
+pub struct RedisStore {
+    me: Weak<RedisStore>,
+    config: RedisConfig,
+    conn: ConnectionManager,
+    client: redis::Client,
+    cache: Mutex<HashMap<SessionKey, Cached>>,
+    queue: Mutex<Queue>,
+    up: AtomicBool,
+    errors_since_log: AtomicU64,
+    last_log_ms: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    count_script: redis::Script,
+    delete_script: redis::Script,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Deletes a session record, removes it from its replica's count and publishes the removal.
+/// KEYS[1] = record; ARGV = replica key prefix, session id, channel, message.
+const DELETE_SCRIPT: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if v then
+  local ok, record = pcall(cjson.decode, v)
+  if ok and record.replica then
+    redis.call('ZREM', ARGV[1] .. record.replica, ARGV[2])
+  end
+  redis.call('DEL', KEYS[1])
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return 1
+"#;
+
+/// Counts live sessions per replica of an adapter, trimming expired members on the way.
+/// KEYS[1] = replicas set; ARGV[1] = now (ms); ARGV[2] = replica key prefix.
+const COUNT_SCRIPT: &str = r#"
+local out = {}
+for _, replica in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  local key = ARGV[2] .. replica
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1])
+  table.insert(out, replica)
+  table.insert(out, redis.call('ZCARD', key))
+end
+return out
+"#;
+
+impl RedisStore {
+    /// Connects lazily: the gateway starts even while Redis is down (degraded until it answers).
+    pub fn connect(config: RedisConfig) -> Result<Arc<Self>, StoreError> {
+        let bad = |e: redis::RedisError| StoreError::Unavailable(format!("invalid Redis URL: {e}"));
+        let mut info = config.url.as_str().into_connection_info().map_err(bad)?;
+        if info.redis_settings().password().is_some() {
+            return Err(StoreError::Unavailable(
+                "the Redis URL must not contain a password: set MCP_GATEWAY_REDIS_PASSWORD or \
+                 redis_password_file instead"
+                    .into(),
+            ));
+        }
+        if let Some(pw) = &config.password {
+            let settings = info.redis_settings().clone().set_password(pw);
+            info = info.set_redis_settings(settings);
+        }
+        let client = redis::Client::open(info).map_err(bad)?;
+        let manager_config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(config.timeout))
+            .set_response_timeout(Some(config.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(2));
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), manager_config)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let store = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            config,
+            conn,
+            client,
+            cache: Mutex::default(),
+            queue: Mutex::default(),
+            up: AtomicBool::new(true),
+            errors_since_log: AtomicU64::new(0),
+            last_log_ms: AtomicU64::new(0),
+            last_error: Mutex::default(),
+            count_script: redis::Script::new(COUNT_SCRIPT),
+            delete_script: redis::Script::new(DELETE_SCRIPT),
+        });
+        Ok(store)
+    }
+
+    /// Starts the background tasks (invalidation subscriber, outage recovery, cache reaper).
+    /// They stop when the store is dropped.
+    pub fn spawn_tasks(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
+        vec![
+            tokio::spawn(subscribe(Arc::downgrade(self))),
+            tokio::spawn(recover(Arc::downgrade(self))),
+            tokio::spawn(reap(Arc::downgrade(self))),
+        ]
+    }
+
+    /// Writes queued during an outage that have not reached Redis yet.
+    pub fn queued(&self) -> usize {
+        let q = lock(&self.queue);
+        q.puts.len() + q.removes.len()
+    }
+
+    // === keys ===
+
+    fn session_key(&self, key: &SessionKey) -> String {
+        format!("{}:s:{}:{}", self.config.prefix, key.adapter, key.id)
+    }
+
+    fn replica_prefix(&self, adapter: &AdapterName) -> String {
+        format!("{}:r:{}:", self.config.prefix, adapter)
+    }
+
+    fn replicas_key(&self, adapter: &AdapterName) -> String {
+        format!("{}:replicas:{}", self.config.prefix, adapter)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}:invalidate", self.config.prefix)
+    }
+
+    // === health ===
+
+    fn failed(&self, op: &'static str, e: &redis::RedisError) -> StoreError {
+        metrics::counter!("mcp_gateway_store_errors_total", "op" => op).increment(1);
+        let was_up = self.up.swap(false, Ordering::Relaxed);
+        *lock(&self.last_error) = Some(format!("Redis unreachable: {e}"));
+        let n = self.errors_since_log.fetch_add(1, Ordering::Relaxed) + 1;
+        let now = unix_millis();
+        let last = self.last_log_ms.load(Ordering::Relaxed);
+        if was_up || now.saturating_sub(last) >= 10_000 {
+            self.last_log_ms.store(now, Ordering::Relaxed);
+            self.errors_since_log.store(0, Ordering::Relaxed);
+            tracing::warn!(error = %e, errors = n, op, "session store degraded: Redis unreachable; serving from the local cache");
+        }
+        metrics::gauge!("mcp_gateway_store_up").set(0.0);
+        StoreError::Unavailable(e.to_string())
+    }
+
+    fn recovered(&self) {
+        if !self.up.swap(true, Ordering::Relaxed) {
+            tracing::info!("session store recovered: Redis reachable again");
+        }
+        metrics::gauge!("mcp_gateway_store_up").set(1.0);
+    }
+
+    // === records ===
+
+    fn ttl_ms(&self, record: &SessionRecord, now: u64) -> u64 {
+        let idle = self.config.idle_ttl.as_millis() as u64;
+        let life_left =
+            (record.created_ms + self.config.max_lifetime.as_millis() as u64).saturating_sub(now);
+        idle.min(life_left)
+    }
+
+    fn expired(&self, record: &SessionRecord, now: u64) -> bool {
+        now.saturating_sub(record.last_seen_ms) >= self.config.idle_ttl.as_millis() as u64
+            || now.saturating_sub(record.created_ms) >= self.config.max_lifetime.as_millis() as u64
+    }
+
+    async fn write(&self, record: &SessionRecord) -> Result<(), redis::RedisError> {
+        let now = unix_millis();
+        let ttl = self.ttl_ms(record, now).max(1);
+        let json = serde_json::to_string(record).map_err(|e| {
+            redis::RedisError::from((redis::ErrorKind::Client, "serialize", e.to_string()))
+        })?;
+        let adapter = &record.key.adapter;
+        let mut conn = self.conn.clone();
+        redis::pipe()
+            .atomic()
+            .set_options(
+                self.session_key(&record.key),
+                json,
+                redis::SetOptions::default().with_expiration(redis::SetExpiry::PX(ttl)),
+            )
+            .ignore()
+            .zadd(
+                format!("{}{}", self.replica_prefix(adapter), record.replica),
+                record.key.id.as_str(),
+                now + ttl,
+            )
+            .ignore()
+            .sadd(self.replicas_key(adapter), &*record.replica)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+    }
+
+    /// Deletes a record and its replica-count entry, and tells the other gateways.
+    async fn delete(&self, key: &SessionKey) -> Result<(), redis::RedisError> {
+        let mut conn = self.conn.clone();
+        self.delete_script
+            .key(self.session_key(key))
+            .arg(self.replica_prefix(&key.adapter))
+            .arg(key.id.as_str())
+            .arg(self.channel())
+            .arg(format!("{}\n{}", key.adapter, key.id))
+            .invoke_async::<()>(&mut conn)
+            .await
+    }
+
+    /// Slides a session's TTL in Redis; drops it from the cache if Redis no longer has it.
+    async fn refresh(self: Arc<Self>, record: SessionRecord) {
+        let now = unix_millis();
+        let ttl = self.ttl_ms(&record, now).max(1);
+        let mut conn = self.conn.clone();
+        let result: Result<(bool, ()), _> = redis::pipe()
+            .pexpire(self.session_key(&record.key), ttl as i64)
+            .zadd(
+                format!(
+                    "{}{}",
+                    self.replica_prefix(&record.key.adapter),
+                    record.replica
+                ),
+                record.key.id.as_str(),
+                now + ttl,
+            )
+            .ignore()
+            .query_async::<(bool,)>(&mut conn)
+            .await
+            .map(|(exists,)| (exists, ()));
+        match result {
+            Ok((true, ())) => self.recovered(),
+            Ok((false, ())) => {
+                // Removed or expired elsewhere (and the invalidation was missed), unless this
+                // gateway still has to write it after an outage.
+                self.recovered();
+                if !lock(&self.queue).puts.contains_key(&record.key) {
+                    lock(&self.cache).remove(&record.key);
+                    tracing::debug!(session = %record.key.id, "cached session gone from Redis");
+                }
+            }
+            Err(e) => {
+                self.failed("refresh", &e);
+            }
+        }
+    }
+
+    /// Queues every cached session for writing.
+    fn requeue_cache(&self) {
+        let records: Vec<SessionRecord> = lock(&self.cache)
+            .values()
+            .map(|c| c.record.clone())
+            .collect();
+        let mut q = lock(&self.queue);
+        for r in records {
+            if !q.removes.contains(&r.key) {
+                q.puts.insert(r.key.clone(), r);
+            }
+        }
+    }
+
+    /// Writes what was queued during an outage. Returns whether the queue is empty.
+    async fn flush(&self) -> bool {
+        let (puts, removes) = {
+            let q = lock(&self.queue);
+            (
+                q.puts.values().cloned().collect::<Vec<_>>(),
+                q.removes.iter().cloned().collect::<Vec<_>>(),
+            )
+        };
+        for key in removes {
+            if self.delete(&key).await.is_err() {
+                return false;
+            }
+            lock(&self.queue).removes.remove(&key);
+        }
+        let now = unix_millis();
+        for mut record in puts {
+            // A session used locally during the outage is as fresh as its cache entry.
+            if let Some(c) = lock(&self.cache).get(&record.key) {
+                record.last_seen_ms = c.record.last_seen_ms;
+            }
+            if !self.expired(&record, now) && self.write(&record).await.is_err() {
+                return false;
+            }
+            lock(&self.queue).puts.remove(&record.key);
+        }
+        true
+    }
+}
+
+// === impl SessionStore ===
+
+#[async_trait::async_trait]
+impl SessionStore for RedisStore {
+    async fn get(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StoreError> {
+        let now = unix_millis();
+        let cached = {
+            let mut cache = lock(&self.cache);
+            match cache.get_mut(key) {
+                Some(c) if self.expired(&c.record, now) => {
+                    cache.remove(key);
+                    None
+                }
+                Some(c) => {
+                    c.record.last_seen_ms = now;
+                    let stale = c.refreshed.elapsed() >= self.config.refresh_after;
+                    if stale {
+                        c.refreshed = Instant::now();
+                    }
+                    Some((c.record.clone(), stale))
+                }
+                None => None,
+            }
+        };
+        if let Some((record, stale)) = cached {
+            if stale
+                && self.up.load(Ordering::Relaxed)
+                && let Some(me) = self.me.upgrade()
+            {
+                tokio::spawn(me.refresh(record.clone()));
+            }
+            return Ok(Some(record));
+        }
+
+        // First seen here: one round trip.
+        let mut conn = self.conn.clone();
+        let ttl = self.config.idle_ttl.as_millis() as i64;
+        let (json, _): (Option<String>, bool) = redis::pipe()
+            .get(self.session_key(key))
+            .pexpire(self.session_key(key), ttl)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| self.failed("get", &e))?;
+        self.recovered();
+        let Some(json) = json else { return Ok(None) };
+        let mut record: SessionRecord = serde_json::from_str(&json)
+            .map_err(|e| StoreError::Unavailable(format!("corrupt session record: {e}")))?;
+        if now.saturating_sub(record.created_ms) >= self.config.max_lifetime.as_millis() as u64 {
+            return Ok(None);
+        }
+        record.last_seen_ms = now;
+        lock(&self.cache).insert(
+            key.clone(),
+            Cached {
+                record: record.clone(),
+                refreshed: Instant::now(),
+            },
+        );
+        Ok(Some(record))
+    }
+
+    async fn put(&self, record: SessionRecord) -> Result<(), StoreError> {
+        lock(&self.cache).insert(
+            record.key.clone(),
+            Cached {
+                record: record.clone(),
+                refreshed: Instant::now(),
+            },
+        );
+        let queued = !self.up.load(Ordering::Relaxed);
+        if !queued {
+            match self.write(&record).await {
+                Ok(()) => {
+                    self.recovered();
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.failed("put", &e);
+                }
+            }
+        }
+        let mut q = lock(&self.queue);
+        q.removes.remove(&record.key);
+        q.puts.insert(record.key.clone(), record);
+        Ok(())
+    }
+
+    async fn remove(&self, key: &SessionKey) -> Result<Option<SessionRecord>, StoreError> {
+        let local = lock(&self.cache).remove(key).map(|c| c.record);
+        lock(&self.queue).puts.remove(key);
+        if self.up.load(Ordering::Relaxed) {
+            match self.delete(key).await {
+                Ok(()) => return Ok(local),
+                Err(e) => {
+                    self.failed("remove", &e);
+                }
+            }
+        }
+        lock(&self.queue).removes.insert(key.clone());
+        Ok(local)
+    }
+
+    async fn live_sessions(
+        &self,
+        adapter: &AdapterName,
+    ) -> Result<HashMap<Arc<str>, u64>, StoreError> {
+        if self.up.load(Ordering::Relaxed) {
+            let mut conn = self.conn.clone();
+            let result: Result<Vec<redis::Value>, _> = self
+                .count_script
+                .key(self.replicas_key(adapter))
+                .arg(unix_millis())
+                .arg(self.replica_prefix(adapter))
+                .invoke_async(&mut conn)
+                .await;
+            match result {
+                Ok(values) => {
+                    self.recovered();
+                    let mut counts = HashMap::new();
+                    for pair in values.chunks(2) {
+                        if let [name, count] = pair {
+                            let name: String =
+                                redis::from_redis_value_ref(name).unwrap_or_default();
+                            let count: u64 = redis::from_redis_value_ref(count).unwrap_or(0);
+                            counts.insert(Arc::from(name), count);
+                        }
+                    }
+                    return Ok(counts);
+                }
+                Err(e) => {
+                    self.failed("count", &e);
+                }
+            }
+        }
+        // Degraded: place on what this gateway knows.
+        let mut counts: HashMap<Arc<str>, u64> = HashMap::new();
+        for c in lock(&self.cache)
+            .values()
+            .filter(|c| &c.record.key.adapter == adapter)
+        {
+            *counts.entry(c.record.replica.clone()).or_default() += 1;
+        }
+        Ok(counts)
+    }
+
+    async fn total_sessions(&self) -> Result<u64, StoreError> {
+        Ok(lock(&self.cache).len() as u64)
+    }
+
+    fn idle_ttl(&self) -> Duration {
+        self.config.idle_ttl
+    }
+
+    fn degraded(&self) -> Option<String> {
+        if self.up.load(Ordering::Relaxed) {
+            None
+        } else {
+            Some(
+                lock(&self.last_error)
+                    .clone()
+                    .unwrap_or_else(|| "Redis unreachable".into()),
+            )
+        }
+    }
+}
+
+// === background tasks ===
+
+/// Drops sessions removed through other gateways from the cache.
+async fn subscribe(store: Weak<RedisStore>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let Some(s) = store.upgrade() else { return };
+        let (client, channel) = (s.client.clone(), s.channel());
+        drop(s);
+        let pubsub = match client.get_async_pubsub().await {
+            Ok(mut p) => match p.subscribe(&channel).await {
+                Ok(()) => Some(p),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        let Some(pubsub) = pubsub else {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            continue;
+        };
+        backoff = Duration::from_millis(100);
+        // Messages may have been missed while unsubscribed: have every cached session
+        // re-checked on its next use.
+        if let Some(s) = store.upgrade() {
+            let stale = Instant::now() - s.config.refresh_after;
+            for c in lock(&s.cache).values_mut() {
+                c.refreshed = stale;
+            }
+        }
+        let mut messages = pubsub.into_on_message();
+        while let Some(msg) = messages.next().await {
+            let Some(s) = store.upgrade() else { return };
+            let Ok(payload) = msg.get_payload::<String>() else {
+                continue;
+            };
+            let Some((adapter, id)) = payload.split_once('\n') else {
+                continue;
+            };
+            if let (Ok(adapter), Ok(id)) = (AdapterName::new(adapter), SessionId::new(id)) {
+                lock(&s.cache).remove(&SessionKey { adapter, id });
+            }
+        }
+    }
+}
+
+/// While degraded: ping every second; once Redis answers, write the queue.
+async fn recover(store: Weak<RedisStore>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(s) = store.upgrade() else { return };
+        if s.up.load(Ordering::Relaxed) && s.queued() == 0 {
+            continue;
+        }
+        let mut conn = s.conn.clone();
+        match redis::cmd("PING").query_async::<String>(&mut conn).await {
+            Ok(_) => {
+                if !s.up.load(Ordering::Relaxed) {
+                    // Redis may have lost its data (a restart without persistence): write back
+                    // every session this gateway knows, so none is lost with it.
+                    s.requeue_cache();
+                }
+                if s.flush().await {
+                    s.recovered();
+                }
+            }
+            Err(e) => {
+                s.failed("ping", &e);
+            }
+        }
+    }
+}
+
+/// Frees expired cache entries.
+async fn reap(store: Weak<RedisStore>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(30));
+    loop {
+        tick.tick().await;
+        let Some(s) = store.upgrade() else { return };
+        let now = unix_millis();
+        lock(&s.cache).retain(|_, c| !s.expired(&c.record, now));
+    }
+}
