@@ -71,6 +71,19 @@ pub struct Args {
     /// A session older than this expires (default 12h).
     #[arg(long, env = "MCP_GATEWAY_SESSION_MAX_LIFETIME", value_parser = parse_duration)]
     pub session_max_lifetime: Option<Duration>,
+    /// Session store: "memory" (default; one gateway) or "redis://host:port/db" / "rediss://…"
+    /// (shared by every gateway replica). The password comes from MCP_GATEWAY_REDIS_PASSWORD or
+    /// redis_password_file, never from the URL.
+    #[arg(long, env = "MCP_GATEWAY_SESSION_STORE")]
+    pub session_store: Option<String>,
+    /// File holding the Redis password (its first line).
+    #[arg(long, env = "MCP_GATEWAY_REDIS_PASSWORD_FILE")]
+    pub redis_password_file: Option<PathBuf>,
+    /// How often a session's Redis TTL is slid forward by a gateway using it (default 30s); also
+    /// the longest a gateway may route on a record deleted elsewhere if it missed the
+    /// invalidation message.
+    #[arg(long, env = "MCP_GATEWAY_SESSION_REFRESH_AFTER", value_parser = parse_duration)]
+    pub session_refresh_after: Option<Duration>,
     /// On shutdown, how long in-flight requests may finish before streams are closed (default 30s).
     #[arg(long, env = "MCP_GATEWAY_SHUTDOWN_GRACE", value_parser = parse_duration)]
     pub shutdown_grace: Option<Duration>,
@@ -103,6 +116,10 @@ struct FileConfig {
     session_max_lifetime: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
     shutdown_grace: Option<Duration>,
+    session_store: Option<String>,
+    redis_password_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "de_duration")]
+    session_refresh_after: Option<Duration>,
     #[serde(default)]
     adapters: Vec<AdapterConfig>,
 }
@@ -130,6 +147,35 @@ fn default_sse_path() -> String {
     "/sse".into()
 }
 
+/// Where session records live.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SessionStoreConfig {
+    Memory,
+    Redis {
+        url: String,
+        password: Option<String>,
+        refresh_after: Duration,
+    },
+}
+
+impl std::fmt::Debug for SessionStoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            Self::Redis {
+                url,
+                password,
+                refresh_after,
+            } => f
+                .debug_struct("Redis")
+                .field("url", url)
+                .field("password", &password.as_ref().map(|_| "<redacted>"))
+                .field("refresh_after", refresh_after)
+                .finish(),
+        }
+    }
+}
+
 /// The resolved configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -141,6 +187,7 @@ pub struct Config {
     pub session_idle_ttl: Duration,
     pub session_max_lifetime: Duration,
     pub shutdown_grace: Duration,
+    pub session_store: SessionStoreConfig,
     pub adapters: Vec<AdapterConfig>,
 }
 
@@ -233,6 +280,13 @@ impl Config {
                 .shutdown_grace
                 .or(file.shutdown_grace)
                 .unwrap_or(Duration::from_secs(30)),
+            session_store: session_store(
+                args.session_store.or(file.session_store),
+                args.redis_password_file.or(file.redis_password_file),
+                args.session_refresh_after
+                    .or(file.session_refresh_after)
+                    .unwrap_or(Duration::from_secs(30)),
+            )?,
             adapters,
         };
         config.validate()?;
@@ -265,6 +319,37 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn session_store(
+    spec: Option<String>,
+    password_file: Option<PathBuf>,
+    refresh_after: Duration,
+) -> anyhow::Result<SessionStoreConfig> {
+    let spec = spec.unwrap_or_else(|| "memory".into());
+    if spec == "memory" {
+        return Ok(SessionStoreConfig::Memory);
+    }
+    if !(spec.starts_with("redis://") || spec.starts_with("rediss://")) {
+        bail!("session_store {spec:?}: use \"memory\" or a redis:// / rediss:// URL");
+    }
+    let password = match (
+        std::env::var("MCP_GATEWAY_REDIS_PASSWORD").ok(),
+        password_file,
+    ) {
+        (Some(pw), _) if !pw.is_empty() => Some(pw),
+        (_, Some(path)) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read redis_password_file {}", path.display()))?;
+            Some(text.lines().next().unwrap_or("").to_owned())
+        }
+        _ => None,
+    };
+    Ok(SessionStoreConfig::Redis {
+        url: spec,
+        password,
+        refresh_after,
+    })
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

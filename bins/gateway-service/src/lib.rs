@@ -11,15 +11,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context as _;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use mcp_gateway_core::{AdapterTarget, Replica, StaticResolver};
+use mcp_gateway_core::{AdapterTarget, Replica, SessionStore, StaticResolver};
 use mcp_gateway_routing::{ClientAddr, Gateway, ProxyBody};
-use mcp_gateway_store::{MemoryStore, StoreConfig};
+use mcp_gateway_store::{MemoryStore, RedisConfig, RedisStore, StoreConfig};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{AdapterConfig, Args, Config};
+pub use config::{AdapterConfig, Args, Config, SessionStoreConfig};
 
 /// A running gateway.
 pub struct Handle {
@@ -69,13 +69,9 @@ pub fn targets(adapters: &[AdapterConfig]) -> Vec<AdapterTarget> {
 /// Binds both listeners and starts serving.
 pub async fn run(config: Config) -> anyhow::Result<Handle> {
     let metrics = mcp_gateway_telemetry::metrics()?;
-    let store = Arc::new(MemoryStore::new(StoreConfig {
-        idle_ttl: config.session_idle_ttl,
-        max_lifetime: config.session_max_lifetime,
-    }));
-    let reaper = store.spawn_reaper(std::time::Duration::from_secs(30));
+    let (store, store_tasks) = session_store(&config)?;
     let resolver = Arc::new(StaticResolver::new(targets(&config.adapters)));
-    let gateway = Gateway::new(config.routing.clone(), resolver, store);
+    let gateway = Gateway::new(config.routing.clone(), resolver, store.clone());
 
     let data = TcpListener::bind(config.listen)
         .await
@@ -104,15 +100,18 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
             })
             .await;
             accepting.store(false, Ordering::Relaxed);
-            reaper.abort();
+            for task in store_tasks {
+                task.abort();
+            }
         })
     };
     let admin_task = tokio::spawn(async move {
         server::serve(admin, rx, std::time::Duration::from_secs(1), move |_| {
             let metrics = metrics.clone();
             let accepting = accepting.clone();
+            let store = store.clone();
             hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let res = admin_response(req.uri().path(), &metrics, &accepting);
+                let res = admin_response(req.uri().path(), &metrics, &accepting, &*store);
                 async move { Ok::<_, std::convert::Infallible>(res) }
             })
         })
@@ -126,16 +125,57 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
     })
 }
 
+/// Tasks that live as long as the gateway.
+type BackgroundTasks = Vec<JoinHandle<()>>;
+
+/// The session store of the configuration, with its background tasks.
+fn session_store(config: &Config) -> anyhow::Result<(Arc<dyn SessionStore>, BackgroundTasks)> {
+    match &config.session_store {
+        SessionStoreConfig::Memory => {
+            let store = Arc::new(MemoryStore::new(StoreConfig {
+                idle_ttl: config.session_idle_ttl,
+                max_lifetime: config.session_max_lifetime,
+            }));
+            let reaper = store.spawn_reaper(std::time::Duration::from_secs(30));
+            Ok((store, vec![reaper]))
+        }
+        SessionStoreConfig::Redis {
+            url,
+            password,
+            refresh_after,
+        } => {
+            let mut redis = RedisConfig::new(url.clone());
+            redis.password = password.clone();
+            redis.idle_ttl = config.session_idle_ttl;
+            redis.max_lifetime = config.session_max_lifetime;
+            redis.refresh_after = *refresh_after;
+            let store = RedisStore::connect(redis)?;
+            let tasks = store.spawn_tasks();
+            tracing::info!(url = %url, "session store: Redis, with a local cache");
+            Ok((store, tasks))
+        }
+    }
+}
+
+/// `/readyz` stays 200 while the session store is degraded (sessions this gateway knows keep
+/// working, and taking every gateway out of service over a Redis outage would be worse); the
+/// body says so.
 fn admin_response(
     path: &str,
     metrics: &PrometheusHandle,
     accepting: &AtomicBool,
+    store: &dyn SessionStore,
 ) -> Response<ProxyBody> {
     let (status, content_type, body) = match path {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_owned()),
-        "/readyz" if accepting.load(Ordering::Relaxed) => {
-            (StatusCode::OK, "text/plain", "ready\n".to_owned())
-        }
+        "/readyz" if accepting.load(Ordering::Relaxed) => match store.degraded() {
+            None => (StatusCode::OK, "text/plain", "ready\n".to_owned()),
+            Some(why) => (
+                StatusCode::OK,
+                "text/plain",
+                format!("ready; session store degraded: {why}\n"),
+            ),
+        },
         "/readyz" => (
             StatusCode::SERVICE_UNAVAILABLE,
             "text/plain",

@@ -236,6 +236,16 @@ impl McpSession {
         Ok(session)
     }
 
+    /// The session `id`, continued at `url` (through another gateway, say).
+    pub fn resume(url: &str, id: &str) -> Self {
+        Self {
+            http: Http::default(),
+            url: url.to_owned(),
+            id: id.to_owned(),
+            next_id: 100,
+        }
+    }
+
     /// POSTs a message in this session.
     pub async fn post(&self, message: &Value) -> anyhow::Result<Reply> {
         self.http
