@@ -3,8 +3,10 @@
 //!     cargo xtask test          unit + integration tests, then the end-to-end suite
 //!     cargo xtask e2e [ARGS]    build release binaries, install the e2e tools, run tests/e2e
 //!     cargo xtask bench [ARGS]  benchmarks
+//!     cargo xtask demo          the quick start: two example replicas behind a gateway
 
 mod bench;
+mod demo;
 mod e2e;
 
 use std::path::{Path, PathBuf};
@@ -28,6 +30,12 @@ enum Cli {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// The quick start: builds, then runs two example MCP server replicas behind a gateway on
+    /// 127.0.0.1:PORT (adapter `demo`) until Ctrl-C.
+    Demo {
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
     /// Benchmarks; ARGS go to the benchmark runner.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -41,6 +49,7 @@ fn main() {
             .and_then(|()| e2e::run(Vec::new())),
         Cli::E2e { args } => e2e::run(args),
         Cli::Bench { args } => bench::run(args),
+        Cli::Demo { port } => demo::run(port),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

@@ -1,0 +1,81 @@
+//! `cargo xtask demo`: the quick start. Builds the gateway and the example MCP server, starts
+//! two replicas of the server and a gateway in front of them, and runs until Ctrl-C.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, bail};
+
+use crate::{cargo, run_step, target_dir};
+
+/// Child processes killed when dropped, so nothing outlives the demo.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn run(port: u16) -> anyhow::Result<()> {
+    run_step(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "gateway-service",
+        "-p",
+        "mcp-example-server",
+    ]))?;
+    let bin = target_dir().join("release");
+    let mut children = Children(Vec::new());
+
+    let mut upstreams = Vec::new();
+    for replica in ["r0", "r1"] {
+        let mut child = Command::new(bin.join("mcp-example-server"))
+            .args(["--port", "0", "--replica", replica])
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("cannot start mcp-example-server")?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        children.0.push(child);
+        // First line: "listening on http://127.0.0.1:PORT".
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let Some(url) = line.trim().strip_prefix("listening on ") else {
+            bail!("mcp-example-server said {line:?}, expected \"listening on URL\"");
+        };
+        upstreams.push(url.to_owned());
+    }
+
+    let listen = format!("127.0.0.1:{port}");
+    let gateway = Command::new(bin.join("gateway-service"))
+        .args(["--listen", &listen, "--admin-listen", "127.0.0.1:0"])
+        .args(["--adapter", &format!("demo={}", upstreams.join(","))])
+        .spawn()
+        .context("cannot start gateway-service")?;
+    children.0.push(gateway);
+
+    eprintln!();
+    eprintln!(
+        "MCP gateway demo: adapter `demo` with replicas {}",
+        upstreams.join(", ")
+    );
+    eprintln!("  streamable HTTP  http://{listen}/adapters/demo/mcp");
+    eprintln!("  HTTP+SSE         http://{listen}/adapters/demo/sse");
+    eprintln!("  tools: whoami, counter_increment, echo, slow, big");
+    eprintln!("Ctrl-C stops everything.");
+    eprintln!();
+
+    // Run until one of the processes ends (Ctrl-C reaches the whole process group).
+    loop {
+        for child in &mut children.0 {
+            if let Some(status) = child.try_wait()? {
+                bail!("a demo process exited ({status})");
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
