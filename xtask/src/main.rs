@@ -22,7 +22,7 @@ use clap::Parser;
     about = "Developer commands of the MCP gateway workspace"
 )]
 enum Cli {
-    /// `cargo test --workspace --all-targets`, then `cargo xtask e2e`.
+    /// `cargo test --workspace --all-targets`, the doc tests, then `cargo xtask e2e`.
     Test,
     /// Build the release binaries, install the e2e tools under target/e2e (tests/e2e/setup.sh)
     /// and run the end-to-end suite (tests/e2e, pytest); ARGS go to pytest, e.g. `-k sse`.
@@ -46,6 +46,7 @@ enum Cli {
 fn main() {
     let result = match Cli::parse() {
         Cli::Test => run_step(cargo().args(["test", "--workspace", "--all-targets"]))
+            .and_then(|()| run_step(cargo().args(["test", "--workspace", "--doc"])))
             .and_then(|()| e2e::run(Vec::new())),
         Cli::E2e { args } => e2e::run(args),
         Cli::Bench { args } => bench::run(args),
