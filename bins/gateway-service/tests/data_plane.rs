@@ -663,3 +663,15 @@ async fn shutdown_finishes_in_flight_requests_then_closes_streams() {
     assert!(end.is_ok(), "stream ended");
     assert!(tokio::net::TcpStream::connect(data_addr).await.is_err());
 }
+
+#[tokio::test]
+async fn http2_clients_are_served() {
+    let (_replicas, gw) = two_replicas().await;
+    let http = Http::http2();
+    let reply = http
+        .post_json(&mcp_url(&gw, "demo"), &[], &initialize_request(1))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert!(reply.header("mcp-session-id").is_some());
+}

@@ -263,7 +263,7 @@ impl Gateway {
 
     async fn dispatch<B>(
         &self,
-        req: Request<B>,
+        mut req: Request<B>,
         adapter: &mut Option<AdapterName>,
     ) -> Result<Response<ProxyBody>, Fail>
     where
@@ -273,6 +273,13 @@ impl Gateway {
         let config = &self.shared.config;
         if headers::size(req.headers()) > config.max_header_bytes {
             return Err(ProxyError::HeadersTooLarge(config.max_header_bytes).into());
+        }
+        // HTTP/2 carries the host in `:authority`, not `Host`: treat them alike.
+        if !req.headers().contains_key(header::HOST)
+            && let Some(authority) = req.uri().authority()
+            && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
+        {
+            req.headers_mut().insert(header::HOST, host);
         }
         headers::check_host_and_origin(req.headers(), config)?;
         let path = req.uri().path();

@@ -117,6 +117,15 @@ impl Default for Http {
 }
 
 impl Http {
+    /// A client speaking HTTP/2 with prior knowledge (h2c), as gRPC-style clients do.
+    pub fn http2() -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        }
+    }
+
     /// Sends a request and returns the response with its body still streaming.
     pub async fn open(
         &self,
