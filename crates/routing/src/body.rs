@@ -11,7 +11,6 @@
 //!   session is recorded) before it reaches the client; every later byte passes untouched.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
@@ -31,28 +30,14 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type ProxyBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// The request body grew past the configured limit while streaming.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("request body exceeds {0} bytes")]
 pub struct BodyTooLarge(pub u64);
 
-impl fmt::Display for BodyTooLarge {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "request body exceeds {} bytes", self.0)
-    }
-}
-
-impl std::error::Error for BodyTooLarge {}
-
 /// The replica sent nothing on a response stream for the idle timeout.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("upstream stream idle for {0:?}")]
 pub struct StreamIdle(pub Duration);
-
-impl fmt::Display for StreamIdle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "upstream stream idle for {:?}", self.0)
-    }
-}
-
-impl std::error::Error for StreamIdle {}
 
 // === impl ForwardBody ===
 

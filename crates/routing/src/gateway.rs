@@ -340,10 +340,7 @@ impl Gateway {
         parts: http::request::Parts,
         body: ProxyBody,
     ) -> Result<Response<ProxyBody>, Fail> {
-        let limit = self.shared.config.max_body_bytes;
-        if content_length(&parts.headers).is_some_and(|n| n > limit) {
-            return Err(ProxyError::BodyTooLarge(limit).into());
-        }
+        let limit = self.body_limit(&parts.headers)?;
         let (prefix, rest, env) = read_envelope(body, limit).await?;
         let id = env.as_ref().and_then(|e| e.id.clone());
         check_mcp_headers(&parts.headers, env.as_ref()).with_id(&id)?;
@@ -546,16 +543,23 @@ impl Gateway {
         parts: http::request::Parts,
         body: ProxyBody,
     ) -> Result<Response<ProxyBody>, Fail> {
-        let limit = self.shared.config.max_body_bytes;
-        if content_length(&parts.headers).is_some_and(|n| n > limit) {
-            return Err(ProxyError::BodyTooLarge(limit).into());
-        }
+        let limit = self.body_limit(&parts.headers)?;
         let (_, sid) = sse::session_param(parts.uri.query().unwrap_or(""))
             .ok_or(ProxyError::MissingSessionParam)?;
         let sid = SessionId::new(&sid).map_err(ProxyError::BadSessionId)?;
         let body = ForwardBody::new(Vec::new(), Some(body), limit);
         self.to_session(&target, parts, body, sid, UpstreamPath::Legacy)
             .await
+    }
+
+    /// The body size limit, refusing at once a request whose `Content-Length` exceeds it
+    /// (bodies without one are cut off while streaming).
+    fn body_limit(&self, headers: &HeaderMap) -> Result<u64, ProxyError> {
+        let limit = self.shared.config.max_body_bytes;
+        if content_length(headers).is_some_and(|n| n > limit) {
+            return Err(ProxyError::BodyTooLarge(limit));
+        }
+        Ok(limit)
     }
 
     async fn check_session_limit(&self) -> Result<(), ProxyError> {
