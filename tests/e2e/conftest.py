@@ -1,4 +1,5 @@
-"""Process management for the end-to-end tests: replicas, server-everything and the gateway.
+"""Process management for the end-to-end tests: replicas, server-everything, the conformance fixture
+and the gateway.
 
 Everything listens on 127.0.0.1 on free ports; every process logs to target/e2e/logs/<name>.log,
 and a failing test's report ends with the tails of those logs.
@@ -6,6 +7,7 @@ and a failing test's report ends with the tails of those logs.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -125,6 +127,7 @@ class Stack:
     admin: str  # admin listener
     replicas: dict[str, list[Replica]]  # adapter -> its replicas
     everything: str  # server-everything's own streamable HTTP URL
+    fixture: str  # conformance_fixture.mjs's own streamable HTTP URL
     gateway: Proc
 
     def adapter_url(self, adapter: str, path: str = "mcp") -> str:
@@ -150,11 +153,18 @@ def stack():
             NODE_MODULES / "@modelcontextprotocol/server-everything/dist/index.js", "streamableHttp",
         ], env={"PORT": str(ev_port)})
         everything.wait_port(ev_port)
+        # Our conformance fixture runs beside target/e2e/node/node_modules so its imports resolve there.
+        fixture_js = E2E / "node" / "conformance_fixture.mjs"
+        shutil.copyfile(HERE / "conformance_fixture.mjs", fixture_js)
+        fx_port = free_port()
+        fixture = Proc("conformance-fixture", [NODE22, fixture_js], env={"PORT": str(fx_port)})
+        fixture.wait_port(fx_port)
 
         port, admin_port = free_port(), free_port()
         config = [f'listen = "127.0.0.1:{port}"', f'admin_listen = "127.0.0.1:{admin_port}"']
         upstreams = {name: [f"http://127.0.0.1:{r.port}" for r in rs] for name, rs in replicas.items()}
         upstreams["everything"] = [f"http://127.0.0.1:{ev_port}"]
+        upstreams["conformance"] = [f"http://127.0.0.1:{fx_port}"]
         for name, urls in upstreams.items():
             config += ["", "[[adapters]]", f'name = "{name}"', "upstreams = [" + ", ".join(f'"{u}"' for u in urls) + "]"]
             config += ['sse_path = "/sse"'] if name == "sse-replicas" else ['mcp_path = "/mcp"']
@@ -164,7 +174,8 @@ def stack():
                        env={"RUST_LOG": os.environ.get("RUST_LOG", "info")})
         admin = f"http://127.0.0.1:{admin_port}"
         gateway.wait_until(lambda: http_get(f"{admin}/readyz", 1)[0] == 200, f"200 from {admin}/readyz")
-        yield Stack(f"http://127.0.0.1:{port}", admin, replicas, f"http://127.0.0.1:{ev_port}/mcp", gateway)
+        yield Stack(f"http://127.0.0.1:{port}", admin, replicas, f"http://127.0.0.1:{ev_port}/mcp",
+                    f"http://127.0.0.1:{fx_port}/mcp", gateway)
     finally:
         for p in reversed(Proc.all):
             p.stop()

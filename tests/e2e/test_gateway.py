@@ -3,11 +3,13 @@
 Run with tests/e2e/setup.sh done and the gateway built (`cargo xtask e2e` does both):
     target/e2e/venv/bin/python -m pytest tests/e2e -v -s
 Fixtures (conftest.py) start 2 streamable-HTTP replicas, 2 HTTP+SSE replicas, 2 more streamable-HTTP
-replicas for the failover test, server-everything, and a gateway with one adapter for each group.
+replicas for the failover test, server-everything, the conformance fixture (conformance_fixture.mjs), and a
+gateway with one adapter for each.
 """
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import glob
 import json
 import re
@@ -151,34 +153,68 @@ def test_metrics_count_requests_per_adapter(stack):
 # === official conformance suite ===
 
 
-def conformance(url: str, out_name: str) -> tuple[set[str], set[str]]:
-    """Run the official server scenarios against url; return (passing, failing) scenario names."""
+@dataclasses.dataclass
+class Conformance:
+    """One run of the official suite's server scenarios (`--suite all`)."""
+
+    scenarios: int  # how many the suite said it would run
+    passing: set[str]  # no check FAILURE
+    failing: set[str]
+    checks: dict[str, list[tuple[str, str]]]  # scenario -> sorted (check id, status) of its non-INFO checks
+
+    def warnings(self) -> list[str]:
+        return [f"{s}/{c}" for s, cs in sorted(self.checks.items()) for c, status in cs if status == "WARNING"]
+
+
+def conformance(url: str, out_name: str) -> Conformance:
     out = E2E / "conformance" / out_name
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     cli = NODE_MODULES / "@modelcontextprotocol/conformance/dist/index.js"
     with open(out / "run.log", "wb") as log:  # exits non-zero when any scenario fails: judged below
-        subprocess.run([NODE22, cli, "server", "--url", url, "-o", out], stdout=log, stderr=subprocess.STDOUT,
-                       timeout=600, check=False)
-    passing, failing = set(), set()
+        subprocess.run([NODE22, cli, "server", "--url", url, "--suite", "all", "-o", out], stdout=log,
+                       stderr=subprocess.STDOUT, timeout=600, check=False)
+    announced = re.search(r"Running all suite \((\d+) scenarios\)", (out / "run.log").read_text(errors="replace"))
+    result = Conformance(int(announced.group(1)) if announced else 0, set(), set(), {})
     for f in glob.glob(str(out / "server-*" / "checks.json")):
         name = re.sub(r"^server-(.*)-\d{4}-\d\d-\d\dT.*$", r"\1", f.split("/")[-2])
         checks = json.load(open(f))
-        (failing if any(c.get("status") == "FAILURE" for c in checks) else passing).add(name)
-    return passing, failing
+        (result.failing if any(c.get("status") == "FAILURE" for c in checks) else result.passing).add(name)
+        result.checks[name] = sorted((c["id"], c["status"]) for c in checks if c.get("status") != "INFO")
+    return result
 
 
-# Scenarios the gateway enforces itself, so they may pass through it while the server fails them:
-# server-everything does not validate Host/Origin, the gateway does (DNS-rebinding protection).
+def test_conformance_fixture_passes_every_scenario_directly_and_through_gateway(stack):
+    """conformance_fixture.mjs implements every fixture the suite's server scenarios use, so directly
+    all scenarios pass, and through the gateway the results must be the same, check by check
+    (a WARNING the server does not cause, such as a lost stream resumption, counts as a difference).
+    No allow-list: the fixture enforces DNS-rebinding protection itself, as the gateway does."""
+    direct = conformance(stack.fixture, "fixture-direct")
+    via = conformance(stack.adapter_url("conformance"), "fixture-gateway")
+    print(f"\n  fixture direct:      {len(direct.passing)}/{direct.scenarios} scenarios passed, "
+          f"warnings {direct.warnings()}")
+    print(f"  through the gateway: {len(via.passing)}/{via.scenarios} scenarios passed, warnings {via.warnings()}")
+    assert direct.scenarios >= 30, f"the suite announced {direct.scenarios} scenarios: is it set up?"
+    assert len(direct.passing) == direct.scenarios and not direct.failing, \
+        f"the fixture fails directly: {sorted(direct.failing)} (see target/e2e/conformance/fixture-direct)"
+    assert via.passing == direct.passing, \
+        f"fail through the gateway: {sorted(direct.passing - via.passing)}; only through it: {sorted(via.passing - direct.passing)}"
+    differ = {s: (direct.checks[s], via.checks.get(s)) for s in direct.checks if direct.checks[s] != via.checks.get(s)}
+    assert not differ, f"check results differ (direct, gateway): {differ}"
+
+
+# server-everything lacks most fixtures (most scenarios fail even directly) and does not validate
+# Host/Origin; the gateway does (DNS-rebinding protection), so that scenario may pass only through it.
 ENFORCED_BY_GATEWAY = {"dns-rebinding-protection"}
 
 
-def test_conformance_suite_results_match_direct_and_through_gateway(stack):
-    direct, direct_failing = conformance(stack.everything, "direct")
-    via, via_failing = conformance(stack.adapter_url("everything"), "gateway")
-    print(f"\n  server-everything direct: {len(direct)} passed, {len(direct_failing)} failed")
-    print(f"  through the gateway:      {len(via)} passed, {len(via_failing)} failed")
-    print(f"  passing only through the gateway: {sorted(via - direct)}")
-    assert direct, "no scenario passed directly: is the suite set up?"
-    assert not direct - via, f"pass directly but fail through the gateway: {sorted(direct - via)}"
-    assert via - direct <= ENFORCED_BY_GATEWAY, f"pass only through the gateway: {sorted(via - direct)}"
+def test_server_everything_conformance_same_direct_and_through_gateway(stack):
+    """A second, independent server implementation (different session and error behaviour)."""
+    direct = conformance(stack.everything, "everything-direct")
+    via = conformance(stack.adapter_url("everything"), "everything-gateway")
+    print(f"\n  server-everything direct: {len(direct.passing)}/{direct.scenarios} passed")
+    print(f"  through the gateway:      {len(via.passing)}/{via.scenarios} passed")
+    print(f"  passing only through the gateway: {sorted(via.passing - direct.passing)}")
+    assert direct.passing, "no scenario passed directly: is the suite set up?"
+    assert not direct.passing - via.passing, f"pass directly but fail through the gateway: {sorted(direct.passing - via.passing)}"
+    assert via.passing - direct.passing <= ENFORCED_BY_GATEWAY, f"pass only through the gateway: {sorted(via.passing - direct.passing)}"
