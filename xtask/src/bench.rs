@@ -1,6 +1,949 @@
-//! `cargo xtask bench`: load and latency benchmarks of the gateway (not written yet).
+//! `cargo xtask bench`: throughput and latency of the gateway, measured side by side with the
+//! same MCP server reached directly and through nginx.
+//!
+//! Nothing here asserts a number. The machine is shared and noisy, so what the benchmark reports
+//! are ratios between targets measured in one run, interleaved (every target once per round, for
+//! [`ROUNDS`] rounds), keeping each target's best round. See docs/benchmarks.md.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use clap::Parser;
+use http::header::{ACCEPT, CONTENT_TYPE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::{cargo, run_step, target_dir};
+
+/// Each target runs this many times per scenario, interleaved with the others.
+const ROUNDS: usize = 2;
+/// How a target's result is chosen among its rounds (printed and written to the JSON file).
+const SELECTION: &str = "best of 2 interleaved rounds (highest requests/s)";
+const SESSION_VERSION: &str = "2025-11-25";
+const STATELESS_VERSION: &str = "2026-07-28";
+const ACCEPT_BOTH: &str = "application/json, text/event-stream";
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(15);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask bench",
+    about = "Load and latency of the gateway vs the MCP server directly and vs nginx"
+)]
+struct Options {
+    /// Seconds each measured run lasts.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    duration: u64,
+    /// Concurrent workers of the load scenarios, one MCP session each.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    concurrency: u64,
+    /// Smoke run: 2 seconds per run, whatever --duration says.
+    #[arg(long)]
+    quick: bool,
+    /// Also write every run and the selected results to this JSON file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+impl Options {
+    fn run_duration(&self) -> Duration {
+        Duration::from_secs(if self.quick { 2 } else { self.duration })
+    }
+
+    fn concurrency(&self) -> usize {
+        usize::try_from(self.concurrency).unwrap_or(1)
+    }
+}
 
 /// Runs the benchmarks with the arguments after `cargo xtask bench`.
 pub fn run(args: Vec<String>) -> anyhow::Result<()> {
-    anyhow::bail!("cargo xtask bench is not written yet (args: {args:?})")
+    let options =
+        Options::parse_from(std::iter::once("cargo xtask bench".to_owned()).chain(args.clone()));
+    run_step(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "gateway-service",
+        "-p",
+        "mcp-example-server",
+        "-p",
+        "xtask",
+    ]))?;
+    if cfg!(debug_assertions) {
+        // The load generator shares the cores with what it measures: run it optimised.
+        let release = target_dir().join("release/xtask");
+        return run_step(Command::new(release).arg("bench").args(args));
+    }
+
+    let dir = target_dir().join("bench");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let nginx = find_nginx();
+    if nginx.is_none() {
+        eprintln!(
+            "bench: nginx is not on PATH, so the nginx comparison is skipped \
+             (install it with `apt-get install -y nginx`)"
+        );
+    }
+    let mut stack = Stack::start(&dir, nginx.as_deref())?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let runs = runtime.block_on(async {
+        stack.wait_ready().await?;
+        measure_all(&stack.targets(), &options).await
+    })?;
+    drop(runtime);
+    drop(stack);
+
+    let report = Report::new(&options, &runs);
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(report.render()?.as_bytes())?;
+    stdout.flush()?;
+    if let Some(path) = &options.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("bench: results written to {}", path.display());
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes under test
+
+/// A child process stopped when dropped, also on error paths: SIGTERM first (so nginx's master
+/// takes its workers along and the servers shut down cleanly), SIGKILL if it lingers.
+struct ChildGuard {
+    name: String,
+    log: PathBuf,
+    child: Child,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd` with stderr (and stdout unless `capture_stdout`) going to `log`.
+    fn spawn(
+        name: &str,
+        cmd: &mut Command,
+        log: PathBuf,
+        capture_stdout: bool,
+    ) -> anyhow::Result<Self> {
+        let file = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let stdout = if capture_stdout {
+            Stdio::piped()
+        } else {
+            Stdio::from(file.try_clone()?)
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("could not start {name}: {cmd:?}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            log,
+            child,
+        })
+    }
+
+    /// Fails when the process has exited, pointing at its log.
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        match self.child.try_wait()? {
+            None => Ok(()),
+            Some(status) => bail!(
+                "{} exited ({status}); see {}",
+                self.name,
+                self.log.display()
+            ),
+        }
+    }
+
+    /// The first line the process prints on stdout; the rest is drained in the background.
+    fn first_stdout_line(&mut self) -> anyhow::Result<String> {
+        let stdout = self
+            .child
+            .stdout
+            .take()
+            .context("stdout of the child is not captured")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let _ = tx.send(lines.next());
+            lines.for_each(drop);
+        });
+        match rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(Some(Ok(line))) => Ok(line),
+            Ok(Some(Err(err))) => Err(err).context(format!("reading stdout of {}", self.name)),
+            Ok(None) | Err(_) => bail!(
+                "{} printed no address within {STARTUP_TIMEOUT:?}; see {}",
+                self.name,
+                self.log.display()
+            ),
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        terminate(&self.child);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Ok(Some(_)) | Err(_) => return,
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(unix)]
+fn terminate(child: &Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+#[cfg(not(unix))]
+fn terminate(_child: &Child) {}
+
+/// Two example-server replicas, the gateway in front of them, and nginx in front of replica 1.
+struct Stack {
+    replicas: [String; 2],
+    gateway: String,
+    admin: String,
+    nginx: Option<String>,
+    /// In start order; stopped in reverse.
+    children: Vec<ChildGuard>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        while let Some(child) = self.children.pop() {
+            drop(child);
+        }
+    }
+}
+
+impl Stack {
+    fn start(dir: &Path, nginx: Option<&Path>) -> anyhow::Result<Self> {
+        let mut children = Vec::new();
+        let mut replicas = [String::new(), String::new()];
+        for (i, url) in replicas.iter_mut().enumerate() {
+            let (child, base) = start_replica(dir, &format!("r{}", i + 1))?;
+            children.push(child);
+            *url = base;
+        }
+        let (gateway_port, admin_port) = (free_port()?, free_port()?);
+        let config = gateway_config(gateway_port, admin_port, &replicas);
+        let config_path = dir.join("gateway.toml");
+        std::fs::write(&config_path, config)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        let mut gateway_cmd = Command::new(target_dir().join("release/gateway-service"));
+        gateway_cmd.arg("--config").arg(&config_path);
+        children.push(ChildGuard::spawn(
+            "gateway-service",
+            &mut gateway_cmd,
+            dir.join("gateway.log"),
+            false,
+        )?);
+        let nginx = match nginx {
+            Some(binary) => {
+                let (child, base) = start_nginx(binary, &dir.join("nginx"), &replicas[0])?;
+                children.push(child);
+                Some(base)
+            }
+            None => None,
+        };
+        Ok(Self {
+            replicas,
+            gateway: format!("http://127.0.0.1:{gateway_port}"),
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            nginx,
+            children,
+        })
+    }
+
+    /// Waits for the gateway's `/readyz` to answer 200 and for nginx to accept connections.
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let client = http_client(1);
+        let readyz: Uri = format!("{}/readyz", self.admin).parse()?;
+        self.wait_for("gateway-service /readyz", || {
+            gateway_ready(&client, &readyz)
+        })
+        .await?;
+        if let Some(nginx) = &self.nginx {
+            let addr: SocketAddr = nginx.trim_start_matches("http://").parse()?;
+            self.wait_for("nginx", || async move {
+                tokio::net::TcpStream::connect(addr).await.is_ok()
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_for<F, Fut>(&mut self, what: &str, mut probe: F) -> anyhow::Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            for child in &mut self.children {
+                child.check_running()?;
+            }
+            if probe().await {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{what} was not ready within {STARTUP_TIMEOUT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// What is measured, in the order each round runs them.
+    fn targets(&self) -> Vec<Target> {
+        let mut targets = vec![
+            Target::new("direct", format!("{}/mcp", self.replicas[0])),
+            Target::new("gateway", format!("{}/adapters/single/mcp", self.gateway)),
+        ];
+        if let Some(nginx) = &self.nginx {
+            targets.push(Target::new("nginx", format!("{nginx}/mcp")));
+        }
+        targets.push(Target::new(
+            "gateway-2-replicas",
+            format!("{}/adapters/bench/mcp", self.gateway),
+        ));
+        targets
+    }
+}
+
+fn start_replica(dir: &Path, id: &str) -> anyhow::Result<(ChildGuard, String)> {
+    let mut cmd = Command::new(target_dir().join("release/mcp-example-server"));
+    cmd.args(["--transport", "all", "--port", "0", "--replica", id])
+        .env("RUST_LOG", "warn");
+    let name = format!("mcp-example-server {id}");
+    let mut child = ChildGuard::spawn(&name, &mut cmd, dir.join(format!("{id}.log")), true)?;
+    let line = child.first_stdout_line()?;
+    let base = line
+        .strip_prefix("listening on ")
+        .with_context(|| format!("{name} printed {line:?}, not `listening on URL`"))?;
+    Ok((child, base.trim().to_owned()))
+}
+
+fn gateway_config(port: u16, admin_port: u16, replicas: &[String; 2]) -> String {
+    format!(
+        r#"listen = "127.0.0.1:{port}"
+admin_listen = "127.0.0.1:{admin_port}"
+log = "warn"
+
+[[adapters]]
+name = "bench"
+upstreams = ["{r1}", "{r2}"]
+
+[[adapters]]
+name = "single"
+upstreams = ["{r1}"]
+"#,
+        r1 = replicas[0],
+        r2 = replicas[1],
+    )
+}
+
+async fn gateway_ready(client: &HttpClient, readyz: &Uri) -> bool {
+    let request = Request::get(readyz.clone()).body(Full::default());
+    match request {
+        Ok(request) => client
+            .request(request)
+            .await
+            .is_ok_and(|response| response.status() == StatusCode::OK),
+        Err(_) => false,
+    }
+}
+
+/// nginx from PATH, else Debian's /usr/sbin/nginx (not on a normal user's PATH).
+fn find_nginx() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("nginx"))
+        .chain([PathBuf::from("/usr/sbin/nginx")])
+        .find(|candidate| candidate.is_file())
+}
+
+/// nginx in the foreground with its prefix, config, logs and temp files under `prefix`.
+fn start_nginx(
+    binary: &Path,
+    prefix: &Path,
+    upstream: &str,
+) -> anyhow::Result<(ChildGuard, String)> {
+    std::fs::create_dir_all(prefix.join("tmp"))
+        .with_context(|| format!("creating {}", prefix.display()))?;
+    let port = free_port()?;
+    let upstream = upstream.trim_start_matches("http://");
+    let config = nginx_config(prefix, port, upstream);
+    let config_path = prefix.join("nginx.conf");
+    std::fs::write(&config_path, config)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    let mut cmd = Command::new(binary);
+    cmd.arg("-p")
+        .arg(prefix)
+        .arg("-c")
+        .arg(&config_path)
+        .arg("-e")
+        .arg(prefix.join("error.log"));
+    let child = ChildGuard::spawn("nginx", &mut cmd, prefix.join("stderr.log"), false)?;
+    Ok((child, format!("http://127.0.0.1:{port}")))
+}
+
+/// A plain reverse proxy: HTTP/1.1 with upstream keep-alive, no buffering either way.
+fn nginx_config(prefix: &Path, port: u16, upstream: &str) -> String {
+    let p = prefix.display();
+    format!(
+        r#"daemon off;
+worker_processes auto;
+pid {p}/nginx.pid;
+error_log {p}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {p}/tmp/client_body;
+    proxy_temp_path {p}/tmp/proxy;
+    fastcgi_temp_path {p}/tmp/fastcgi;
+    uwsgi_temp_path {p}/tmp/uwsgi;
+    scgi_temp_path {p}/tmp/scgi;
+    upstream replica {{
+        server {upstream};
+        keepalive 128;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://replica;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load generator
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A keep-alive HTTP/1.1 client holding up to `connections` idle connections.
+fn http_client(connections: usize) -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(connections)
+        .build(connector)
+}
+
+struct Target {
+    name: &'static str,
+    url: String,
+}
+
+impl Target {
+    fn new(name: &'static str, url: String) -> Self {
+        Self { name, url }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Scenario {
+    /// Session era (2025-11-25): C workers, each in its own session.
+    Sessions,
+    /// Stateless era (2026-07-28): C workers, no session, the envelope on every request.
+    Stateless,
+    /// Session era, one worker: latency without queueing.
+    Sequential,
+}
+
+impl Scenario {
+    const ALL: [Self; 3] = [Self::Sessions, Self::Stateless, Self::Sequential];
+
+    fn concurrency(self, configured: usize) -> usize {
+        match self {
+            Self::Sequential => 1,
+            Self::Sessions | Self::Stateless => configured,
+        }
+    }
+
+    fn describe(self, concurrency: usize) -> String {
+        match self {
+            Self::Sessions => format!("sessions (2025-11-25), {concurrency} concurrent sessions"),
+            Self::Stateless => format!("stateless (2026-07-28), {concurrency} concurrent workers"),
+            Self::Sequential => "sequential (2025-11-25), 1 session, request after request".into(),
+        }
+    }
+}
+
+/// One worker's prepared `tools/call echo` request.
+struct Caller {
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Caller {
+    fn request(&self) -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(self.body.clone()));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
+}
+
+fn base_headers(version: &str) -> anyhow::Result<HeaderMap> {
+    let mut headers = HeaderMap::new();
+    headers.insert(ACCEPT, HeaderValue::from_static(ACCEPT_BOTH));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(MCP_PROTOCOL_VERSION, HeaderValue::from_str(version)?);
+    Ok(headers)
+}
+
+fn echo_params() -> Value {
+    json!({ "name": "echo", "arguments": { "text": "hello" } })
+}
+
+fn rpc(id: usize, method: &str, params: Value) -> Bytes {
+    Bytes::from(
+        json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }).to_string(),
+    )
+}
+
+fn stateless_caller(uri: &Uri, worker: usize) -> anyhow::Result<Caller> {
+    let mut headers = base_headers(STATELESS_VERSION)?;
+    headers.insert(MCP_METHOD, HeaderValue::from_static("tools/call"));
+    headers.insert(MCP_NAME, HeaderValue::from_static("echo"));
+    let mut params = echo_params();
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": STATELESS_VERSION,
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    Ok(Caller {
+        uri: uri.clone(),
+        headers,
+        body: rpc(worker, "tools/call", params),
+    })
+}
+
+/// Opens a session (initialize + notifications/initialized) and prepares calls in it.
+async fn session_caller(client: &HttpClient, uri: &Uri, worker: usize) -> anyhow::Result<Caller> {
+    let initialize = rpc(
+        0,
+        "initialize",
+        json!({
+            "protocolVersion": SESSION_VERSION,
+            "capabilities": {},
+            "clientInfo": { "name": "xtask-bench", "version": env!("CARGO_PKG_VERSION") },
+        }),
+    );
+    let mut caller = Caller {
+        uri: uri.clone(),
+        headers: base_headers(SESSION_VERSION)?,
+        body: initialize,
+    };
+    let response = client.request(caller.request()).await?;
+    let status = response.status();
+    let session = response.headers().get(MCP_SESSION_ID).cloned();
+    response.into_body().collect().await?;
+    if status != StatusCode::OK {
+        bail!("initialize answered {status}");
+    }
+    let session = session.context("initialize answered without Mcp-Session-Id")?;
+    caller.headers.insert(MCP_SESSION_ID, session);
+
+    caller.body = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+    let response = client.request(caller.request()).await?;
+    let status = response.status();
+    response.into_body().collect().await?;
+    if status != StatusCode::ACCEPTED {
+        bail!("notifications/initialized answered {status}");
+    }
+    caller.body = rpc(worker + 1, "tools/call", echo_params());
+    Ok(caller)
+}
+
+/// Ends a session; best effort, the result does not count.
+async fn close_session(client: &HttpClient, caller: &Caller) {
+    let mut request = caller.request();
+    *request.method_mut() = Method::DELETE;
+    *request.body_mut() = Full::default();
+    if let Ok(response) = client.request(request).await {
+        let _ = response.into_body().collect().await;
+    }
+}
+
+/// What workers measured: latencies of successful calls (µs) and failed calls.
+#[derive(Default)]
+struct Sample {
+    latencies_us: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Sample {
+    fn merge(&mut self, other: Sample) {
+        self.latencies_us.extend(other.latencies_us);
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+}
+
+/// Calls request after request until `deadline`; hands the caller back to close its session.
+async fn worker(client: HttpClient, caller: Caller, deadline: Instant) -> (Caller, Sample) {
+    let mut sample = Sample::default();
+    while Instant::now() < deadline {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, call(&client, &caller)).await;
+        match outcome.unwrap_or_else(|_| Err(anyhow::anyhow!("timed out"))) {
+            Ok(()) => sample.latencies_us.push(micros(started.elapsed())),
+            Err(err) => {
+                sample.errors += 1;
+                sample.first_error.get_or_insert_with(|| format!("{err:#}"));
+            }
+        }
+    }
+    (caller, sample)
+}
+
+/// One `tools/call`: a 200 whose body is a successful JSON-RPC result, or an error.
+async fn call(client: &HttpClient, caller: &Caller) -> anyhow::Result<()> {
+    let response = client.request(caller.request()).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    let head = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+    if status != StatusCode::OK {
+        bail!("HTTP {status}: {head}");
+    }
+    if !contains(&body, b"\"result\"") || contains(&body, b"\"isError\":true") {
+        bail!("not a successful result: {head}");
+    }
+    Ok(())
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+fn micros(duration: Duration) -> u64 {
+    u64::try_from(duration.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Every scenario, each round running every target once.
+async fn measure_all(targets: &[Target], options: &Options) -> anyhow::Result<Vec<Run>> {
+    let duration = options.run_duration();
+    let mut runs = Vec::new();
+    for scenario in Scenario::ALL {
+        let concurrency = scenario.concurrency(options.concurrency());
+        eprintln!("bench: {}", scenario.describe(concurrency));
+        for round in 1..=ROUNDS {
+            for target in targets {
+                let run = measure(target, scenario, concurrency, duration, round)
+                    .await
+                    .with_context(|| format!("{scenario:?} against {}", target.name))?;
+                eprintln!(
+                    "bench:   round {round} {:<20} {:>9.0} req/s  p50 {:>6} µs  errors {}",
+                    run.target, run.requests_per_s, run.p50_us, run.errors
+                );
+                runs.push(run);
+            }
+        }
+    }
+    Ok(runs)
+}
+
+/// One run: prepare `concurrency` callers, load the target for `duration`, close the sessions.
+async fn measure(
+    target: &Target,
+    scenario: Scenario,
+    concurrency: usize,
+    duration: Duration,
+    round: usize,
+) -> anyhow::Result<Run> {
+    let client = http_client(concurrency);
+    let uri: Uri = target.url.parse()?;
+    let mut callers = Vec::with_capacity(concurrency);
+    for worker in 0..concurrency {
+        callers.push(match scenario {
+            Scenario::Stateless => stateless_caller(&uri, worker)?,
+            Scenario::Sessions | Scenario::Sequential => session_caller(&client, &uri, worker)
+                .await
+                .context("opening a session")?,
+        });
+    }
+
+    let started = Instant::now();
+    let deadline = started + duration;
+    let workers: Vec<_> = callers
+        .into_iter()
+        .map(|caller| tokio::spawn(worker(client.clone(), caller, deadline)))
+        .collect();
+    let mut total = Sample::default();
+    let mut callers = Vec::with_capacity(concurrency);
+    for handle in workers {
+        let (caller, sample) = handle.await.context("a load worker panicked")?;
+        total.merge(sample);
+        callers.push(caller);
+    }
+    let elapsed = started.elapsed();
+
+    if scenario != Scenario::Stateless {
+        for caller in &callers {
+            close_session(&client, caller).await;
+        }
+    }
+    Ok(Run::new(
+        target,
+        scenario,
+        round,
+        concurrency,
+        elapsed,
+        total,
+    ))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results
+
+/// One measured run. `requests` and the latencies count successful calls only.
+#[derive(Debug, Serialize)]
+struct Run {
+    scenario: Scenario,
+    target: &'static str,
+    round: usize,
+    concurrency: usize,
+    seconds: f64,
+    requests: u64,
+    errors: u64,
+    requests_per_s: f64,
+    p50_us: u64,
+    p90_us: u64,
+    p99_us: u64,
+    max_us: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_error: Option<String>,
+}
+
+impl Run {
+    fn new(
+        target: &Target,
+        scenario: Scenario,
+        round: usize,
+        concurrency: usize,
+        elapsed: Duration,
+        mut sample: Sample,
+    ) -> Self {
+        sample.latencies_us.sort_unstable();
+        let latencies = &sample.latencies_us;
+        let requests = latencies.len() as u64;
+        Self {
+            scenario,
+            target: target.name,
+            round,
+            concurrency,
+            seconds: elapsed.as_secs_f64(),
+            requests,
+            errors: sample.errors,
+            requests_per_s: requests as f64 / elapsed.as_secs_f64(),
+            p50_us: percentile(latencies, 0.50),
+            p90_us: percentile(latencies, 0.90),
+            p99_us: percentile(latencies, 0.99),
+            max_us: latencies.last().copied().unwrap_or(0),
+            first_error: sample.first_error,
+        }
+    }
+}
+
+/// The nearest-rank percentile of sorted values (0 when there are none).
+fn percentile(sorted: &[u64], quantile: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (quantile * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Comparisons printed under each scenario: (measured, baseline).
+const COMPARISONS: [(&str, &str); 4] = [
+    ("gateway", "direct"),
+    ("gateway", "nginx"),
+    ("nginx", "direct"),
+    ("gateway-2-replicas", "direct"),
+];
+
+#[derive(Serialize)]
+struct Report<'a> {
+    cores: usize,
+    seconds_per_run: f64,
+    concurrency: usize,
+    rounds: usize,
+    selection: &'static str,
+    /// Per scenario and target, the round kept.
+    selected: Vec<&'a Run>,
+    /// Every run, in the order they ran.
+    runs: &'a [Run],
+}
+
+impl<'a> Report<'a> {
+    fn new(options: &Options, runs: &'a [Run]) -> Self {
+        let mut selected: Vec<&Run> = Vec::new();
+        for run in runs {
+            match selected
+                .iter_mut()
+                .find(|kept| kept.scenario == run.scenario && kept.target == run.target)
+            {
+                Some(kept) if run.requests_per_s > kept.requests_per_s => *kept = run,
+                Some(_) => {}
+                None => selected.push(run),
+            }
+        }
+        Self {
+            cores: std::thread::available_parallelism().map_or(0, usize::from),
+            seconds_per_run: options.run_duration().as_secs_f64(),
+            concurrency: options.concurrency(),
+            rounds: ROUNDS,
+            selection: SELECTION,
+            selected,
+            runs,
+        }
+    }
+
+    fn selected(&self, scenario: Scenario, target: &str) -> Option<&'a Run> {
+        self.selected
+            .iter()
+            .copied()
+            .find(|run| run.scenario == scenario && run.target == target)
+    }
+
+    fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        writeln!(
+            out,
+            "\nMCP gateway benchmark: tools/call echo {{\"text\":\"hello\"}}, {} s per run, \
+             {} cores, {SELECTION}",
+            self.seconds_per_run, self.cores
+        )?;
+        for scenario in Scenario::ALL {
+            let rows: Vec<&Run> = self
+                .selected
+                .iter()
+                .copied()
+                .filter(|run| run.scenario == scenario)
+                .collect();
+            if let Some(first) = rows.first() {
+                writeln!(out, "\n{}", scenario.describe(first.concurrency))?;
+                render_table(&mut out, &rows)?;
+                self.render_comparisons(&mut out, scenario)?;
+            }
+        }
+        self.render_errors(&mut out)?;
+        Ok(out)
+    }
+
+    fn render_comparisons(&self, out: &mut String, scenario: Scenario) -> std::fmt::Result {
+        for (measured, baseline) in COMPARISONS {
+            let (Some(a), Some(b)) = (
+                self.selected(scenario, measured),
+                self.selected(scenario, baseline),
+            ) else {
+                continue;
+            };
+            writeln!(
+                out,
+                "  {:<32} throughput {:.2}x, p50 {:+} µs, p99 {:+} µs",
+                format!("{measured} vs {baseline}:"),
+                a.requests_per_s / b.requests_per_s,
+                signed_diff(a.p50_us, b.p50_us),
+                signed_diff(a.p99_us, b.p99_us),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Runs with failed calls (selected or not), with the first failure of each.
+    fn render_errors(&self, out: &mut String) -> std::fmt::Result {
+        let failed: Vec<&Run> = self.runs.iter().filter(|run| run.errors > 0).collect();
+        if failed.is_empty() {
+            return writeln!(out, "\nNo failed calls.");
+        }
+        writeln!(out, "\nFailed calls:")?;
+        for run in failed {
+            writeln!(
+                out,
+                "  {:?} {} round {}: {} errors, first: {}",
+                run.scenario,
+                run.target,
+                run.round,
+                run.errors,
+                run.first_error.as_deref().unwrap_or("?")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn render_table(out: &mut String, rows: &[&Run]) -> std::fmt::Result {
+    writeln!(
+        out,
+        "  {:<20} {:>10} {:>9} {:>9} {:>9} {:>8}",
+        "target", "req/s", "p50 µs", "p90 µs", "p99 µs", "errors"
+    )?;
+    for run in rows {
+        writeln!(
+            out,
+            "  {:<20} {:>10.0} {:>9} {:>9} {:>9} {:>8}",
+            run.target, run.requests_per_s, run.p50_us, run.p90_us, run.p99_us, run.errors
+        )?;
+    }
+    Ok(())
+}
+
+fn signed_diff(a: u64, b: u64) -> i128 {
+    i128::from(a) - i128::from(b)
 }
