@@ -3,11 +3,13 @@
 //!     cargo xtask test          unit + integration tests, then the end-to-end suite
 //!     cargo xtask e2e [ARGS]    build release binaries, install the e2e tools, run tests/e2e
 //!     cargo xtask bench [ARGS]  benchmarks
+//!     cargo xtask openapi [--check]  write (or check) openapi/mcp-gateway.openapi.json
 //!     cargo xtask demo          the quick start: two example replicas behind a gateway
 
 mod bench;
 mod demo;
 mod e2e;
+mod openapi;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,6 +38,11 @@ enum Cli {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+    /// Write the management API's OpenAPI document to openapi/; `--check` fails when it is stale.
+    Openapi {
+        #[arg(long)]
+        check: bool,
+    },
     /// Benchmarks; ARGS go to the benchmark runner.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -51,6 +58,7 @@ fn main() {
         Cli::E2e { args } => e2e::run(args),
         Cli::Bench { args } => bench::run(args),
         Cli::Demo { port } => demo::run(port),
+        Cli::Openapi { check } => openapi::run(check),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

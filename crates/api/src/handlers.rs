@@ -1,0 +1,332 @@
+//! The handlers of the management API, one per endpoint, each documented for the OpenAPI
+//! document with `#[utoipa::path]`.
+//!
+//! Every change follows the same order so a refused request changes nothing: parse and check
+//! the body (extractors, [`check_spec`]), ask the runtime ([`Provisioner::validate`]), store
+//! the record, deploy it; when deploying fails the record is put back as it was.
+//!
+//! [`Provisioner::validate`]: mcp_gateway_core::Provisioner::validate
+
+use std::time::SystemTime;
+
+use axum::Json;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use mcp_gateway_core::{Adapter, AdapterError, AdapterName, AdapterStatus, rfc3339};
+
+use crate::error::{ApiError, Problem};
+use crate::extract::{AdapterPath, Caller, Query, SpecJson};
+use crate::logs::{self, LogsParams};
+use crate::validate::check_spec;
+use crate::{ApiState, TAG};
+
+/// Create and deploy an adapter.
+///
+/// The adapter is checked, stored with `createdBy` set to the caller, then deployed. If the
+/// deployment fails, nothing is left behind (the record is deleted again) and the error is
+/// returned.
+#[utoipa::path(
+    post,
+    path = "/adapters",
+    tag = TAG,
+    operation_id = "createAdapter",
+    request_body(content = mcp_gateway_core::AdapterSpec, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created and deployed", body = Adapter,
+            headers(("Location" = String, description = "URL of the new adapter"))),
+        (status = 400, description = "Malformed JSON, unknown field, or an invalid value", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "An adapter with this name exists", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than the configured limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not `application/json`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store or the runtime failed; nothing was changed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn create_adapter(
+    State(state): State<ApiState>,
+    caller: Caller,
+    SpecJson(spec): SpecJson,
+) -> Result<Response, ApiError> {
+    check_spec(&spec)?;
+    // Setting `useWorkloadIdentity` will need `mcp.admin` (auth, issue 6); for now it is stored.
+    state.provisioner.validate(&spec)?;
+    let name = spec.name.clone();
+    let _guard = state.locks.lock(&name).await;
+    let now = rfc3339(SystemTime::now());
+    let adapter = Adapter {
+        spec,
+        created_by: caller.subject,
+        created_at: now.clone(),
+        last_updated_at: now,
+    };
+    state.adapters.create(&adapter).await?;
+    if let Err(err) = state.provisioner.apply(&adapter).await {
+        tracing::warn!(adapter = %name, error = %err, "deploying a new adapter failed; removing it");
+        if let Err(e) = state.provisioner.remove(&name).await {
+            tracing::warn!(adapter = %name, error = %e, "cleaning up a failed deployment failed");
+        }
+        if let Err(e) = state.adapters.delete(&name).await {
+            tracing::error!(adapter = %name, error = %e, "deleting the record of a failed deployment failed");
+        }
+        return Err(deploy_error(&name, err));
+    }
+    let location = HeaderValue::try_from(format!("/adapters/{name}"))
+        .map_err(|_| ApiError::invalid("invalid-name", "name cannot appear in a URL"))?;
+    let mut response = (StatusCode::CREATED, Json(adapter)).into_response();
+    response.headers_mut().insert(header::LOCATION, location);
+    Ok(response)
+}
+
+/// List adapters, sorted by name.
+#[utoipa::path(
+    get,
+    path = "/adapters",
+    tag = TAG,
+    operation_id = "listAdapters",
+    responses(
+        (status = 200, description = "Every adapter the caller may read", body = Vec<Adapter>),
+        (status = 503, description = "The store failed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn list_adapters(
+    State(state): State<ApiState>,
+    _caller: Caller,
+) -> Result<Json<Vec<Adapter>>, ApiError> {
+    // Auth (issue 6) filters this list to what `_caller` may read.
+    Ok(Json(state.adapters.list().await?))
+}
+
+/// One adapter.
+#[utoipa::path(
+    get,
+    path = "/adapters/{name}",
+    tag = TAG,
+    operation_id = "getAdapter",
+    params(("name" = String, Path, description = "Adapter name (DNS-1123 label)")),
+    responses(
+        (status = 200, description = "The adapter", body = Adapter),
+        (status = 400, description = "The name is not a DNS-1123 label", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such adapter", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store failed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn get_adapter(
+    State(state): State<ApiState>,
+    _caller: Caller,
+    AdapterPath(name): AdapterPath,
+) -> Result<Json<Adapter>, ApiError> {
+    Ok(Json(existing(&state, &name).await?))
+}
+
+/// Replace an adapter's spec and roll the change out.
+///
+/// `createdBy` and `createdAt` are kept, `lastUpdatedAt` is set. The body's `name` must be the
+/// path's. If the roll-out fails, the previous spec is stored and applied again.
+#[utoipa::path(
+    put,
+    path = "/adapters/{name}",
+    tag = TAG,
+    operation_id = "updateAdapter",
+    params(("name" = String, Path, description = "Adapter name (DNS-1123 label)")),
+    request_body(content = mcp_gateway_core::AdapterSpec, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Updated and rolled out", body = Adapter),
+        (status = 400, description = "Malformed JSON, unknown field, an invalid value, or a `name` other than the path's", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such adapter", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body larger than the configured limit", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Body is not `application/json`", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store or the runtime failed; the previous spec stays", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn update_adapter(
+    State(state): State<ApiState>,
+    _caller: Caller,
+    AdapterPath(name): AdapterPath,
+    SpecJson(spec): SpecJson,
+) -> Result<Json<Adapter>, ApiError> {
+    if spec.name != name {
+        return Err(ApiError::field(
+            "name-mismatch",
+            "name",
+            format!(
+                "the body's name \"{}\" differs from the path's \"{name}\"; an adapter cannot be renamed (create a new one and delete this one)",
+                spec.name
+            ),
+        ));
+    }
+    check_spec(&spec)?;
+    state.provisioner.validate(&spec)?;
+    let _guard = state.locks.lock(&name).await;
+    let previous = existing(&state, &name).await?;
+    let adapter = Adapter {
+        spec,
+        created_by: previous.created_by.clone(),
+        created_at: previous.created_at.clone(),
+        last_updated_at: rfc3339(SystemTime::now()),
+    };
+    state.adapters.update(&adapter).await?;
+    if let Err(err) = state.provisioner.apply(&adapter).await {
+        tracing::warn!(adapter = %name, error = %err, "rolling out an update failed; restoring the previous spec");
+        if let Err(e) = state.adapters.update(&previous).await {
+            tracing::error!(adapter = %name, error = %e, "restoring the previous record failed");
+        }
+        if let Err(e) = state.provisioner.apply(&previous).await {
+            tracing::error!(adapter = %name, error = %e, "re-applying the previous spec failed");
+        }
+        return Err(deploy_error(&name, err));
+    }
+    Ok(Json(adapter))
+}
+
+/// Delete an adapter and everything deployed for it.
+#[utoipa::path(
+    delete,
+    path = "/adapters/{name}",
+    tag = TAG,
+    operation_id = "deleteAdapter",
+    params(("name" = String, Path, description = "Adapter name (DNS-1123 label)")),
+    responses(
+        (status = 204, description = "Deleted; its replicas are stopped"),
+        (status = 400, description = "The name is not a DNS-1123 label", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such adapter", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The runtime could not stop it; the record stays, retry", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn delete_adapter(
+    State(state): State<ApiState>,
+    _caller: Caller,
+    AdapterPath(name): AdapterPath,
+) -> Result<StatusCode, ApiError> {
+    let _guard = state.locks.lock(&name).await;
+    existing(&state, &name).await?;
+    // Stop first: if that fails the record stays, so the DELETE can be retried.
+    match state.provisioner.remove(&name).await {
+        Ok(()) | Err(AdapterError::NotFound(_)) => {}
+        Err(err) => return Err(err.into()),
+    }
+    state.adapters.delete(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Desired and ready replicas, each replica's state and live sessions.
+#[utoipa::path(
+    get,
+    path = "/adapters/{name}/status",
+    tag = TAG,
+    operation_id = "getAdapterStatus",
+    params(("name" = String, Path, description = "Adapter name (DNS-1123 label)")),
+    responses(
+        (status = 200, description = "The adapter's status", body = AdapterStatus),
+        (status = 400, description = "The name is not a DNS-1123 label", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such adapter", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store or the runtime failed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn adapter_status(
+    State(state): State<ApiState>,
+    _caller: Caller,
+    AdapterPath(name): AdapterPath,
+) -> Result<Json<AdapterStatus>, ApiError> {
+    existing(&state, &name).await?;
+    let mut status = state.provisioner.status(&name).await?;
+    match state.sessions.live_sessions(&name).await {
+        Ok(live) => {
+            for replica in &mut status.replicas {
+                replica.live_sessions = live
+                    .get(replica.index.to_string().as_str())
+                    .copied()
+                    .unwrap_or(0);
+            }
+        }
+        // A degraded session store should not hide the replicas: keep the runtime's counts.
+        Err(err) => {
+            tracing::warn!(adapter = %name, error = %err, "live sessions unavailable for status")
+        }
+    }
+    Ok(Json(status))
+}
+
+/// Lines the adapter's replicas wrote to stdout and stderr.
+///
+/// `text/plain` by default (one line per log line, prefixed with `[N] ` unless one replica is
+/// selected); `application/x-ndjson` (one `LogLine` object per line) when `Accept` asks for
+/// it. With `follow=true` the response stays open and lines arrive as they are written.
+#[utoipa::path(
+    get,
+    path = "/adapters/{name}/logs",
+    tag = TAG,
+    operation_id = "getAdapterLogs",
+    params(("name" = String, Path, description = "Adapter name (DNS-1123 label)"), LogsParams),
+    responses(
+        (status = 200, description = "Log lines",
+            content(
+                (String = "text/plain"),
+                (mcp_gateway_core::LogLine = "application/x-ndjson"),
+            )),
+        (status = 400, description = "A bad name or query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such adapter (or replica)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store or the runtime failed", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn adapter_logs(
+    State(state): State<ApiState>,
+    _caller: Caller,
+    AdapterPath(name): AdapterPath,
+    Query(params): Query<LogsParams>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let query = params.to_query(SystemTime::now())?;
+    existing(&state, &name).await?;
+    let lines = state.provisioner.logs(&name, query.clone()).await?;
+    Ok(logs::response(&headers, &query, lines))
+}
+
+/// The OpenAPI document of this API.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = TAG,
+    operation_id = "getOpenApi",
+    responses((status = 200, description = "This document", content_type = "application/json", body = Object))
+)]
+pub async fn openapi_json() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi::json(),
+    )
+}
+
+/// Answers unknown routes.
+pub async fn not_found(uri: http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no route {}; see GET /openapi.json", uri.path()))
+}
+
+/// Answers known routes with another method.
+pub async fn method_not_allowed(method: http::Method, uri: http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{method} is not allowed on {}; see GET /openapi.json for the methods it takes",
+        uri.path()
+    ))
+}
+
+/// The stored adapter, or 404.
+async fn existing(state: &ApiState, name: &AdapterName) -> Result<Adapter, ApiError> {
+    state
+        .adapters
+        .get(name)
+        .await?
+        .ok_or_else(|| AdapterError::NotFound(name.clone()).into())
+}
+
+/// A deployment failure as the client sees it: the runtime's own words, saying nothing changed.
+fn deploy_error(name: &AdapterName, err: AdapterError) -> ApiError {
+    match err {
+        AdapterError::Invalid(detail) => ApiError::invalid(
+            "invalid-adapter",
+            format!("adapter \"{name}\" could not be deployed: {detail}"),
+        ),
+        other => ApiError::Unavailable(format!(
+            "adapter \"{name}\" could not be deployed, nothing was changed: {other}"
+        )),
+    }
+}

@@ -1,0 +1,122 @@
+//! The management REST API of the MCP gateway: create, list, read, update and delete adapters,
+//! read their status and logs, and the OpenAPI document that describes it all.
+//!
+//! [`router`] builds an axum [`Router`] over three ports of `mcp-gateway-core`: an
+//! [`AdapterStore`] (where records live), a [`Provisioner`] (what runs them) and a
+//! [`SessionStore`] (for live session counts). It holds no state of its own beyond a lock per
+//! adapter name, binds no socket, and knows nothing of a particular runtime. Authentication is
+//! not done here: a layer in front inserts a [`Caller`] extension (issue 6); without one the
+//! caller is anonymous.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # fn f(adapters: Arc<dyn mcp_gateway_core::AdapterStore>,
+//! #      provisioner: Arc<dyn mcp_gateway_core::Provisioner>,
+//! #      sessions: Arc<dyn mcp_gateway_core::SessionStore>) {
+//! use mcp_gateway_api::{ApiOptions, ApiState, router};
+//! let state = ApiState::new(adapters, provisioner, sessions)
+//!     .with_options(ApiOptions { max_body_bytes: 1 << 20 });
+//! let app: axum::Router = router(state);
+//! # }
+//! ```
+
+mod error;
+mod extract;
+mod handlers;
+mod locks;
+mod logs;
+pub mod openapi;
+mod validate;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use mcp_gateway_core::{AdapterStore, Provisioner, SessionStore};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+pub use error::{ApiError, FieldError, PROBLEM_JSON, Problem};
+pub use extract::Caller;
+pub use logs::NDJSON;
+pub use validate::MAX_REPLICAS;
+
+/// The OpenAPI tag of every operation.
+const TAG: &str = "adapters";
+
+/// Settings of the API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiOptions {
+    /// Largest accepted request body; larger ones get 413. Default 1 MiB.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ApiOptions {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+/// What the handlers share: the ports and the options.
+#[derive(Clone)]
+pub struct ApiState {
+    /// Where adapter records are kept.
+    pub adapters: Arc<dyn AdapterStore>,
+    /// What deploys them and reports on them.
+    pub provisioner: Arc<dyn Provisioner>,
+    /// The data plane's session store, read for live sessions per replica.
+    pub sessions: Arc<dyn SessionStore>,
+    pub options: ApiOptions,
+    locks: locks::NameLocks,
+}
+
+impl ApiState {
+    /// State with default [`ApiOptions`].
+    pub fn new(
+        adapters: Arc<dyn AdapterStore>,
+        provisioner: Arc<dyn Provisioner>,
+        sessions: Arc<dyn SessionStore>,
+    ) -> Self {
+        Self {
+            adapters,
+            provisioner,
+            sessions,
+            options: ApiOptions::default(),
+            locks: locks::NameLocks::default(),
+        }
+    }
+
+    pub fn with_options(mut self, options: ApiOptions) -> Self {
+        self.options = options;
+        self
+    }
+}
+
+/// The management API: `/adapters…` and `/openapi.json`. Unknown paths get 404 and wrong
+/// methods 405, both as problem+json.
+pub fn router(state: ApiState) -> Router {
+    let (router, _) = routes().split_for_parts();
+    router
+        .method_not_allowed_fallback(handlers::method_not_allowed)
+        .fallback(handlers::not_found)
+        .layer(DefaultBodyLimit::max(state.options.max_body_bytes))
+        .with_state(state)
+}
+
+/// Every route with its OpenAPI description: the one place both the router and the document
+/// come from.
+fn routes() -> OpenApiRouter<ApiState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(handlers::create_adapter, handlers::list_adapters))
+        .routes(routes!(
+            handlers::get_adapter,
+            handlers::update_adapter,
+            handlers::delete_adapter
+        ))
+        .routes(routes!(handlers::adapter_status))
+        .routes(routes!(handlers::adapter_logs))
+        .routes(routes!(handlers::openapi_json))
+}
