@@ -160,7 +160,7 @@ impl LocalProvisioner {
         let cells: Vec<_> = self.map().drain().collect();
         let stops = cells.into_iter().map(|(_, cell)| async move {
             if let Some(deployed) = cell.lock().await.take() {
-                undeploy(deployed).await;
+                undeploy(&self.resolver, deployed).await;
             }
         });
         futures_util::future::join_all(stops).await;
@@ -223,10 +223,11 @@ impl LocalProvisioner {
     }
 }
 
-async fn undeploy(deployed: Deployed) {
+async fn undeploy(resolver: &StaticResolver, deployed: Deployed) {
     match deployed {
         Deployed::Processes(runtime) => runtime.shutdown().await,
         Deployed::Bridge { status, stop } => {
+            resolver.remove(status.name.as_str());
             stop.await;
             tracing::info!(adapter = %status.name, "stdio bridge stopped");
         }
@@ -256,12 +257,12 @@ impl Provisioner for LocalProvisioner {
         }
         let adapter = Arc::new(adapter.clone());
         match slot.take() {
-            Some(Deployed::Processes(runtime)) if !stdio => {
-                runtime.update(adapter);
+            Some(Deployed::Processes(mut runtime)) if !stdio => {
+                runtime.update(adapter).await;
                 *slot = Some(Deployed::Processes(runtime));
                 return Ok(());
             }
-            Some(old) => undeploy(old).await,
+            Some(old) => undeploy(&self.resolver, old).await,
             None => {}
         }
         let deployed = if stdio {
@@ -274,12 +275,15 @@ impl Provisioner for LocalProvisioner {
                 }
             }
         } else {
-            Deployed::Processes(AdapterRuntime::start(
-                adapter,
-                self.resolver.clone(),
-                self.options.clone(),
-                self.sessions.clone(),
-            ))
+            Deployed::Processes(
+                AdapterRuntime::start(
+                    adapter,
+                    self.resolver.clone(),
+                    self.options.clone(),
+                    self.sessions.clone(),
+                )
+                .await,
+            )
         };
         *slot = Some(deployed);
         Ok(())
@@ -293,7 +297,7 @@ impl Provisioner for LocalProvisioner {
             return Ok(());
         };
         if let Some(deployed) = cell.lock().await.take() {
-            undeploy(deployed).await;
+            undeploy(&self.resolver, deployed).await;
         }
         Ok(())
     }

@@ -19,12 +19,22 @@ use crate::process::{Launch, ProcessContext, ReplicaProcess, Snapshot};
 /// Handle of one adapter's runtime.
 pub(crate) struct AdapterRuntime {
     pub view: Arc<View>,
-    desired: watch::Sender<Option<Arc<Adapter>>>,
+    desired: watch::Sender<Option<Desired>>,
+    /// The generation of the last spec the reconciler has acted on.
+    processed: watch::Receiver<u64>,
     task: JoinHandle<()>,
 }
 
+/// A spec to converge on, numbered so `apply` can wait until it has been acted on.
+#[derive(Clone)]
+struct Desired {
+    adapter: Arc<Adapter>,
+    generation: u64,
+}
+
 impl AdapterRuntime {
-    pub(crate) fn start(
+    /// Starts converging on `adapter`; returns once the replicas are started (not ready).
+    pub(crate) async fn start(
         adapter: Arc<Adapter>,
         resolver: Arc<StaticResolver>,
         options: Arc<LocalOptions>,
@@ -52,13 +62,18 @@ impl AdapterRuntime {
             options: options.clone(),
             on_change,
         });
-        let (desired, desired_rx) = watch::channel(Some(adapter));
+        let (desired, desired_rx) = watch::channel(Some(Desired {
+            adapter,
+            generation: 1,
+        }));
+        let (processed_tx, processed) = watch::channel(0);
         let reconciler = Reconciler {
             view: view.clone(),
             ctx,
             options,
             sessions,
             desired: desired_rx,
+            processed: processed_tx,
             active: BTreeMap::new(),
             pending: None,
             draining: Vec::new(),
@@ -66,16 +81,30 @@ impl AdapterRuntime {
             generations: HashMap::new(),
         };
         let task = tokio::spawn(reconciler.run());
-        Self {
+        let mut runtime = Self {
             view,
             desired,
+            processed,
             task,
-        }
+        };
+        runtime.wait_processed(1).await;
+        runtime
     }
 
-    /// Converges on a new spec (in the background).
-    pub(crate) fn update(&self, adapter: Arc<Adapter>) {
-        self.desired.send_replace(Some(adapter));
+    /// Converges on a changed spec: returns once replicas are started, scaled or draining as
+    /// the spec asks; a rollout goes on in the background.
+    pub(crate) async fn update(&mut self, adapter: Arc<Adapter>) {
+        let generation = self.desired.borrow().as_ref().map_or(0, |d| d.generation) + 1;
+        self.desired.send_replace(Some(Desired {
+            adapter,
+            generation,
+        }));
+        self.wait_processed(generation).await;
+    }
+
+    async fn wait_processed(&mut self, generation: u64) {
+        // Fails only if the reconciler is gone, which `status` then shows.
+        let _ = self.processed.wait_for(|&g| g >= generation).await;
     }
 
     /// Drops the adapter from the resolver and stops every process it runs; returns once
@@ -243,7 +272,8 @@ struct Reconciler {
     ctx: Arc<ProcessContext>,
     options: Arc<LocalOptions>,
     sessions: Option<Arc<dyn SessionStore>>,
-    desired: watch::Receiver<Option<Arc<Adapter>>>,
+    desired: watch::Receiver<Option<Desired>>,
+    processed: watch::Sender<u64>,
     /// The replica serving each ordinal.
     active: BTreeMap<u32, Slot>,
     /// A new replica for one ordinal, promoted once ready (one at a time: a rollout).
@@ -260,10 +290,17 @@ impl Reconciler {
     async fn run(mut self) {
         loop {
             let desired = self.desired.borrow_and_update().clone();
-            let Some(adapter) = desired else { break };
+            let Some(Desired {
+                adapter,
+                generation,
+            }) = desired
+            else {
+                break;
+            };
             self.converge(&adapter);
             self.sync_view(&adapter);
             self.view.publish();
+            self.processed.send_replace(generation);
             self.stopping.retain(|t| !t.is_finished());
 
             let mut pending = self.pending.as_ref().map(ReplicaProcess::watch);
