@@ -1,0 +1,472 @@
+//! The bridge with real processes: `mcp-example-server --transport stdio`, built from this
+//! workspace, one process per session.
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use mcp_gateway_stdio::{BridgeConfig, BridgeHandle, LogSource, StdioBridge, Transport};
+use mcp_gateway_testkit::{EventReader, Http, McpSession, initialize_request, result_text};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+
+// === fixtures ===
+
+/// `target/debug/mcp-example-server`, built once if it is missing.
+fn example_server() -> &'static PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        // The test binary lives in <target>/debug/deps.
+        let exe = std::env::current_exe().expect("current_exe");
+        let debug = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("test binary under target/debug/deps")
+            .to_path_buf();
+        let server = debug.join("mcp-example-server");
+        if !server.is_file() {
+            let target = debug.parent().expect("target dir");
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(["build", "-p", "mcp-example-server", "--target-dir"])
+                .arg(target)
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build -p mcp-example-server failed");
+        }
+        server
+    })
+}
+
+fn config() -> BridgeConfig {
+    let mut config =
+        BridgeConfig::new(example_server().to_string_lossy(), ["--transport", "stdio"]);
+    config.env.insert("RUST_LOG".into(), "info".into());
+    config.stop_grace = Duration::from_secs(2);
+    config
+}
+
+async fn start(config: BridgeConfig) -> anyhow::Result<(BridgeHandle, String)> {
+    let bridge = StdioBridge::start(config).await?;
+    let url = format!("http://{}/mcp", bridge.local_addr());
+    Ok((bridge, url))
+}
+
+fn alive(pid: u32) -> bool {
+    kill(Pid::from_raw(pid as i32), None).is_ok()
+}
+
+async fn wait_gone(pid: u32) -> anyhow::Result<()> {
+    for _ in 0..200 {
+        if !alive(pid) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("process {pid} is still alive")
+}
+
+/// The pid the example server reports (`pid<N>`).
+async fn whoami(session: &mut McpSession) -> anyhow::Result<u32> {
+    let text = session.call_text("whoami", json!({})).await?;
+    text.strip_prefix("pid")
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| anyhow!("unexpected whoami: {text}"))
+}
+
+// === streamable HTTP ===
+
+#[tokio::test]
+async fn two_sessions_get_two_processes_and_their_own_counters() -> anyhow::Result<()> {
+    let (bridge, url) = start(config()).await?;
+    let (a, b) = tokio::join!(McpSession::open(&url), McpSession::open(&url));
+    let (mut a, mut b) = (a?, b?);
+    assert_ne!(a.id, b.id);
+    let (pa, pb) = (whoami(&mut a).await?, whoami(&mut b).await?);
+    assert_ne!(pa, pb, "two sessions share a process");
+    let mut pids: Vec<_> = bridge.sessions().iter().map(|s| s.pid).collect();
+    pids.sort();
+    let mut expected = vec![pa, pb];
+    expected.sort();
+    assert_eq!(pids, expected);
+    assert_eq!(bridge.live_sessions(), 2);
+
+    for n in 1..=3 {
+        let (ta, tb) = tokio::join!(
+            a.call_text("counter_increment", json!({})),
+            b.call_text("counter_increment", json!({}))
+        );
+        assert_eq!(ta?, format!("pid{pa}:{n}"));
+        assert_eq!(tb?, format!("pid{pb}:{n}"));
+    }
+    bridge.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn progress_arrives_before_the_result_over_sse() -> anyhow::Result<()> {
+    let (bridge, url) = start(config()).await?;
+    let session = McpSession::open(&url).await?;
+    let call = json!({
+        "jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": { "name": "slow", "arguments": { "ms": 900, "steps": 3 },
+                    "_meta": { "progressToken": "p1" } }
+    });
+    let res = session
+        .http
+        .open(
+            Method::POST,
+            &url,
+            &[
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+                ("mcp-session-id", &session.id),
+            ],
+            call.to_string(),
+        )
+        .await?;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["content-type"], "text/event-stream");
+    let mut events = EventReader::new(res.into_body());
+    let mut progress = Vec::new();
+    let result = loop {
+        let (event, at) = events
+            .next(Duration::from_secs(10))
+            .await?
+            .context("stream ended before the result")?;
+        let message: Value = serde_json::from_str(&event.data)?;
+        if message["method"] == "notifications/progress" {
+            assert_eq!(message["params"]["progressToken"], "p1");
+            progress.push(at);
+        } else {
+            break (message, at);
+        }
+    };
+    assert_eq!(result.0["id"], 7);
+    assert_eq!(result_text(&result.0)?, "done");
+    assert!(!progress.is_empty(), "no progress notification");
+    assert!(
+        result.1 - progress[0] >= Duration::from_millis(200),
+        "the first progress ({:?}) was not sent ahead of the result ({:?})",
+        progress[0],
+        result.1
+    );
+    assert!(events.next(Duration::from_secs(5)).await?.is_none());
+    bridge.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_accepts_only_json_gets_json() -> anyhow::Result<()> {
+    let (bridge, url) = start(config()).await?;
+    let session = McpSession::open(&url).await?;
+    let call = json!({
+        "jsonrpc": "2.0", "id": 3, "method": "tools/call",
+        "params": { "name": "slow", "arguments": { "ms": 100, "steps": 2 },
+                    "_meta": { "progressToken": 1 } }
+    });
+    let reply = session
+        .http
+        .send(
+            Method::POST,
+            &url,
+            &[
+                ("content-type", "application/json"),
+                ("accept", "application/json"),
+                ("mcp-session-id", &session.id),
+            ],
+            call.to_string(),
+        )
+        .await?;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+    assert_eq!(result_text(&reply.message()?)?, "done");
+    bridge.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn delete_stops_the_process_and_forgets_the_session() -> anyhow::Result<()> {
+    let (bridge, url) = start(config()).await?;
+    let mut session = McpSession::open(&url).await?;
+    let pid = whoami(&mut session).await?;
+    assert!(alive(pid));
+    let reply = session.delete().await?;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert!(!alive(pid), "process {pid} survived DELETE");
+    assert_eq!(bridge.live_sessions(), 0);
+    let reply = session.call("whoami", json!({})).await?;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(reply.message()?["error"]["code"], -32001);
+    bridge.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_process_limit_gives_503() -> anyhow::Result<()> {
+    let mut config = config();
+    config.max_processes = 1;
+    let (bridge, url) = start(config).await?;
+    let first = McpSession::open(&url).await?;
+    let http = Http::default();
+    let reply = http.post_json(&url, &[], &initialize_request(1)).await?;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    let message = reply.message()?;
+    assert!(
+        message["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("process limit reached")),
+        "{message}"
+    );
+    assert!(reply.header("mcp-session-id").is_none());
+    // The legacy transport counts against the same limit.
+    let reply = http
+        .send(Method::GET, &url.replace("/mcp", "/sse"), &[], Bytes::new())
+        .await?;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    first.delete().await?;
+    let mut again = McpSession::open(&url).await?;
+    whoami(&mut again).await?;
+    bridge.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn idle_sessions_are_reaped() -> anyhow::Result<()> {
+    let mut config = config();
+    config.idle_timeout = Duration::from_millis(400);
+    let (bridge, url) = start(config).await?;
+    let mut session = McpSession::open(&url).await?;
+    let pid = whoami(&mut session).await?;
+    // Busy sessions are not idle: a call longer than the idle timeout completes.
+    assert_eq!(
+        session
+            .call_text("slow", json!({ "ms": 800, "steps": 0 }))
+            .await?,
+        "done"
+    );
+    wait_gone(pid).await?;
+    assert_eq!(bridge.live_sessions(), 0);
+    let reply = session.call("whoami", json!({})).await?;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    bridge.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_crashed_process_fails_its_pending_request_and_then_404() -> anyhow::Result<()> {
+    let (bridge, url) = start(config()).await?;
+    let mut logs = bridge.logs();
+    let mut session = McpSession::open(&url).await?;
+    let pid = whoami(&mut session).await?;
+    let pending = {
+        let http = session.http.clone();
+        let (url, id) = (url.clone(), session.id.clone());
+        tokio::spawn(async move {
+            let call =
+                mcp_gateway_testkit::tool_call(50, "slow", json!({ "ms": 20000, "steps": 0 }));
+            http.post_json(&url, &[("mcp-session-id", &id)], &call)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL)?;
+    let reply = tokio::time::timeout(Duration::from_secs(10), pending).await???;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    let message = reply.message()?;
+    assert_eq!(message["id"], 50);
+    assert!(
+        message["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("exited"))
+    );
+
+    let reply = session.call("whoami", json!({})).await?;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert_eq!(bridge.live_sessions(), 0);
+
+    // The exit was logged for the runtime.
+    let exit = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let line = logs.recv().await?;
+            if line.source == LogSource::Bridge && line.line.contains("exited") {
+                return anyhow::Ok(line);
+            }
+        }
+    })
+    .await??;
+    assert_eq!(exit.pid, pid);
+    bridge.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn refusals_are_json_rpc_errors() -> anyhow::Result<()> {
+    let (bridge, url) = start(config()).await?;
+    let http = Http::default();
+    let call = mcp_gateway_testkit::tool_call(1, "whoami", json!({}));
+
+    // No session: 400, or -32022 for the stateless revision so that clients fall back.
+    let reply = http.post_json(&url, &[], &call).await?;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let reply = mcp_gateway_testkit::stateless_call(&http, &url, "whoami", json!({})).await?;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    let message = reply.message()?;
+    assert_eq!(message["error"]["code"], -32022);
+    assert_eq!(message["error"]["data"]["supported"][0], "2025-11-25");
+
+    let reply = http
+        .post_json(&url, &[("mcp-session-id", "nope")], &call)
+        .await?;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    let reply = http
+        .send(
+            Method::POST,
+            &url,
+            &[("content-type", "application/json")],
+            "{oops",
+        )
+        .await?;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(reply.message()?["error"]["code"], -32700);
+    let reply = http.send(Method::PUT, &url, &[], Bytes::new()).await?;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(bridge.live_sessions(), 0, "a refusal started a process");
+    bridge.shutdown().await;
+    Ok(())
+}
+
+// === legacy HTTP+SSE ===
+
+#[tokio::test]
+async fn legacy_sse_round_trip_and_closing_the_stream_ends_the_process() -> anyhow::Result<()> {
+    let (bridge, url) = start(config()).await?;
+    let base = url.trim_end_matches("/mcp").to_owned();
+    let http = Http::default();
+    let res = http
+        .open(
+            Method::GET,
+            &format!("{base}/sse"),
+            &[("accept", "text/event-stream")],
+            Bytes::new(),
+        )
+        .await?;
+    assert_eq!(res.status(), StatusCode::OK);
+    let mut events = EventReader::new(res.into_body());
+    let (endpoint, _) = events
+        .next(Duration::from_secs(5))
+        .await?
+        .context("no endpoint")?;
+    assert_eq!(endpoint.event.as_deref(), Some("endpoint"));
+    assert!(
+        endpoint.data.starts_with("/messages?sessionId="),
+        "{}",
+        endpoint.data
+    );
+    let post_url = format!("{base}{}", endpoint.data);
+
+    let mut next_message = async || -> anyhow::Result<Value> {
+        loop {
+            let (event, _) = events
+                .next(Duration::from_secs(10))
+                .await?
+                .context("stream ended")?;
+            if event.event.as_deref() == Some("message") {
+                return Ok(serde_json::from_str(&event.data)?);
+            }
+        }
+    };
+    let reply = http
+        .post_json(&post_url, &[], &initialize_request(1))
+        .await?;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    assert_eq!(next_message().await?["id"], 1);
+    let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+    assert_eq!(
+        http.post_json(&post_url, &[], &note).await?.status,
+        StatusCode::ACCEPTED
+    );
+    let call = mcp_gateway_testkit::tool_call(2, "whoami", json!({}));
+    assert_eq!(
+        http.post_json(&post_url, &[], &call).await?.status,
+        StatusCode::ACCEPTED
+    );
+    let answer = next_message().await?;
+    assert_eq!(answer["id"], 2);
+    let pid: u32 = result_text(&answer)?
+        .strip_prefix("pid")
+        .and_then(|p| p.parse().ok())
+        .context("whoami")?;
+    assert_eq!(bridge.sessions()[0].transport, Transport::LegacySse);
+
+    // The session's id is not a streamable HTTP session.
+    let sid = post_url.split('=').nth(1).unwrap_or_default().to_owned();
+    let reply = http
+        .post_json(&url, &[("mcp-session-id", &sid)], &call)
+        .await?;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+
+    drop(events);
+    wait_gone(pid).await?;
+    for _ in 0..100 {
+        if bridge.live_sessions() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(bridge.live_sessions(), 0);
+    let reply = http.post_json(&post_url, &[], &call).await?;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    bridge.shutdown().await;
+    Ok(())
+}
+
+// === ends ===
+
+#[tokio::test]
+async fn shutdown_and_drop_leave_no_process() -> anyhow::Result<()> {
+    for polite in [true, false] {
+        let (bridge, url) = start(config()).await?;
+        let mut pids = Vec::new();
+        for _ in 0..3 {
+            let mut session = McpSession::open(&url).await?;
+            pids.push(whoami(&mut session).await?);
+        }
+        let sse = Http::default()
+            .open(Method::GET, &url.replace("/mcp", "/sse"), &[], Bytes::new())
+            .await?;
+        pids.extend(bridge.sessions().iter().map(|s| s.pid));
+        assert_eq!(bridge.live_sessions(), 4);
+        if polite {
+            bridge.shutdown().await;
+            for pid in &pids {
+                assert!(!alive(*pid), "process {pid} survived shutdown");
+            }
+        } else {
+            drop(bridge);
+            for pid in &pids {
+                wait_gone(*pid).await?;
+            }
+        }
+        drop(sse);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_missing_command_fails_at_start() {
+    let config = BridgeConfig::new("no-such-mcp-server-anywhere", Vec::<String>::new());
+    let err = StdioBridge::start(config)
+        .await
+        .err()
+        .expect("start must fail");
+    assert!(
+        err.to_string().contains("no-such-mcp-server-anywhere"),
+        "{err}"
+    );
+}
