@@ -8,7 +8,10 @@ use mcp_gateway_core::{
     Adapter, AdapterSpec, AdapterStatus, LogLine, ReplicaState, ReplicaStatus, Transport,
 };
 use serde_json::{Map, Value};
-use utoipa::OpenApi;
+use utoipa::openapi::path::ParameterIn;
+use utoipa::openapi::schema::{ArrayItems, Object, ObjectBuilder, Schema, Type};
+use utoipa::openapi::{OpenApi as Document, RefOr};
+use utoipa::{Modify, OpenApi};
 
 use crate::TAG;
 use crate::error::{FieldError, Problem};
@@ -33,9 +36,108 @@ Every error is `application/problem+json` (RFC 9457) with a `detail` that says w
 )]
 pub struct ApiDoc;
 
+/// Environment variable names the API accepts.
+const ENV_NAME_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]*$";
+/// `http://host[:port]` with no path.
+const UPSTREAM_PATTERN: &str = r"^http://([A-Za-z0-9._~%-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?$";
+/// A DNS-1123 label, as in the `name` of `AdapterSpec`.
+const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
+
+/// What the derives cannot say: the `Adapter` schema as one object (the spec's properties plus
+/// the server-set ones; an `allOf` with the spec's `additionalProperties: false` would refuse
+/// them), patterns for environment variable names and upstream URLs, and the pattern of the
+/// `{name}` path parameter.
+struct Refinements;
+
+impl Modify for Refinements {
+    fn modify(&self, doc: &mut Document) {
+        if let Some(components) = doc.components.as_mut()
+            && let Some(RefOr::T(Schema::Object(spec))) = components.schemas.get_mut("AdapterSpec")
+        {
+            if let Some(RefOr::T(Schema::Object(env))) =
+                spec.properties.get_mut("environmentVariables")
+            {
+                env.property_names = Some(Box::new(string_matching(ENV_NAME_PATTERN).into()));
+            }
+            if let Some(RefOr::T(Schema::Array(upstreams))) = spec.properties.get_mut("upstreams") {
+                upstreams.items = ArrayItems::RefOrSchema(Box::new(
+                    Schema::Object(string_matching(UPSTREAM_PATTERN)).into(),
+                ));
+            }
+            let adapter = adapter_schema(spec.clone());
+            components
+                .schemas
+                .insert("Adapter".to_owned(), Schema::Object(adapter).into());
+        }
+        for item in doc.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ];
+            for op in operations.into_iter().flatten() {
+                for p in op.parameters.iter_mut().flatten() {
+                    if p.name == "name" && matches!(p.parameter_in, ParameterIn::Path) {
+                        p.schema = Some(Schema::Object(string_matching(NAME_PATTERN)).into());
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn string_matching(pattern: &str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(pattern))
+        .build()
+}
+
+/// `Adapter`: the spec's properties and the server-set fields, all required in responses.
+fn adapter_schema(mut spec: Object) -> Object {
+    spec.description = Some(
+        "An adapter as stored and returned by the API: the spec plus server-set fields.".into(),
+    );
+    for (field, description) in [
+        ("createdBy", "Subject of the principal that created it."),
+        ("createdAt", "When it was created (RFC 3339, UTC)."),
+        (
+            "lastUpdatedAt",
+            "When it was last created or replaced (RFC 3339, UTC).",
+        ),
+    ] {
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(description))
+            .build();
+        spec.properties
+            .insert(field.to_owned(), Schema::Object(schema).into());
+        spec.required.push(field.to_owned());
+    }
+    for field in [
+        "replicaCount",
+        "transport",
+        "environmentVariables",
+        "description",
+        "useWorkloadIdentity",
+        "requiredRoles",
+        "args",
+        "upstreams",
+    ] {
+        if !spec.required.iter().any(|r| r == field) {
+            spec.required.push(field.to_owned());
+        }
+    }
+    spec
+}
+
 /// The document, built from the same routes that [`router`](crate::router) serves.
-pub fn document() -> utoipa::openapi::OpenApi {
-    crate::routes().split_for_parts().1
+pub fn document() -> Document {
+    let mut doc = crate::routes().split_for_parts().1;
+    // After the routes have added their paths and schemas, so nothing overwrites these.
+    Refinements.modify(&mut doc);
+    doc
 }
 
 /// The document as pretty JSON with keys sorted (stable across builds), ending in a newline.

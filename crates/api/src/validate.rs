@@ -127,20 +127,21 @@ fn check_upstream(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The MCP endpoint path: absolute, no query or fragment, no whitespace.
+/// The MCP endpoint path: `/` then visible ASCII other than `?` and `#` (the OpenAPI pattern
+/// `^/[!-"$->@-~]*$`).
 fn check_path(path: &str) -> Result<(), String> {
     if !path.starts_with('/') {
         return Err(format!(
             "path {path:?} must start with '/' (for example \"/mcp\")"
         ));
     }
-    if path.contains(['?', '#']) || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if !path
+        .bytes()
+        .all(|b| (0x21..=0x7e).contains(&b) && b != b'?' && b != b'#')
+    {
         return Err(format!(
-            "path {path:?} must be a plain URL path: no query, fragment, spaces or control characters"
+            "path {path:?} must be a plain URL path: visible ASCII, no query, fragment or spaces (percent-encode other characters)"
         ));
-    }
-    if path.parse::<http::uri::PathAndQuery>().is_err() {
-        return Err(format!("path {path:?} is not a valid URL path"));
     }
     Ok(())
 }

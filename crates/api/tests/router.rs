@@ -868,3 +868,14 @@ async fn the_fake_store_refuses_duplicates_itself() {
     statuses.sort();
     assert_eq!(statuses, [201, 409]);
 }
+
+#[tokio::test]
+async fn method_not_allowed_names_the_allowed_methods() {
+    let f = Fakes::new();
+    let res = send(&f.app, req(Method::PATCH, "/adapters/a")).await;
+    res.problem(405);
+    assert_eq!(res.headers[header::ALLOW], "GET,HEAD,PUT,DELETE");
+    let res = send(&f.app, req(Method::DELETE, "/adapters")).await;
+    res.problem(405);
+    assert_eq!(res.headers[header::ALLOW], "POST,GET,HEAD");
+}

@@ -47,6 +47,7 @@ pub struct AdapterSpec {
     #[serde(default)]
     pub environment_variables: BTreeMap<String, String>,
     /// Desired replicas (1 to 50).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 50, default = 1))]
     #[serde(default = "one")]
     pub replica_count: u32,
     #[serde(default)]
@@ -66,9 +67,11 @@ pub struct AdapterSpec {
     #[serde(default)]
     pub transport: Transport,
     /// Port the server listens on (Kubernetes runtime; the local runtime picks free ports).
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 65535))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// The server's MCP endpoint path (default `/mcp`, or `/sse` for the `sse` transport).
+    #[cfg_attr(feature = "openapi", schema(pattern = r#"^/[!-"$->@-~]*$"#, example = "/mcp"))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// Base URLs of servers deployed elsewhere, one per replica: nothing is run, the gateway
