@@ -470,3 +470,58 @@ async fn a_missing_command_fails_at_start() {
         "{err}"
     );
 }
+
+/// The runtime keeps handles in shared state and boxes `shutdown()` as a `'static` future.
+#[test]
+fn handles_and_their_futures_are_send() {
+    fn send_static<T: Send + 'static>(_: &T) {}
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<BridgeHandle>();
+    send_static(&StdioBridge::start(config()));
+    let _ = |handle: BridgeHandle| {
+        let stop = handle.shutdown();
+        send_static(&stop);
+    };
+}
+
+#[tokio::test]
+async fn stdout_noise_and_stderr_are_logged_and_a_silent_process_times_out() -> anyhow::Result<()> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hooked = seen.clone();
+    let mut config = BridgeConfig::new("sh", ["-c", "echo not-json; echo oops >&2; exec sleep 30"])
+        .on_log(move |line| {
+            if let Ok(mut seen) = hooked.lock() {
+                seen.push((line.source, line.line.clone()));
+            }
+        });
+    config.request_timeout = Duration::from_millis(500);
+    let (bridge, url) = start(config).await?;
+    let reply = Http::default()
+        .post_json(&url, &[], &initialize_request(1))
+        .await?;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(reply.message()?["id"], 1);
+    assert!(reply.header("mcp-session-id").is_none());
+    for _ in 0..100 {
+        if bridge.live_sessions() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        bridge.live_sessions(),
+        0,
+        "a failed initialize left its process"
+    );
+    let seen = seen.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    assert!(
+        seen.contains(&(LogSource::Stdout, "not-json".into())),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains(&(LogSource::Stderr, "oops".into())),
+        "{seen:?}"
+    );
+    bridge.shutdown().await;
+    Ok(())
+}
