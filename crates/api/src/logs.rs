@@ -32,6 +32,10 @@ pub struct LogsParams {
     pub tail: Option<usize>,
     /// Only lines written at or after this time: RFC 3339 (`2025-11-24T16:00:00Z`) or a
     /// duration back from now (`90s`, `10m`, `2h`, `1d`).
+    #[param(
+        min_length = 1,
+        pattern = r"^(([0-9]+(ms|s|m|h|d))+|[0-9]+|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2}))$"
+    )]
     pub since: Option<String>,
     /// Keep the response open and send lines as replicas write them.
     pub follow: Option<bool>,

@@ -39,7 +39,13 @@ pub struct ApiDoc;
 /// Environment variable names the API accepts.
 const ENV_NAME_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]*$";
 /// `http://host[:port]` with no path.
-const UPSTREAM_PATTERN: &str = r"^http://([A-Za-z0-9._~%-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?/?$";
+const UPSTREAM_PATTERN: &str = r"^http://([A-Za-z0-9._~%-]+|\[[0-9A-Fa-f:.]+\])(:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?/?$";
+/// No NUL character (it cannot reach a process's environment or arguments).
+const NO_NUL_PATTERN: &str = "^[^\\u0000]*$";
+/// At least one character that is not white space.
+const NOT_BLANK_PATTERN: &str = "\\S";
+/// Not blank, no NUL.
+const COMMAND_PATTERN: &str = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$";
 /// A DNS-1123 label, as in the `name` of `AdapterSpec`.
 const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$";
 
@@ -63,6 +69,26 @@ impl Modify for Refinements {
                 upstreams.items = ArrayItems::RefOrSchema(Box::new(
                     Schema::Object(string_matching(UPSTREAM_PATTERN)).into(),
                 ));
+            }
+            if let Some(RefOr::T(Schema::Object(env))) =
+                spec.properties.get_mut("environmentVariables")
+            {
+                env.additional_properties = Some(Box::new(
+                    Schema::Object(string_matching(NO_NUL_PATTERN)).into(),
+                ));
+            }
+            for (field, pattern) in [
+                ("args", NO_NUL_PATTERN),
+                ("requiredRoles", NOT_BLANK_PATTERN),
+            ] {
+                if let Some(RefOr::T(Schema::Array(array))) = spec.properties.get_mut(field) {
+                    array.items = ArrayItems::RefOrSchema(Box::new(
+                        Schema::Object(string_matching(pattern)).into(),
+                    ));
+                }
+            }
+            if let Some(RefOr::T(Schema::Object(command))) = spec.properties.get_mut("command") {
+                command.pattern = Some(COMMAND_PATTERN.to_owned());
             }
             let adapter = adapter_schema(spec.clone());
             components

@@ -116,6 +116,20 @@ fn check_upstream(url: &str) -> Result<(), String> {
             "upstream {url:?} has no host; write it as http://host:port"
         ));
     }
+    if let Some(ip) = authority
+        .host()
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        && ip.parse::<std::net::Ipv6Addr>().is_err()
+    {
+        return Err(format!("upstream {url:?} has an invalid IPv6 address"));
+    }
+    if let Some((_, port)) = authority.as_str().rsplit_once(':')
+        && !port.contains(']')
+        && !matches!(port.parse::<u16>(), Ok(1..))
+    {
+        return Err(format!("upstream {url:?} has an invalid port (1-65535)"));
+    }
     if authority.as_str().contains('@') {
         return Err(format!("upstream {url:?} must not contain credentials"));
     }
@@ -168,7 +182,7 @@ mod tests {
             fields(r#"{"name":"a","command":"srv","args":["--port","{port}"],"path":"/mcp"}"#)
                 .is_empty()
         );
-        assert!(fields(r#"{"name":"a","upstreams":["http://127.0.0.1:9001","http://h:1/"],"replicaCount":2}"#).is_empty());
+        assert!(fields(r#"{"name":"a","upstreams":["http://127.0.0.1:9001","http://h:1/","http://[::1]:8080"],"replicaCount":2}"#).is_empty());
         assert!(
             fields(
                 r#"{"name":"a","replicaCount":50,"environmentVariables":{"_A1":"x","PATH":""}}"#
@@ -181,7 +195,7 @@ mod tests {
     fn every_problem_is_reported_with_its_field() {
         let got = fields(
             r#"{"name":"a","replicaCount":0,"environmentVariables":{"1X":"y","OK":"a\u0000"},
-                "upstreams":["https://h:1","http://h:1/mcp","nope","http://u:p@h:1"],"path":"mcp","port":0,
+                "upstreams":["https://h:1","http://h:1/mcp","nope","http://u:p@h:1","http://[a.b:c]:1","http://h:99999","http://h:0"],"path":"mcp","port":0,
                 "command":" ","requiredRoles":[""]}"#,
         );
         assert_eq!(
@@ -194,6 +208,9 @@ mod tests {
                 "upstreams[1]",
                 "upstreams[2]",
                 "upstreams[3]",
+                "upstreams[4]",
+                "upstreams[5]",
+                "upstreams[6]",
                 "path",
                 "port",
                 "command",
