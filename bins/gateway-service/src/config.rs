@@ -71,6 +71,15 @@ pub struct Args {
     /// A session older than this expires (default 12h).
     #[arg(long, env = "MCP_GATEWAY_SESSION_MAX_LIFETIME", value_parser = parse_duration)]
     pub session_max_lifetime: Option<Duration>,
+    /// Serve the management API (and run adapters with the local runtime) on the data-plane
+    /// listener: true or false (default true). Adapters declared in this configuration are
+    /// served either way but are not managed by the API.
+    #[arg(long, env = "MCP_GATEWAY_MANAGEMENT")]
+    pub management: Option<bool>,
+    /// Where the management API keeps adapter records (default
+    /// $XDG_DATA_HOME/mcp-gateway, else ~/.local/share/mcp-gateway).
+    #[arg(long, env = "MCP_GATEWAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Session store: "memory" (default; one gateway) or "redis://host:port/db" / "rediss://…"
     /// (shared by every gateway replica). The password comes from MCP_GATEWAY_REDIS_PASSWORD or
     /// redis_password_file, never from the URL.
@@ -116,6 +125,8 @@ struct FileConfig {
     session_max_lifetime: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
     shutdown_grace: Option<Duration>,
+    management: Option<bool>,
+    data_dir: Option<PathBuf>,
     session_store: Option<String>,
     redis_password_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "de_duration")]
@@ -188,6 +199,9 @@ pub struct Config {
     pub session_max_lifetime: Duration,
     pub shutdown_grace: Duration,
     pub session_store: SessionStoreConfig,
+    /// Serve the management API with the local runtime.
+    pub management: bool,
+    pub data_dir: PathBuf,
     pub adapters: Vec<AdapterConfig>,
 }
 
@@ -197,6 +211,7 @@ impl Config {
         Self::resolve(Args {
             listen: Some("127.0.0.1:0".parse().expect("literal address")),
             admin_listen: Some("127.0.0.1:0".parse().expect("literal address")),
+            management: Some(false),
             ..Args::default()
         })
         .expect("defaults are valid")
@@ -287,6 +302,11 @@ impl Config {
                     .or(file.session_refresh_after)
                     .unwrap_or(Duration::from_secs(30)),
             )?,
+            management: args.management.or(file.management).unwrap_or(true),
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(default_data_dir),
             adapters,
         };
         config.validate()?;
@@ -350,6 +370,17 @@ fn session_store(
         password,
         refresh_after,
     })
+}
+
+fn default_data_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")));
+    match base {
+        Some(b) => b.join("mcp-gateway"),
+        None => PathBuf::from("mcp-gateway-data"),
+    }
 }
 
 fn read_file(path: &Path) -> anyhow::Result<FileConfig> {

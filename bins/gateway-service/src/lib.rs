@@ -3,6 +3,7 @@
 //! and a graceful shutdown.
 
 pub mod config;
+mod management;
 mod server;
 
 use std::sync::Arc;
@@ -71,7 +72,16 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
     let metrics = mcp_gateway_telemetry::metrics()?;
     let (store, store_tasks) = session_store(&config)?;
     let resolver = Arc::new(StaticResolver::new(targets(&config.adapters)));
-    let gateway = Gateway::new(config.routing.clone(), resolver, store.clone());
+    let gateway = Gateway::new(config.routing.clone(), resolver.clone(), store.clone());
+    let management = if config.management {
+        Some(management::start(&config.data_dir, resolver, store.clone()).await?)
+    } else {
+        None
+    };
+    let (api, provisioner) = match management {
+        Some(m) => (Some(m.router), Some(m.provisioner)),
+        None => (None, None),
+    };
 
     let data = TcpListener::bind(config.listen)
         .await
@@ -92,14 +102,28 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
         tokio::spawn(async move {
             server::serve(data, rx, grace, move |peer| {
                 let gateway = gateway.clone();
+                let api = api.clone();
                 hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ClientAddr(peer));
                     let gateway = gateway.clone();
-                    async move { Ok::<_, std::convert::Infallible>(gateway.handle(req).await) }
+                    let api = api.clone();
+                    async move {
+                        let res = match api {
+                            Some(api) if !Gateway::handles_path(req.uri().path()) => {
+                                serve_api(api, gateway.config(), req).await
+                            }
+                            _ => gateway.handle(req).await,
+                        };
+                        Ok::<_, std::convert::Infallible>(res)
+                    }
                 })
             })
             .await;
             accepting.store(false, Ordering::Relaxed);
+            if let Some(provisioner) = provisioner {
+                // Children never outlive the gateway; records stay for the next start.
+                provisioner.shutdown().await;
+            }
             for task in store_tasks {
                 task.abort();
             }
@@ -123,6 +147,43 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
         shutdown,
         tasks: vec![data_task, admin_task],
     })
+}
+
+/// A management API request, behind the same DNS-rebinding checks as the data plane: a page
+/// in a browser must not be able to create adapters that run commands.
+async fn serve_api(
+    api: axum::Router,
+    config: &mcp_gateway_routing::RoutingConfig,
+    req: Request<hyper::body::Incoming>,
+) -> Response<ProxyBody> {
+    use tower::ServiceExt;
+    if let Err(e) = mcp_gateway_routing::check_host_and_origin(req.headers(), config) {
+        return problem(StatusCode::FORBIDDEN, &e.to_string());
+    }
+    match api.oneshot(req).await {
+        Ok(res) => res.map(|b| b.map_err(Into::into).boxed_unsync()),
+        Err(never) => match never {},
+    }
+}
+
+fn problem(status: StatusCode, detail: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({
+        "type": "about:blank",
+        "title": status.canonical_reason().unwrap_or(""),
+        "status": status.as_u16(),
+        "detail": detail,
+    });
+    let mut res = Response::new(
+        Full::new(bytes::Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/problem+json"),
+    );
+    res
 }
 
 /// Tasks that live as long as the gateway.

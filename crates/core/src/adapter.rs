@@ -71,7 +71,10 @@ pub struct AdapterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
     /// The server's MCP endpoint path (default `/mcp`, or `/sse` for the `sse` transport).
-    #[cfg_attr(feature = "openapi", schema(pattern = r#"^/[!-"$->@-~]*$"#, example = "/mcp"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r#"^/[!-"$->@-~]*$"#, example = "/mcp")
+    )]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     /// Base URLs of servers deployed elsewhere, one per replica: nothing is run, the gateway
@@ -282,7 +285,10 @@ mod tests {
         assert_eq!(spec.transport, Transport::StreamableHttp);
         assert_eq!(spec.mcp_path(), "/mcp");
         let err = serde_json::from_str::<AdapterSpec>(r#"{"name":"x","replicas":2}"#).unwrap_err();
-        assert!(err.to_string().contains("unknown field `replicas`"), "{err}");
+        assert!(
+            err.to_string().contains("unknown field `replicas`"),
+            "{err}"
+        );
         let spec: AdapterSpec =
             serde_json::from_str(r#"{"name":"x","transport":"stdio","command":"npx"}"#).unwrap();
         assert_eq!(spec.transport, Transport::Stdio);

@@ -11,8 +11,8 @@ mod replica;
 mod session;
 
 pub use adapter::{
-    rfc3339, Adapter, AdapterError, AdapterSpec, AdapterStatus, AdapterStore, LogLine, LogQuery,
-    LogStream, Provisioner, ReplicaState, ReplicaStatus, Transport,
+    Adapter, AdapterError, AdapterSpec, AdapterStatus, AdapterStore, LogLine, LogQuery, LogStream,
+    Provisioner, ReplicaState, ReplicaStatus, Transport, rfc3339,
 };
 pub use names::{AdapterName, InvalidName, InvalidSessionId, MAX_SESSION_ID_LEN, SessionId};
 pub use replica::{AdapterTarget, Replica, ReplicaResolver, StaticResolver};

@@ -4,6 +4,8 @@
 //!
 //!     cargo run --release -p mcp-gateway-store --example store_bench [SESSIONS]
 
+#![allow(clippy::print_stdout)] // a report, printed for a person
+
 use std::time::{Duration, Instant};
 
 use mcp_gateway_core::{AdapterName, SessionId, SessionKey, SessionRecord, SessionStore};

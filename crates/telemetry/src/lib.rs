@@ -63,23 +63,23 @@ const SECONDS_BUCKETS: &[f64] = &[
 /// Installs the process-wide Prometheus recorder (once; later calls return the same handle),
 /// so several gateways in one test process share it.
 pub fn metrics() -> Result<PrometheusHandle, TelemetryError> {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    if let Some(h) = HANDLE.get() {
-        return Ok(h.clone());
-    }
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
-        .map_err(|e| TelemetryError::Metrics(e.to_string()))?
-        .build_recorder();
-    let handle = recorder.handle();
-    if metrics::set_global_recorder(recorder).is_ok() {
-        describe();
-        let _ = HANDLE.set(handle);
-    }
+    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+    // `get_or_init` runs the installation once even when several gateways start at the same
+    // time in one process (tests): the others wait for it and share the handle.
     HANDLE
-        .get()
-        .cloned()
-        .ok_or_else(|| TelemetryError::Metrics("another metrics recorder is installed".into()))
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
+                .map_err(|e| e.to_string())?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder)
+                .map_err(|_| "another metrics recorder is installed".to_owned())?;
+            describe();
+            Ok(handle)
+        })
+        .clone()
+        .map_err(TelemetryError::Metrics)
 }
 
 fn describe() {

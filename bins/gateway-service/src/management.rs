@@ -1,0 +1,82 @@
+//! The embedded control plane of standalone mode: the management API over adapter records in
+//! the data directory, deployed by the local runtime (child processes; stdio servers through
+//! the stdio bridge), which keeps the data plane's resolver current.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use mcp_gateway_core::{
+    Adapter, AdapterError, AdapterStore, Provisioner, SessionStore, StaticResolver,
+};
+use mcp_gateway_local::{FileAdapterStore, LocalOptions, LocalProvisioner, StdioLauncher};
+use mcp_gateway_stdio::{BridgeConfig, StdioBridge as Bridge};
+
+/// The running control plane.
+pub struct Management {
+    pub router: axum::Router,
+    pub provisioner: Arc<LocalProvisioner>,
+}
+
+/// Opens the data directory, redeploys every stored adapter, and builds the API.
+pub async fn start(
+    data_dir: &Path,
+    resolver: Arc<StaticResolver>,
+    sessions: Arc<dyn SessionStore>,
+) -> anyhow::Result<Management> {
+    let adapters = Arc::new(
+        FileAdapterStore::open(data_dir)
+            .await
+            .with_context(|| format!("cannot use data directory {}", data_dir.display()))?,
+    );
+    let provisioner = Arc::new(
+        LocalProvisioner::new(resolver, LocalOptions::default())
+            .with_session_store(sessions.clone())
+            .with_stdio_launcher(Arc::new(BridgeLauncher)),
+    );
+    // Adapters come back as they were before the restart.
+    let stored = adapters.list().await?;
+    for adapter in &stored {
+        if let Err(e) = provisioner.apply(adapter).await {
+            tracing::error!(adapter = %adapter.spec.name, error = %e, "could not redeploy a stored adapter");
+        }
+    }
+    tracing::info!(adapters = stored.len(), dir = %data_dir.display(), "management API enabled (local runtime)");
+    let state = mcp_gateway_api::ApiState::new(adapters, provisioner.clone(), sessions);
+    Ok(Management {
+        router: mcp_gateway_api::router(state),
+        provisioner,
+    })
+}
+
+/// Runs `stdio` adapters through [`mcp_gateway_stdio`]: one bridge per adapter on a loopback
+/// port, one process per MCP session behind it.
+struct BridgeLauncher;
+
+#[async_trait::async_trait]
+impl StdioLauncher for BridgeLauncher {
+    async fn launch(
+        &self,
+        adapter: &Adapter,
+    ) -> Result<mcp_gateway_local::StdioBridge, AdapterError> {
+        let spec = &adapter.spec;
+        let command = spec
+            .command
+            .clone()
+            .ok_or_else(|| AdapterError::Invalid("a stdio adapter needs a command".into()))?;
+        let name = spec.name.to_string();
+        let mut config = BridgeConfig::new(command, spec.args.clone()).on_log(move |line| {
+            tracing::info!(target: "mcp_gateway::stdio", adapter = %name, pid = line.pid, session = %line.session, "{}", line.line);
+        });
+        config.env = spec.environment_variables.clone();
+        let handle = Bridge::start(config)
+            .await
+            .map_err(|e| AdapterError::Invalid(format!("cannot start the stdio bridge: {e}")))?;
+        Ok(mcp_gateway_local::StdioBridge {
+            base_urls: vec![format!("http://{}", handle.local_addr())],
+            mcp_path: "/mcp".into(),
+            sse_path: "/sse".into(),
+            stop: Box::pin(handle.shutdown()),
+        })
+    }
+}

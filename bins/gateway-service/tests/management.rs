@@ -1,0 +1,280 @@
+//! Standalone mode: the management API and the data plane on one listener, adapters run by
+//! the local runtime, records kept in the data directory.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway_service::{Config, Handle};
+use http::{Method, StatusCode};
+use mcp_gateway_testkit::{Http, McpSession, Reply};
+use serde_json::{Value, json};
+
+/// The example server binary, built if missing.
+fn example_server() -> String {
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
+        PathBuf::from,
+    );
+    let bin = target.join("debug/mcp-example-server");
+    if !bin.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "-p", "mcp-example-server"])
+            .status()
+            .expect("cargo build");
+        assert!(status.success(), "building mcp-example-server failed");
+    }
+    bin.canonicalize().unwrap().display().to_string()
+}
+
+async fn standalone(data_dir: &std::path::Path) -> Handle {
+    let mut config = Config::for_tests();
+    config.management = true;
+    config.data_dir = data_dir.to_path_buf();
+    gateway_service::run(config).await.expect("gateway starts")
+}
+
+async fn api(gw: &Handle, method: Method, path: &str, body: Option<Value>) -> Reply {
+    let url = format!("http://{}{path}", gw.data_addr);
+    let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+    Http::default()
+        .send(method, &url, &[("content-type", "application/json")], body)
+        .await
+        .unwrap()
+}
+
+fn json_of(reply: &Reply) -> Value {
+    serde_json::from_slice(&reply.body).unwrap_or_else(|_| panic!("not JSON: {}", reply.text()))
+}
+
+async fn wait_ready(gw: &Handle, name: &str, want: u64) -> Value {
+    for _ in 0..100 {
+        let status =
+            json_of(&api(gw, Method::GET, &format!("/adapters/{name}/status"), None).await);
+        if status["readyReplicas"].as_u64() == Some(want) {
+            return status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("adapter {name} never had {want} ready replicas");
+}
+
+/// Processes whose environment holds `marker` (the adapter's own environment variable).
+fn processes_with(marker: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(env) = std::fs::read(entry.path().join("environ"))
+            && env.split(|b| *b == 0).any(|kv| kv == marker.as_bytes())
+        {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+#[tokio::test]
+async fn an_adapter_lives_its_whole_life_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("MCPGW_TEST_MARKER={}", std::process::id());
+    let (key, value) = marker.split_once('=').unwrap();
+    let gw = standalone(dir.path()).await;
+
+    let created = api(
+        &gw,
+        Method::POST,
+        "/adapters",
+        Some(json!({
+            "name": "demo",
+            "command": example_server(),
+            "args": ["--transport", "all", "--port", "{port}"],
+            "replicaCount": 2,
+            "environmentVariables": { key: value },
+            "description": "two example replicas"
+        })),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    assert_eq!(json_of(&created)["createdBy"], "anonymous");
+    let status = wait_ready(&gw, "demo", 2).await;
+    assert_eq!(status["replicaCount"], 2);
+    assert_eq!(processes_with(&marker).len(), 2);
+
+    // Used through the data plane, on the same listener.
+    let url = format!("http://{}/adapters/demo/mcp", gw.data_addr);
+    let mut seen = std::collections::HashSet::new();
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        let mut s = McpSession::open(&url).await.unwrap();
+        assert!(
+            s.call_text("counter_increment", json!({}))
+                .await
+                .unwrap()
+                .ends_with(":1")
+        );
+        seen.insert(s.call_text("whoami", json!({})).await.unwrap());
+        sessions.push(s);
+    }
+    assert_eq!(seen.len(), 2, "both replicas serve: {seen:?}");
+    let status = json_of(&api(&gw, Method::GET, "/adapters/demo/status", None).await);
+    let live: u64 = status["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["liveSessions"].as_u64().unwrap())
+        .sum();
+    assert_eq!(live, 4, "{status}");
+
+    let logs = api(&gw, Method::GET, "/adapters/demo/logs?tail=50", None).await;
+    assert_eq!(logs.status, StatusCode::OK);
+    assert!(logs.text().contains("listening on"), "{}", logs.text());
+
+    // The gateway restarts: the adapter comes back as it was.
+    gw.shutdown().await;
+    assert!(
+        processes_with(&marker).is_empty(),
+        "no child outlives the gateway"
+    );
+    let gw = standalone(dir.path()).await;
+    wait_ready(&gw, "demo", 2).await;
+    let listed = json_of(&api(&gw, Method::GET, "/adapters", None).await);
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    let url = format!("http://{}/adapters/demo/mcp", gw.data_addr);
+    let mut s = McpSession::open(&url).await.unwrap();
+    s.call_text("whoami", json!({})).await.unwrap();
+
+    // Scaled down by PUT.
+    let mut spec = json_of(&api(&gw, Method::GET, "/adapters/demo", None).await);
+    for server_set in ["createdBy", "createdAt", "lastUpdatedAt"] {
+        spec.as_object_mut().unwrap().remove(server_set);
+    }
+    spec["replicaCount"] = json!(1);
+    let updated = api(&gw, Method::PUT, "/adapters/demo", Some(spec)).await;
+    assert_eq!(updated.status, StatusCode::OK, "{}", updated.text());
+    let mut one = false;
+    for _ in 0..100 {
+        let status = json_of(&api(&gw, Method::GET, "/adapters/demo/status", None).await);
+        if status["replicaCount"] == 1 && processes_with(&marker).len() == 1 {
+            one = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(one, "scaled to one replica");
+
+    // Deleted: nothing left running, nothing routed.
+    let deleted = api(&gw, Method::DELETE, "/adapters/demo", None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    assert!(processes_with(&marker).is_empty(), "no process left");
+    assert_eq!(
+        api(&gw, Method::GET, "/adapters/demo", None).await.status,
+        StatusCode::NOT_FOUND
+    );
+    let reply = Http::default()
+        .post_json(&url, &[], &mcp_gateway_testkit::initialize_request(0))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn stdio_adapters_get_one_process_per_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = standalone(dir.path()).await;
+    let created = api(
+        &gw,
+        Method::POST,
+        "/adapters",
+        Some(json!({
+            "name": "stdio",
+            "transport": "stdio",
+            "command": example_server(),
+            "args": ["--transport", "stdio"]
+        })),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    wait_ready(&gw, "stdio", 1).await;
+    let url = format!("http://{}/adapters/stdio/mcp", gw.data_addr);
+    let mut a = McpSession::open(&url).await.unwrap();
+    let mut b = McpSession::open(&url).await.unwrap();
+    let (pa, pb) = (
+        a.call_text("whoami", json!({})).await.unwrap(),
+        b.call_text("whoami", json!({})).await.unwrap(),
+    );
+    assert!(pa.starts_with("pid") && pb.starts_with("pid"));
+    assert_ne!(pa, pb, "sessions never share a process");
+    for i in 1..=3 {
+        assert!(
+            a.call_text("counter_increment", json!({}))
+                .await
+                .unwrap()
+                .ends_with(&format!(":{i}"))
+        );
+    }
+    assert!(
+        b.call_text("counter_increment", json!({}))
+            .await
+            .unwrap()
+            .ends_with(":1")
+    );
+    assert_eq!(
+        api(&gw, Method::DELETE, "/adapters/stdio", None)
+            .await
+            .status,
+        StatusCode::NO_CONTENT
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_requests_are_refused_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = standalone(dir.path()).await;
+    for (body, says) in [
+        (json!({"name": "Bad_Name", "command": "true"}), "DNS-1123"),
+        (
+            json!({"name": "x", "command": "true", "replicas": 2}),
+            "replicas",
+        ),
+        (
+            json!({"name": "x", "command": "true", "replicaCount": 0}),
+            "replicaCount",
+        ),
+        (
+            json!({"name": "x", "command": "/no/such/program"}),
+            "/no/such/program",
+        ),
+    ] {
+        let reply = api(&gw, Method::POST, "/adapters", Some(body.clone())).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{body}: {}",
+            reply.text()
+        );
+        assert_eq!(
+            reply.header("content-type"),
+            Some("application/problem+json")
+        );
+        assert!(reply.text().contains(says), "{body}: {}", reply.text());
+    }
+    let listed = json_of(&api(&gw, Method::GET, "/adapters", None).await);
+    assert_eq!(listed, json!([]), "nothing half-created");
+
+    // The API is behind the same DNS-rebinding checks as the data plane.
+    let reply = Http::default()
+        .send(
+            Method::GET,
+            &format!("http://{}/adapters", gw.data_addr),
+            &[("origin", "https://evil.example")],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    gw.shutdown().await;
+}
