@@ -201,6 +201,8 @@ pub struct Config {
     pub session_store: SessionStoreConfig,
     /// Serve the management API with the local runtime.
     pub management: bool,
+    /// Serve the data plane (`gateway-management` turns it off: control plane only).
+    pub data_plane: bool,
     pub data_dir: PathBuf,
     pub adapters: Vec<AdapterConfig>,
 }
@@ -303,6 +305,7 @@ impl Config {
                     .unwrap_or(Duration::from_secs(30)),
             )?,
             management: args.management.or(file.management).unwrap_or(true),
+            data_plane: true,
             data_dir: args
                 .data_dir
                 .or(file.data_dir)

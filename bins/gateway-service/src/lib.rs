@@ -99,6 +99,7 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
         let accepting = accepting.clone();
         let rx = rx.clone();
         let grace = config.shutdown_grace;
+        let data_plane = config.data_plane;
         tokio::spawn(async move {
             server::serve(data, rx, grace, move |peer| {
                 let gateway = gateway.clone();
@@ -108,10 +109,14 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
                     let gateway = gateway.clone();
                     let api = api.clone();
                     async move {
+                        let data_path = Gateway::handles_path(req.uri().path());
                         let res = match api {
-                            Some(api) if !Gateway::handles_path(req.uri().path()) => {
-                                serve_api(api, gateway.config(), req).await
-                            }
+                            Some(api) if !data_path => serve_api(api, gateway.config(), req).await,
+                            _ if data_path && !data_plane => problem(
+                                StatusCode::NOT_FOUND,
+                                "this is the control plane (gateway-management): MCP clients \
+                                 connect to gateway-service",
+                            ),
                             _ => gateway.handle(req).await,
                         };
                         Ok::<_, std::convert::Infallible>(res)
@@ -264,4 +269,23 @@ fn admin_response(
         http::HeaderValue::from_static(content_type),
     );
     res
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

@@ -278,3 +278,21 @@ async fn bad_requests_are_refused_and_change_nothing() {
     assert_eq!(reply.status, StatusCode::FORBIDDEN);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_control_plane_alone_serves_the_api_but_no_mcp_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests();
+    config.management = true;
+    config.data_plane = false;
+    config.data_dir = dir.path().to_path_buf();
+    let gw = gateway_service::run(config).await.unwrap();
+    assert_eq!(
+        api(&gw, Method::GET, "/adapters", None).await.status,
+        StatusCode::OK
+    );
+    let reply = api(&gw, Method::POST, "/adapters/x/mcp", Some(json!({}))).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(reply.text().contains("control plane"), "{}", reply.text());
+    gw.shutdown().await;
+}

@@ -1,0 +1,24 @@
+//! `gateway-management`: the control plane alone — the management REST API and the runtime
+//! that deploys adapters — for deployments that run the data plane (`gateway-service
+//! --management false`) as separate replicas. It takes the same configuration as
+//! `gateway-service`; data-plane routes answer 404 here.
+//!
+//! With the local runtime the adapters' processes run beside this binary, so the data plane
+//! must run in the same process to reach them: use `gateway-service` (standalone) there. This
+//! split is for the Kubernetes runtime, where replicas are pods any gateway can reach.
+
+use clap::Parser;
+use gateway_service::{Args, Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut config = Config::resolve(Args::parse())?;
+    config.management = true;
+    config.data_plane = false;
+    mcp_gateway_telemetry::init_logging(&config.log, config.log_format)?;
+    let handle = gateway_service::run(config).await?;
+    gateway_service::shutdown_signal().await;
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
+}
