@@ -68,7 +68,15 @@ impl StdioLauncher for BridgeLauncher {
         let mut config = BridgeConfig::new(command, spec.args.clone()).on_log(move |line| {
             tracing::info!(target: "mcp_gateway::stdio", adapter = %name, pid = line.pid, session = %line.session, "{}", line.line);
         });
-        config.env = spec.environment_variables.clone();
+        // Like the local runtime's processes: a few variables of the gateway's environment
+        // (secrets stay out), then the adapter's own.
+        config.clear_env = true;
+        config.env = LocalOptions::default()
+            .pass_env
+            .iter()
+            .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
+            .collect();
+        config.env.extend(spec.environment_variables.clone());
         let handle = Bridge::start(config)
             .await
             .map_err(|e| AdapterError::Invalid(format!("cannot start the stdio bridge: {e}")))?;

@@ -22,6 +22,8 @@ pub struct BridgeConfig {
     /// Environment variables set for the process, on top of the bridge's own environment
     /// (which the child inherits, so `PATH` and `HOME` reach tools such as `npx`).
     pub env: BTreeMap<String, String>,
+    /// Start processes with only `env` (not the bridge's environment). Default false.
+    pub clear_env: bool,
     /// Working directory of the process; the bridge's own when `None`.
     pub cwd: Option<PathBuf>,
     /// Where the HTTP listener binds. Default `127.0.0.1:0` (a free loopback port).
@@ -58,6 +60,7 @@ impl BridgeConfig {
     ) -> Self {
         Self {
             command: command.into(),
+            clear_env: false,
             args: args.into_iter().map(Into::into).collect(),
             env: BTreeMap::new(),
             cwd: None,

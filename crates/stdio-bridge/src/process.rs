@@ -33,6 +33,9 @@ pub(crate) fn spawn(config: &BridgeConfig) -> Result<Spawned, BridgeError> {
         source,
     };
     let mut command = Command::new(&config.command);
+    if config.clear_env {
+        command.env_clear();
+    }
     command
         .args(&config.args)
         .envs(&config.env)
