@@ -9,8 +9,8 @@ use anyhow::Context as _;
 use mcp_gateway_core::{
     Adapter, AdapterError, AdapterStore, Provisioner, SessionStore, StaticResolver,
 };
-use mcp_gateway_local::{FileAdapterStore, LocalOptions, LocalProvisioner, StdioLauncher};
-use mcp_gateway_stdio::{BridgeConfig, StdioBridge as Bridge};
+use mcp_gateway_local::{FileAdapterStore, LocalOptions, LocalProvisioner, LogSink, StdioLauncher};
+use mcp_gateway_stdio::{BridgeConfig, LogSource, StdioBridge as Bridge};
 
 /// The running control plane.
 pub struct Management {
@@ -58,15 +58,20 @@ impl StdioLauncher for BridgeLauncher {
     async fn launch(
         &self,
         adapter: &Adapter,
+        logs: LogSink,
     ) -> Result<mcp_gateway_local::StdioBridge, AdapterError> {
         let spec = &adapter.spec;
         let command = spec
             .command
             .clone()
             .ok_or_else(|| AdapterError::Invalid("a stdio adapter needs a command".into()))?;
-        let name = spec.name.to_string();
         let mut config = BridgeConfig::new(command, spec.args.clone()).on_log(move |line| {
-            tracing::info!(target: "mcp_gateway::stdio", adapter = %name, pid = line.pid, session = %line.session, "{}", line.line);
+            // Each line names the process (and so the session) it came from.
+            let text = format!("[pid {} session {}] {}", line.pid, line.session, line.line);
+            match line.source {
+                LogSource::Stderr => logs.stderr(&text),
+                _ => logs.stdout(&text),
+            }
         });
         // Like the local runtime's processes: a few variables of the gateway's environment
         // (secrets stay out), then the adapter's own.

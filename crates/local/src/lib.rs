@@ -23,6 +23,6 @@ mod store;
 mod validate;
 
 pub use error::LocalError;
-pub use provisioner::{LocalOptions, LocalProvisioner, StdioBridge, StdioLauncher};
+pub use provisioner::{LocalOptions, LocalProvisioner, LogSink, StdioBridge, StdioLauncher};
 pub use store::FileAdapterStore;
 pub use validate::MAX_REPLICAS;

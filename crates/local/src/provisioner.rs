@@ -11,6 +11,7 @@ use mcp_gateway_core::{
     Transport,
 };
 
+use crate::logs::{AdapterLogs, Source};
 use crate::runtime::AdapterRuntime;
 use crate::validate::validate;
 
@@ -68,7 +69,24 @@ impl Default for LocalOptions {
 pub trait StdioLauncher: Send + Sync + 'static {
     /// Starts serving a (validated) stdio adapter over HTTP on loopback. Called again with the
     /// changed adapter on every update, after the previous bridge was stopped.
-    async fn launch(&self, adapter: &Adapter) -> Result<StdioBridge, AdapterError>;
+    /// `logs` keeps what the bridged processes write, for the logs endpoint.
+    async fn launch(&self, adapter: &Adapter, logs: LogSink) -> Result<StdioBridge, AdapterError>;
+}
+
+/// Where a stdio bridge writes what its processes print.
+#[derive(Clone)]
+pub struct LogSink {
+    logs: Arc<AdapterLogs>,
+}
+
+impl LogSink {
+    pub fn stdout(&self, line: &str) {
+        self.logs.push(0, Source::Stdout, line);
+    }
+
+    pub fn stderr(&self, line: &str) {
+        self.logs.push(0, Source::Stderr, line);
+    }
 }
 
 /// A running bridge of one stdio adapter, as a [`StdioLauncher`] returns it.
@@ -99,6 +117,7 @@ enum Deployed {
     Bridge {
         status: AdapterStatus,
         stop: BoxFuture<'static, ()>,
+        logs: Arc<AdapterLogs>,
     },
 }
 
@@ -183,7 +202,13 @@ impl LocalProvisioner {
                 "stdio adapters are not supported by this runtime yet".into(),
             ));
         };
-        let bridge = launcher.launch(adapter).await?;
+        let logs = Arc::new(AdapterLogs::new(
+            adapter.spec.name.clone(),
+            self.options.log_lines,
+        ));
+        let bridge = launcher
+            .launch(adapter, LogSink { logs: logs.clone() })
+            .await?;
         let replicas: Vec<Replica> = (0u32..)
             .zip(&bridge.base_urls)
             .map(|(i, url)| Replica {
@@ -219,6 +244,7 @@ impl LocalProvisioner {
         Ok(Deployed::Bridge {
             status,
             stop: bridge.stop,
+            logs,
         })
     }
 }
@@ -226,7 +252,7 @@ impl LocalProvisioner {
 async fn undeploy(resolver: &StaticResolver, deployed: Deployed) {
     match deployed {
         Deployed::Processes(runtime) => runtime.shutdown().await,
-        Deployed::Bridge { status, stop } => {
+        Deployed::Bridge { status, stop, .. } => {
             resolver.remove(status.name.as_str());
             stop.await;
             tracing::info!(adapter = %status.name, "stdio bridge stopped");
@@ -328,8 +354,9 @@ impl Provisioner for LocalProvisioner {
                 }
                 Ok(view.logs.stream(&query))
             }
-            // The bridge keeps its processes' output itself.
-            Some(Deployed::Bridge { .. }) => Ok(Box::pin(futures_util::stream::empty())),
+            // Every bridged process counts as replica 0: sessions come and go too fast to be
+            // replicas of their own (each line names the session's process).
+            Some(Deployed::Bridge { logs, .. }) => Ok(logs.stream(&query)),
             None => Err(AdapterError::NotFound(name.clone())),
         }
     }

@@ -478,7 +478,11 @@ struct FakeBridge(Arc<AtomicBool>);
 
 #[async_trait::async_trait]
 impl StdioLauncher for FakeBridge {
-    async fn launch(&self, _adapter: &Adapter) -> Result<StdioBridge, AdapterError> {
+    async fn launch(
+        &self,
+        _adapter: &Adapter,
+        _logs: mcp_gateway_local::LogSink,
+    ) -> Result<StdioBridge, AdapterError> {
         let stopped = self.0.clone();
         Ok(StdioBridge {
             base_urls: vec!["http://127.0.0.1:7777".into()],
