@@ -231,11 +231,15 @@ pub async fn adapter_status(
     let mut status = state.provisioner.status(&name).await?;
     match state.sessions.live_sessions(&name).await {
         Ok(live) => {
+            // Session records name replica ids: the ordinal ("1"), or "1.G" for the G-th
+            // replacement of that ordinal during a rollout; both count for ordinal 1.
             for replica in &mut status.replicas {
+                let index = replica.index.to_string();
                 replica.live_sessions = live
-                    .get(replica.index.to_string().as_str())
-                    .copied()
-                    .unwrap_or(0);
+                    .iter()
+                    .filter(|(id, _)| id.split('.').next() == Some(index.as_str()))
+                    .map(|(_, n)| n)
+                    .sum();
             }
         }
         // A degraded session store should not hide the replicas: keep the runtime's counts.
