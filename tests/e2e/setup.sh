@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the end-to-end test tools under target/e2e/ and nowhere else; safe to run again
 # (a step is skipped when what it installs is already there at the pinned version).
-#   target/e2e/venv   Python venv: the official MCP SDK (`mcp`) and pytest
+#   target/e2e/venv   Python venv: the official MCP SDK (`mcp`), pytest and schemathesis
 #   target/e2e/node   npm packages: server-everything, the conformance suite, the TypeScript SDK and
 #                     express (for conformance_fixture.mjs, copied here to run), and a Node 22 build
 #                     when the machine's node is older (the conformance suite needs Node >= 22)
@@ -9,7 +9,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 E2E="$ROOT/target/e2e"
-PY_SPECS=("mcp>=2.3,<3" "pytest>=8,<10")
+PY_SPECS=("mcp>=2.3,<3" "pytest>=8,<10" "schemathesis==4.32.5")  # schemathesis: test_api_schema.py
 NPM_SPECS=("@modelcontextprotocol/server-everything@2026.8.31" "@modelcontextprotocol/conformance@0.1.16"
            "@modelcontextprotocol/sdk@1.32.2" "express@5.3.0")  # the last two: conformance_fixture.mjs
 NODE22_VERSION=22.23.3
