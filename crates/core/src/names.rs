@@ -49,6 +49,12 @@ impl AdapterName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The name as a shared string (a reference-count increment, no copy): for metric labels
+    /// and other per-request uses.
+    pub fn shared(&self) -> Arc<str> {
+        self.0.clone()
+    }
 }
 
 impl fmt::Display for AdapterName {

@@ -173,6 +173,27 @@ const KNOWN_METHODS: &[&str] = &[
     "notifications/roots/list_changed",
 ];
 
+/// The status as a label without allocating for the statuses a gateway answers with.
+fn status_label(status: StatusCode) -> metrics::SharedString {
+    let known = match status.as_u16() {
+        200 => "200",
+        202 => "202",
+        204 => "204",
+        400 => "400",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        413 => "413",
+        431 => "431",
+        500 => "500",
+        502 => "502",
+        503 => "503",
+        504 => "504",
+        _ => return metrics::SharedString::from(status.as_str().to_owned()),
+    };
+    metrics::SharedString::const_str(known)
+}
+
 fn method_label(env: Option<&Envelope>) -> &'static str {
     match env.and_then(|e| e.method.as_deref()) {
         Some(m) => KNOWN_METHODS
@@ -244,12 +265,12 @@ impl Gateway {
                 err.into_response(id)
             }
         };
-        let adapter = adapter.map_or_else(|| "unknown".to_owned(), |a| a.to_string());
+        let adapter: Arc<str> = adapter.map_or_else(|| Arc::from("unknown"), |a| a.shared());
         metrics::counter!(
             "mcp_gateway_requests_total",
             "adapter" => adapter.clone(),
             "route" => route,
-            "status" => res.status().as_str().to_owned()
+            "status" => status_label(res.status())
         )
         .increment(1);
         metrics::histogram!(
@@ -346,7 +367,7 @@ impl Gateway {
         check_mcp_headers(&parts.headers, env.as_ref()).with_id(&id)?;
         metrics::counter!(
             "mcp_gateway_mcp_requests_total",
-            "adapter" => target.name.to_string(),
+            "adapter" => target.name.shared(),
             "method" => method_label(env.as_ref())
         )
         .increment(1);
@@ -618,19 +639,19 @@ impl Gateway {
         path: &str,
     ) -> Result<(&'r Replica, Response<ProxyBody>), ProxyError> {
         let mut body = Some(body);
-        let mut last = ProxyError::NoReadyReplica(target.name.to_string());
+        let mut last = None;
         for replica in candidates {
             let Some(b) = body.take() else { break };
             match self.send(target, replica, parts, b, path).await {
                 Ok(res) => return Ok((replica, res)),
                 Err(SendError::Refused { err, body: again }) => {
-                    last = err;
+                    last = Some(err);
                     body = again;
                 }
                 Err(e) => return Err(e.into_error()),
             }
         }
-        Err(last)
+        Err(last.unwrap_or_else(|| ProxyError::NoReadyReplica(target.name.to_string())))
     }
 
     /// Sends one request to one replica and wraps its response for the client.
