@@ -26,7 +26,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::{cargo, run_step, target_dir};
+use crate::{build_release, run_step, target_dir};
 
 /// Each target runs this many times per scenario, interleaved with the others.
 const ROUNDS: usize = 2;
@@ -77,16 +77,7 @@ impl Options {
 pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     let options =
         Options::parse_from(std::iter::once("cargo xtask bench".to_owned()).chain(args.clone()));
-    run_step(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "gateway-service",
-        "-p",
-        "mcp-example-server",
-        "-p",
-        "xtask",
-    ]))?;
+    build_release(&["-p", "xtask"])?;
     if cfg!(debug_assertions) {
         // The load generator shares the cores with what it measures: run it optimised.
         let release = target_dir().join("release/xtask");

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, bail};
 
-use crate::{cargo, run_step, target_dir};
+use crate::{build_release, target_dir};
 
 /// Child processes killed when dropped, so nothing outlives the demo.
 struct Children(Vec<Child>);
@@ -21,14 +21,7 @@ impl Drop for Children {
 }
 
 pub fn run(port: u16) -> anyhow::Result<()> {
-    run_step(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "gateway-service",
-        "-p",
-        "mcp-example-server",
-    ]))?;
+    build_release(&[])?;
     let bin = target_dir().join("release");
     let mut children = Children(Vec::new());
 

@@ -3,18 +3,11 @@
 
 use std::process::Command;
 
-use crate::{cargo, root, run_step, target_dir};
+use crate::{build_release, root, run_step, target_dir};
 
 /// Builds the release binaries, installs the test tools under target/e2e, runs pytest on tests/e2e.
 pub fn run(pytest_args: Vec<String>) -> anyhow::Result<()> {
-    run_step(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "gateway-service",
-        "-p",
-        "mcp-example-server",
-    ]))?;
+    build_release(&[])?;
     run_step(
         Command::new("bash")
             .arg("tests/e2e/setup.sh")

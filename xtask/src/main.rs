@@ -85,6 +85,22 @@ pub(crate) fn cargo() -> Command {
     cmd
 }
 
+/// `cargo build --release` of the gateway and the example server (plus `extra` arguments).
+pub(crate) fn build_release(extra: &[&str]) -> anyhow::Result<()> {
+    run_step(
+        cargo()
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "gateway-service",
+                "-p",
+                "mcp-example-server",
+            ])
+            .args(extra),
+    )
+}
+
 /// Runs a command to completion, failing with the command line when it does not exit 0.
 pub(crate) fn run_step(cmd: &mut Command) -> anyhow::Result<()> {
     let line = format!("{cmd:?}");
