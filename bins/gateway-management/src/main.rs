@@ -15,10 +15,5 @@ async fn main() -> anyhow::Result<()> {
     let mut config = Config::resolve(Args::parse())?;
     config.management = true;
     config.data_plane = false;
-    mcp_gateway_telemetry::init_logging(&config.log, config.log_format)?;
-    let handle = gateway_service::run(config).await?;
-    gateway_service::shutdown_signal().await;
-    tracing::info!("shutting down");
-    handle.shutdown().await;
-    Ok(())
+    gateway_service::serve_until_signal(config).await
 }

@@ -271,8 +271,18 @@ fn admin_response(
     res
 }
 
+/// What both binaries do once configured: log, run until SIGTERM or SIGINT, shut down.
+pub async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
+    mcp_gateway_telemetry::init_logging(&config.log, config.log_format)?;
+    let handle = run(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    handle.shutdown().await;
+    Ok(())
+}
+
 /// Resolves on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

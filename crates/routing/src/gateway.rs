@@ -123,9 +123,9 @@ fn parse_route(path: &str) -> Option<(&str, Kind)> {
 }
 
 /// Where on the replica a session-bound request goes.
-enum UpstreamPath<'a> {
+enum UpstreamPath {
     /// The adapter's streamable HTTP endpoint, with the client's query.
-    Mcp(Option<&'a str>),
+    Mcp,
     /// The path and query the legacy session's `endpoint` event announced.
     Legacy,
 }
@@ -322,15 +322,8 @@ impl Gateway {
                 let body = ForwardBody::new(Vec::new(), Some(body), config.max_body_bytes);
                 match session_id(&parts.headers)? {
                     Some(sid) => {
-                        let query = parts.uri.query().map(str::to_owned);
-                        self.to_session(
-                            &target,
-                            parts,
-                            body,
-                            sid,
-                            UpstreamPath::Mcp(query.as_deref()),
-                        )
-                        .await
+                        self.to_session(&target, parts, body, sid, UpstreamPath::Mcp)
+                            .await
                     }
                     // No session: let a replica give its own answer (400 or 405).
                     None => {
@@ -372,17 +365,9 @@ impl Gateway {
         )
         .increment(1);
         let body = ForwardBody::new(prefix, rest, limit);
-        let query = parts.uri.query().map(str::to_owned);
-
         if let Some(sid) = session_id(&parts.headers).with_id(&id)? {
             return self
-                .to_session(
-                    &target,
-                    parts,
-                    body,
-                    sid,
-                    UpstreamPath::Mcp(query.as_deref()),
-                )
+                .to_session(&target, parts, body, sid, UpstreamPath::Mcp)
                 .await
                 .with_id(&id);
         }
@@ -393,7 +378,7 @@ impl Gateway {
         } else {
             (self.stateless_candidates(&target), None)
         };
-        let path = mcp_path(&target, query.as_deref());
+        let path = mcp_path(&target, parts.uri.query());
         let (replica, res) = self
             .send_any(&target, &candidates, &parts, body, &path)
             .await
@@ -430,7 +415,7 @@ impl Gateway {
         parts: http::request::Parts,
         body: ForwardBody,
         sid: SessionId,
-        upstream: UpstreamPath<'_>,
+        upstream: UpstreamPath,
     ) -> Result<Response<ProxyBody>, Fail> {
         let store = &self.shared.store;
         let key = SessionKey {
@@ -442,7 +427,7 @@ impl Gateway {
             return Err(ProxyError::SessionNotFound.into());
         }
         let path = match (&upstream, &record.legacy) {
-            (UpstreamPath::Mcp(query), None) => mcp_path(target, *query),
+            (UpstreamPath::Mcp, None) => mcp_path(target, parts.uri.query()),
             (UpstreamPath::Legacy, Some(legacy)) => legacy.path_and_query.clone(),
             // A legacy session id on the streamable route, or the reverse.
             _ => return Err(ProxyError::SessionNotFound.into()),
