@@ -6,6 +6,8 @@
 //!   official Python SDK client instead (`tests/e2e`).
 //! - [`sse_events`]: splits an SSE body into events.
 
+pub mod oidc;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

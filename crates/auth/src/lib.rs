@@ -1,0 +1,394 @@
+//! Authentication of the MCP gateway: turns the `Authorization: Bearer <token>` header of a
+//! request into a [`Principal`] (subject, issuer, roles), or says why not ([`AuthError`]).
+//! Deciding what a principal may do is not this crate's job (see
+//! [`mcp_gateway_core::Authorizer`]), nor is shaping the 401/503 response (the caller's
+//! [`Reject`]).
+//!
+//! Two kinds of credentials, told apart by shape: a token with exactly two dots is a JWT,
+//! anything else is a static API key.
+//!
+//! # Configuration ([`AuthConfig`])
+//!
+//! ```toml
+//! jwks_cache_ttl = "10m"            # keys older than this are fetched again
+//! jwks_min_refresh_interval = "10s" # at most one unknown-kid refetch per issuer per interval
+//! fetch_timeout = "5s"              # per discovery or JWKS request
+//!
+//! [[issuers]]
+//! issuer = "https://keycloak.example.com/realms/mcp"  # exact `iss`; discovery base
+//! audiences = ["mcp-gateway"]                          # `aud` must contain one
+//! # jwks_uri = "https://…/certs"    # skip discovery
+//! # algorithms = ["RS256"]          # RS/PS 256/384/512, ES256, ES384, EdDSA
+//! roles_claim = "realm_access.roles"                   # default "roles"
+//! # subject_claim = "sub"           # "oid" for Entra ID object ids
+//! # leeway_secs = 60
+//! # authorization_server = "…"      # RFC 9728 metadata; default: issuer
+//!
+//! [[api_keys]]
+//! subject = "ci"
+//! roles = ["mcp.admin"]
+//! sha256 = "…"                      # hash_api_key(key); the key itself is never stored
+//! ```
+//!
+//! [`Authenticator::new`] refuses a configuration that could not be secure or could not
+//! work: an issuer (or `jwks_uri`) that is not `https` (plain `http` only for `127.0.0.1`,
+//! `[::1]` and `localhost`), no audience, HMAC (`HS*`) or `none` algorithms, a `sha256` that
+//! is not 64 hex digits, two keys with the same hash, an empty subject.
+//!
+//! # What a JWT must pass
+//!
+//! 1. Its unverified `iss` names a configured issuer (else refused before any network I/O).
+//! 2. Its header `alg` is one the issuer allows; `none` is always refused, and a `crit`
+//!    header is refused.
+//! 3. A key of the issuer's JWKS with the token's `kid` (or, without `kid`, any key) that
+//!    fits the algorithm: the JWK's key type matches the algorithm family (an RSA public key
+//!    is never used as an HMAC secret — the classic confusion attack) and its own `alg`, if
+//!    any, equals the header's. Embedded `jwk`/`jku`/`x5u` headers are ignored.
+//! 4. The signature verifies ([`jsonwebtoken`] with the RustCrypto backend); `exp` is
+//!    required and `exp`/`nbf` are checked with the issuer's leeway; `iss` equals the
+//!    issuer exactly; `aud` (string or array) contains a configured audience.
+//! 5. The subject claim is a non-empty string. Roles come from the roles claim (missing:
+//!    no roles).
+//!
+//! # Keys
+//!
+//! Each issuer's keys are fetched on its first token (OIDC discovery first when no
+//! `jwks_uri` is configured; the document's `issuer` must equal the configured one), then
+//! again when older than `jwks_cache_ttl`. A token naming an unknown `kid` triggers a refetch
+//! unless the issuer was fetched within `jwks_min_refresh_interval`; concurrent requests wait
+//! for the one fetch in flight. A failed refresh keeps the cached keys (with a warning); with
+//! no keys at all the request fails as [`AuthError::Unavailable`]. Bodies are limited to
+//! 1 MiB and each request to `fetch_timeout`; https uses the platform's TLS (native-tls).
+//!
+//! # API keys
+//!
+//! Generate one with [`generate_api_key`] (`mcpgw_` + 32 random bytes, base64url), configure
+//! its [`hash_api_key`]. A presented key is hashed and looked up; its principal has
+//! issuer [`Principal::API_KEY_ISSUER`].
+//!
+//! # Observability
+//!
+//! Counters `mcp_gateway_auth_failures_total{reason}` ([`AuthError::reason`]) and
+//! `mcp_gateway_jwks_fetches_total{issuer,result}`; `tracing` logs never contain tokens.
+
+mod config;
+mod error;
+mod jwks;
+mod layer;
+mod token;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use mcp_gateway_core::Principal;
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+pub use config::{ApiKeyConfig, AuthConfig, IssuerConfig};
+pub use error::{AuthError, ConfigError, TokenError, TokenErrorKind};
+pub use layer::{AuthLayer, AuthService, Reject};
+
+use config::{ApiKey, Issuer};
+use error::TokenErrorKind as Kind;
+use jwks::{Fetcher, IssuerKeys, Timing};
+use token::Credential;
+
+/// Authenticates requests. Cheap to clone (one `Arc`); clones share the key caches.
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    issuers: Vec<(Issuer, IssuerKeys)>,
+    by_iss: HashMap<String, usize>,
+    api_keys: HashMap<String, ApiKey>,
+    /// `None` when no issuer is configured.
+    fetcher: Option<Fetcher>,
+    timing: Timing,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field(
+                "issuers",
+                &self
+                    .inner
+                    .issuers
+                    .iter()
+                    .map(|(i, _)| i.issuer.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("api_keys", &self.inner.api_keys.len())
+            .finish()
+    }
+}
+
+impl Authenticator {
+    /// Checks `config` (see the crate documentation for what is refused) and prepares the
+    /// key caches. Fetches nothing yet.
+    pub fn new(config: AuthConfig) -> Result<Self, ConfigError> {
+        let validated = config.validate()?;
+        let fetcher = if validated.issuers.is_empty() {
+            None
+        } else {
+            Some(Fetcher::new(config.fetch_timeout)?)
+        };
+        let by_iss = validated
+            .issuers
+            .iter()
+            .enumerate()
+            .map(|(n, i)| (i.issuer.clone(), n))
+            .collect();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                issuers: validated
+                    .issuers
+                    .into_iter()
+                    .map(|i| (i, IssuerKeys::new()))
+                    .collect(),
+                by_iss,
+                api_keys: validated.api_keys,
+                fetcher,
+                timing: Timing {
+                    ttl: config.jwks_cache_ttl,
+                    min_refresh: config.jwks_min_refresh_interval,
+                },
+            }),
+        })
+    }
+
+    /// No issuers and no API keys: nobody can authenticate.
+    pub fn is_empty(&self) -> bool {
+        self.inner.issuers.is_empty() && self.inner.api_keys.is_empty()
+    }
+
+    /// The authorization servers to advertise in RFC 9728 protected-resource metadata: each
+    /// issuer's `authorization_server` (default: the issuer), without duplicates.
+    pub fn authorization_servers(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (i, _) in &self.inner.issuers {
+            if !out.contains(&i.authorization_server) {
+                out.push(i.authorization_server.clone());
+            }
+        }
+        out
+    }
+
+    /// The principal of the request's `Authorization: Bearer` credential. Counts failures in
+    /// `mcp_gateway_auth_failures_total{reason}`.
+    pub async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, AuthError> {
+        let result = self.authenticate_inner(headers).await;
+        if let Err(e) = &result {
+            metrics::counter!("mcp_gateway_auth_failures_total", "reason" => e.reason())
+                .increment(1);
+            tracing::debug!(reason = e.reason(), error = %e, "authentication failed");
+        }
+        result
+    }
+
+    async fn authenticate_inner(&self, headers: &http::HeaderMap) -> Result<Principal, AuthError> {
+        let token = token::bearer(headers)?;
+        match token::classify(token) {
+            Credential::ApiKey(key) => self.api_key(key),
+            Credential::Jwt(jwt) => self.jwt(jwt).await,
+        }
+    }
+
+    fn api_key(&self, key: &str) -> Result<Principal, AuthError> {
+        match self.inner.api_keys.get(&hash_api_key(key)) {
+            Some(k) => Ok(Principal::new(
+                k.subject.clone(),
+                Some(Principal::API_KEY_ISSUER.into()),
+                k.roles.clone(),
+            )),
+            None => Err(AuthError::invalid(Kind::UnknownKey, "unknown API key")),
+        }
+    }
+
+    async fn jwt(&self, token: &str) -> Result<Principal, AuthError> {
+        let unverified = token::peek(token)?;
+        let Some(&n) = self.inner.by_iss.get(&unverified.iss) else {
+            return Err(AuthError::invalid(Kind::Issuer, "issuer not accepted"));
+        };
+        let (issuer, cache) = &self.inner.issuers[n];
+        let alg = unverified.alg;
+        if !issuer.algorithms.contains(&alg) {
+            return Err(AuthError::invalid(
+                Kind::Algorithm,
+                format!("algorithm {alg:?} not accepted for this issuer"),
+            ));
+        }
+        let Some(fetcher) = &self.inner.fetcher else {
+            return Err(AuthError::Unavailable("no key source".into()));
+        };
+        let kid = unverified.kid.as_deref();
+        let Some(keys) = cache.keys(issuer, fetcher, self.inner.timing, kid).await else {
+            return Err(AuthError::Unavailable(
+                "the token issuer's signing keys cannot be fetched".into(),
+            ));
+        };
+        let named: Vec<_> = match kid {
+            Some(kid) if keys.has_kid(kid) => keys
+                .keys
+                .iter()
+                .filter(|k| k.kid.as_deref() == Some(kid))
+                .collect(),
+            // A kid the issuer does not publish: only keys that do not name themselves.
+            Some(_) => keys.keys.iter().filter(|k| k.kid.is_none()).collect(),
+            None => keys.keys.iter().collect(),
+        };
+        if named.is_empty() {
+            return Err(AuthError::invalid(
+                Kind::UnknownKid,
+                "token signed with a key the issuer does not publish",
+            ));
+        }
+        let candidates: Vec<_> = named.into_iter().filter(|k| k.fits(alg)).collect();
+        if candidates.is_empty() {
+            return Err(AuthError::invalid(
+                Kind::Algorithm,
+                format!("the issuer's key is not for algorithm {alg:?}"),
+            ));
+        }
+
+        let validation = validation(issuer, alg);
+        let mut last = AuthError::invalid(Kind::Signature, "invalid token signature");
+        for key in candidates {
+            match jsonwebtoken::decode::<Value>(token, &key.decoding, &validation) {
+                Ok(data) => return principal(issuer, &data.claims),
+                Err(e) => {
+                    let err = map_jwt_error(e.kind());
+                    if err.reason() != "signature" {
+                        return Err(err);
+                    }
+                    last = err;
+                }
+            }
+        }
+        Err(last)
+    }
+}
+
+fn validation(issuer: &Issuer, alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = issuer.leeway_secs;
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    v.validate_aud = true;
+    v.set_issuer(&[&issuer.issuer]);
+    v.set_audience(&issuer.audiences);
+    v.set_required_spec_claims(&["exp", "iss", "aud"]);
+    v
+}
+
+fn map_jwt_error(kind: &ErrorKind) -> AuthError {
+    let (k, msg) = match kind {
+        ErrorKind::ExpiredSignature => (Kind::Expired, "token expired"),
+        ErrorKind::ImmatureSignature => (Kind::NotYetValid, "token not yet valid"),
+        ErrorKind::InvalidIssuer => (Kind::Issuer, "issuer not accepted"),
+        ErrorKind::InvalidAudience => (Kind::Audience, "token audience not accepted"),
+        ErrorKind::MissingRequiredClaim(c) if c == "aud" => {
+            (Kind::Audience, "token has no audience")
+        }
+        ErrorKind::MissingRequiredClaim(c) if c == "iss" => (Kind::Issuer, "token has no issuer"),
+        ErrorKind::MissingRequiredClaim(_) => (Kind::Claims, "token has no expiry (exp)"),
+        ErrorKind::InvalidClaimFormat(_) => (Kind::Claims, "token has an ill-typed time claim"),
+        ErrorKind::InvalidAlgorithm => (Kind::Algorithm, "token algorithm does not fit the key"),
+        ErrorKind::InvalidToken
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_) => (Kind::Claims, "token is not a well-formed JWT"),
+        // Bad signature, or a key that cannot verify it: try the next candidate.
+        _ => (Kind::Signature, "invalid token signature"),
+    };
+    AuthError::invalid(k, msg)
+}
+
+fn principal(issuer: &Issuer, claims: &Value) -> Result<Principal, AuthError> {
+    let subject = match token::lookup(claims, &issuer.subject_claim) {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        _ => {
+            return Err(AuthError::invalid(
+                Kind::Claims,
+                format!("token has no {} claim", issuer.subject_claim),
+            ));
+        }
+    };
+    let roles = token::roles(token::lookup(claims, &issuer.roles_claim));
+    Ok(Principal::new(subject, Some(issuer.issuer.clone()), roles))
+}
+
+// === API keys ===
+
+/// Lowercase hex SHA-256 of an API key: what [`ApiKeyConfig::sha256`] holds.
+pub fn hash_api_key(key: &str) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push(char::from_digit(u32::from(b >> 4), 16).unwrap_or('0'));
+        out.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('0'));
+    }
+    out
+}
+
+/// A new API key: `mcpgw_` followed by 32 bytes of the operating system's RNG in base64url
+/// (43 characters).
+///
+/// # Panics
+///
+/// If the operating system has no random source (as the standard library's `HashMap` would).
+pub fn generate_api_key() -> String {
+    let mut bytes = [0u8; 32];
+    #[allow(clippy::expect_used)]
+    getrandom::fill(&mut bytes).expect("the operating system's random source failed");
+    format!("mcpgw_{}", URL_SAFE_NO_PAD.encode(bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_key_shape_and_hash() {
+        let k = generate_api_key();
+        assert!(k.starts_with("mcpgw_"));
+        assert_eq!(k.len(), 6 + 43);
+        assert_eq!(token::classify(&k), Credential::ApiKey(&k));
+        assert_ne!(k, generate_api_key());
+        assert_eq!(
+            hash_api_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn error_mapping() {
+        assert_eq!(
+            map_jwt_error(&ErrorKind::ExpiredSignature).reason(),
+            "expired"
+        );
+        assert_eq!(
+            map_jwt_error(&ErrorKind::ImmatureSignature).reason(),
+            "not_yet_valid"
+        );
+        assert_eq!(
+            map_jwt_error(&ErrorKind::MissingRequiredClaim("aud".into())).reason(),
+            "audience"
+        );
+        assert_eq!(
+            map_jwt_error(&ErrorKind::InvalidSignature).reason(),
+            "signature"
+        );
+        assert_eq!(
+            map_jwt_error(&ErrorKind::InvalidEcdsaKey).reason(),
+            "signature"
+        );
+    }
+}
