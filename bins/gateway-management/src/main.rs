@@ -8,11 +8,19 @@
 //! split is for the Kubernetes runtime, where replicas are pods any gateway can reach.
 
 use clap::Parser;
-use gateway_service::{Args, Config};
+use gateway_service::{Args, Command, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut config = Config::resolve(Args::parse())?;
+    let args = Args::parse();
+    if let Some(Command::ApiKey { subject, roles }) = &args.command {
+        #[allow(clippy::print_stdout)] // the command's output
+        {
+            print!("{}", gateway_service::new_api_key(subject, roles)?);
+        }
+        return Ok(());
+    }
+    let mut config = Config::resolve(args)?;
     config.management = true;
     config.data_plane = false;
     gateway_service::serve_until_signal(config).await

@@ -96,6 +96,31 @@ pub struct Args {
     /// On shutdown, how long in-flight requests may finish before streams are closed (default 30s).
     #[arg(long, env = "MCP_GATEWAY_SHUTDOWN_GRACE", value_parser = parse_duration)]
     pub shutdown_grace: Option<Duration>,
+    /// Serve without authentication: every caller is an anonymous admin. Refused unless the
+    /// listen address is loopback. Without it and without [auth] issuers or api_keys, the
+    /// gateway creates an admin API key in the data directory (admin.key) on first start.
+    #[arg(long, env = "MCP_GATEWAY_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// The gateway's external base URL (e.g. https://mcp.example.com), for the OAuth protected
+    /// resource metadata and `WWW-Authenticate`. Default: http:// and the request's Host.
+    #[arg(long, env = "MCP_GATEWAY_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Commands other than serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Print a new API key and the [[auth.api_keys]] entry (its SHA-256) to put in the config.
+    ApiKey {
+        /// The key's principal, recorded as createdBy and sent upstream as X-Mcp-UserId.
+        #[arg(long)]
+        subject: String,
+        /// Its roles (comma-separated), e.g. mcp.admin.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+    },
 }
 
 /// The configuration file. Unknown keys are an error, so a typo does not pass silently.
@@ -133,6 +158,49 @@ struct FileConfig {
     session_refresh_after: Option<Duration>,
     #[serde(default)]
     adapters: Vec<AdapterConfig>,
+    insecure_no_auth: Option<bool>,
+    public_url: Option<String>,
+    #[serde(default)]
+    auth: AuthSection,
+}
+
+/// `[auth]`: who may call, and what the gateway tells replicas about them.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuthSection {
+    /// OIDC / JWT issuers whose tokens are accepted.
+    #[serde(default)]
+    issuers: Vec<mcp_gateway_auth::IssuerConfig>,
+    /// Static API keys (stored as SHA-256 digests).
+    #[serde(default)]
+    api_keys: Vec<mcp_gateway_auth::ApiKeyConfig>,
+    #[serde(default, deserialize_with = "de_duration")]
+    jwks_cache_ttl: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    jwks_min_refresh_interval: Option<Duration>,
+    /// The role that may do everything (default mcp.admin).
+    admin_role: Option<String>,
+    /// When set, only holders of this role (or admins) may create adapters.
+    creator_role: Option<String>,
+    /// Header carrying the caller's subject to replicas (default X-Mcp-UserId; "" for none).
+    user_id_header: Option<String>,
+    /// Header carrying the caller's roles to replicas (default X-Mcp-Roles; "" for none).
+    roles_header: Option<String>,
+    /// Programs a non-admin may set as an adapter's command.
+    #[serde(default)]
+    allowed_commands: Vec<String>,
+}
+
+/// How callers are authenticated and authorized.
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// `None`: no authentication (`--insecure-no-auth`), every caller is an anonymous admin.
+    /// With no issuers and no keys, the gateway adds the admin key of the data directory.
+    pub tokens: Option<mcp_gateway_auth::AuthConfig>,
+    pub policy: mcp_gateway_core::RolePolicy,
+    pub allowed_commands: Vec<String>,
+    /// External base URL, without a trailing '/'.
+    pub public_url: Option<String>,
 }
 
 /// An adapter fronting MCP servers deployed elsewhere, one upstream URL per replica.
@@ -148,6 +216,14 @@ pub struct AdapterConfig {
     /// The replicas' legacy HTTP+SSE endpoint path.
     #[serde(default = "default_sse_path")]
     pub sse_path: String,
+    /// Roles any of which lets a principal use the adapter (empty: every authenticated
+    /// principal). Adapters of the configuration have no creator: admins manage them.
+    #[serde(default)]
+    pub required_roles: Vec<String>,
+    /// Headers added to requests to the upstreams, read from the gateway's secrets:
+    /// `{ "Authorization" = { env = "GITHUB_TOKEN" } }` or `{ file = "/run/secrets/x" }`.
+    #[serde(default)]
+    pub upstream_headers: std::collections::BTreeMap<String, mcp_gateway_core::SecretRef>,
 }
 
 fn default_mcp_path() -> String {
@@ -205,15 +281,17 @@ pub struct Config {
     pub data_plane: bool,
     pub data_dir: PathBuf,
     pub adapters: Vec<AdapterConfig>,
+    pub auth: AuthSettings,
 }
 
 impl Config {
-    /// Defaults for tests: every port 0, no adapters.
+    /// Defaults for tests: every port 0, no adapters, no authentication.
     pub fn for_tests() -> Self {
         Self::resolve(Args {
             listen: Some("127.0.0.1:0".parse().expect("literal address")),
             admin_listen: Some("127.0.0.1:0".parse().expect("literal address")),
             management: Some(false),
+            insecure_no_auth: true,
             ..Args::default()
         })
         .expect("defaults are valid")
@@ -269,7 +347,14 @@ impl Config {
                 .allowed_origins
                 .or(file.allowed_origins)
                 .unwrap_or_default(),
+            identity_headers: identity_headers(&file.auth)?,
         };
+        let auth = auth_settings(
+            file.auth,
+            args.insecure_no_auth || file.insecure_no_auth.unwrap_or(false),
+            args.public_url.or(file.public_url),
+            listen,
+        )?;
         let mut adapters = file.adapters;
         for spec in &args.adapters {
             let adapter = parse_adapter_flag(spec)?;
@@ -311,6 +396,7 @@ impl Config {
                 .or(file.data_dir)
                 .unwrap_or_else(default_data_dir),
             adapters,
+            auth,
         };
         config.validate()?;
         Ok(config)
@@ -328,6 +414,8 @@ impl Config {
             for u in &a.upstreams {
                 check_upstream(u).with_context(|| format!("adapter {}", a.name))?;
             }
+            mcp_gateway_local::upstream_headers(&a.upstream_headers)
+                .map_err(|e| anyhow::anyhow!("adapter {}: {e}", a.name))?;
             for (key, path) in [("mcp_path", &a.mcp_path), ("sse_path", &a.sse_path)] {
                 if !path.starts_with('/') || path.contains('?') {
                     bail!(
@@ -342,6 +430,85 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn identity_headers(
+    auth: &AuthSection,
+) -> anyhow::Result<Option<mcp_gateway_routing::IdentityHeaders>> {
+    let defaults = mcp_gateway_routing::IdentityHeaders::default();
+    let name = |value: &Option<String>, default: http::HeaderName, key: &str| match value {
+        None => Ok(Some(default)),
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v) => http::HeaderName::from_bytes(v.as_bytes())
+            .map(Some)
+            .with_context(|| format!("auth.{key} {v:?} is not a valid header name")),
+    };
+    let user_id = name(&auth.user_id_header, defaults.user_id, "user_id_header")?;
+    let roles = name(&auth.roles_header, defaults.roles, "roles_header")?;
+    Ok(match (user_id, roles) {
+        (Some(user_id), Some(roles)) => Some(mcp_gateway_routing::IdentityHeaders { user_id, roles }),
+        (None, None) => None,
+        _ => bail!("auth.user_id_header and auth.roles_header: set both to \"\" or neither"),
+    })
+}
+
+fn auth_settings(
+    section: AuthSection,
+    insecure: bool,
+    public_url: Option<String>,
+    listen: SocketAddr,
+) -> anyhow::Result<AuthSettings> {
+    let has_tokens = !section.issuers.is_empty() || !section.api_keys.is_empty();
+    if insecure && has_tokens {
+        bail!(
+            "insecure_no_auth is set together with [auth] issuers or api_keys: remove one (tokens \
+             would be ignored)"
+        );
+    }
+    if insecure && !listen.ip().is_loopback() {
+        bail!(
+            "--insecure-no-auth is only allowed on a loopback listen address, and listen is \
+             {listen}: configure [auth] issuers or api_keys (or use the generated admin key)"
+        );
+    }
+    let public_url = match public_url {
+        Some(url) => {
+            let uri: http::Uri = url
+                .parse()
+                .with_context(|| format!("public_url {url:?} is not a URL"))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.authority().is_none() {
+                bail!("public_url {url:?} must be an http(s) URL such as https://mcp.example.com");
+            }
+            Some(url.trim_end_matches('/').to_owned())
+        }
+        None => None,
+    };
+    let mut policy = mcp_gateway_core::RolePolicy::default();
+    if let Some(role) = section.admin_role {
+        if role.trim().is_empty() {
+            bail!("auth.admin_role must not be empty");
+        }
+        policy.admin_role = role;
+    }
+    policy.creator_role = section.creator_role.filter(|r| !r.trim().is_empty());
+    let tokens = (!insecure).then(|| {
+        let defaults = mcp_gateway_auth::AuthConfig::default();
+        mcp_gateway_auth::AuthConfig {
+            issuers: section.issuers,
+            api_keys: section.api_keys,
+            jwks_cache_ttl: section.jwks_cache_ttl.unwrap_or(defaults.jwks_cache_ttl),
+            jwks_min_refresh_interval: section
+                .jwks_min_refresh_interval
+                .unwrap_or(defaults.jwks_min_refresh_interval),
+            ..defaults
+        }
+    });
+    Ok(AuthSettings {
+        tokens,
+        policy,
+        allowed_commands: section.allowed_commands,
+        public_url,
+    })
 }
 
 fn session_store(
@@ -406,6 +573,8 @@ fn parse_adapter_flag(spec: &str) -> anyhow::Result<AdapterConfig> {
             .collect(),
         mcp_path: default_mcp_path(),
         sse_path: default_sse_path(),
+        required_roles: Vec::new(),
+        upstream_headers: Default::default(),
     })
 }
 

@@ -2,6 +2,7 @@
 //! in-process. [`run`] binds the listeners and returns a [`Handle`] with the bound addresses
 //! and a graceful shutdown.
 
+mod auth;
 pub mod config;
 mod management;
 mod server;
@@ -12,7 +13,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context as _;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use mcp_gateway_core::{AdapterTarget, Replica, SessionStore, StaticResolver};
+use mcp_gateway_auth::{Authenticator, Reject as _};
+use mcp_gateway_core::{
+    AdapterAccess, AdapterTarget, Authorizer, Principal, Replica, SessionStore, StaticResolver,
+};
 use mcp_gateway_routing::{ClientAddr, Gateway, ProxyBody};
 use mcp_gateway_store::{MemoryStore, RedisConfig, RedisStore, StoreConfig};
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -20,7 +24,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use config::{AdapterConfig, Args, Config, SessionStoreConfig};
+pub use auth::{ADMIN_KEY_FILE, METADATA_PATH};
+pub use config::{AdapterConfig, Args, AuthSettings, Command, Config, SessionStoreConfig};
 
 /// A running gateway.
 pub struct Handle {
@@ -44,10 +49,14 @@ impl Handle {
 }
 
 /// The static adapters of the configuration as resolver targets (replica ids are indexes).
-pub fn targets(adapters: &[AdapterConfig]) -> Vec<AdapterTarget> {
+/// Fails when an upstream header's secret cannot be read.
+pub fn targets(adapters: &[AdapterConfig]) -> anyhow::Result<Vec<AdapterTarget>> {
     adapters
         .iter()
-        .map(|a| AdapterTarget {
+        .map(|a| {
+            let upstream_headers = mcp_gateway_local::upstream_headers(&a.upstream_headers)
+                .map_err(|e| anyhow::anyhow!("adapter {}: {e}", a.name))?;
+            Ok(AdapterTarget {
             name: a.name.clone(),
             replicas: a
                 .upstreams
@@ -63,18 +72,55 @@ pub fn targets(adapters: &[AdapterConfig]) -> Vec<AdapterTarget> {
                 .collect(),
             mcp_path: a.mcp_path.clone(),
             sse_path: a.sse_path.clone(),
+            access: AdapterAccess {
+                created_by: None,
+                required_roles: a.required_roles.clone(),
+            },
+            upstream_headers,
+        })
         })
         .collect()
+}
+
+/// `gateway-service api-key`: a new key and the configuration entry that accepts it (its
+/// SHA-256; the key itself is stored nowhere).
+pub fn new_api_key(subject: &str, roles: &[String]) -> anyhow::Result<String> {
+    if subject.trim().is_empty() {
+        anyhow::bail!("--subject must name the key's principal, e.g. ci-bot");
+    }
+    let key = mcp_gateway_auth::generate_api_key();
+    let entry = mcp_gateway_auth::ApiKeyConfig {
+        subject: subject.to_owned(),
+        roles: roles.to_vec(),
+        sha256: mcp_gateway_auth::hash_api_key(&key),
+    };
+    let toml = format!(
+        "[[auth.api_keys]]\nsubject = {}\nroles = {}\nsha256 = \"{}\"\n",
+        serde_json::to_string(&entry.subject)?,
+        serde_json::to_string(&entry.roles)?,
+        entry.sha256
+    );
+    Ok(format!(
+        "API key (give it to the client; it is shown only now):\n\n    {key}\n\n\
+         Add this to the gateway's configuration file:\n\n{toml}"
+    ))
 }
 
 /// Binds both listeners and starts serving.
 pub async fn run(config: Config) -> anyhow::Result<Handle> {
     let metrics = mcp_gateway_telemetry::metrics()?;
     let (store, store_tasks) = session_store(&config)?;
-    let resolver = Arc::new(StaticResolver::new(targets(&config.adapters)));
-    let gateway = Gateway::new(config.routing.clone(), resolver.clone(), store.clone());
+    let resolver = Arc::new(StaticResolver::new(targets(&config.adapters)?));
+    let authenticator = auth::authenticator(&config.auth, &config.data_dir)?;
+    let policy: Arc<dyn Authorizer> = Arc::new(config.auth.policy.clone());
+    let gateway = Gateway::new(config.routing.clone(), resolver.clone(), store.clone())
+        .with_authorizer(policy.clone());
     let management = if config.management {
-        Some(management::start(&config.data_dir, resolver, store.clone()).await?)
+        let options = mcp_gateway_api::ApiOptions {
+            allowed_commands: config.auth.allowed_commands.clone(),
+            ..mcp_gateway_api::ApiOptions::default()
+        };
+        Some(management::start(&config.data_dir, resolver, store.clone(), policy, options).await?)
     } else {
         None
     };
@@ -95,32 +141,25 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
 
     let (shutdown, rx) = watch::channel(false);
     let accepting = Arc::new(AtomicBool::new(true));
+    let front = Front {
+        gateway,
+        api,
+        data_plane: config.data_plane,
+        anonymous: Principal::anonymous(vec![config.auth.policy.admin_role.clone()]),
+        settings: Arc::new(config.auth.clone()),
+        authenticator,
+    };
     let data_task = {
         let accepting = accepting.clone();
         let rx = rx.clone();
         let grace = config.shutdown_grace;
-        let data_plane = config.data_plane;
         tokio::spawn(async move {
             server::serve(data, rx, grace, move |peer| {
-                let gateway = gateway.clone();
-                let api = api.clone();
+                let front = front.clone();
                 hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ClientAddr(peer));
-                    let gateway = gateway.clone();
-                    let api = api.clone();
-                    async move {
-                        let data_path = Gateway::handles_path(req.uri().path());
-                        let res = match api {
-                            Some(api) if !data_path => serve_api(api, gateway.config(), req).await,
-                            _ if data_path && !data_plane => problem(
-                                StatusCode::NOT_FOUND,
-                                "this is the control plane (gateway-management): MCP clients \
-                                 connect to gateway-service",
-                            ),
-                            _ => gateway.handle(req).await,
-                        };
-                        Ok::<_, std::convert::Infallible>(res)
-                    }
+                    let front = front.clone();
+                    async move { Ok::<_, std::convert::Infallible>(front.serve(req).await) }
                 })
             })
             .await;
@@ -154,6 +193,65 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
     })
 }
 
+/// What the data-plane listener serves: protected resource metadata and the OpenAPI document
+/// to anyone; everything else behind authentication, then the API or the data plane.
+#[derive(Clone)]
+struct Front {
+    gateway: Gateway,
+    api: Option<axum::Router>,
+    data_plane: bool,
+    /// The caller of every request when authentication is off.
+    anonymous: Principal,
+    settings: Arc<AuthSettings>,
+    authenticator: Option<Authenticator>,
+}
+
+impl Front {
+    async fn serve(self, mut req: Request<hyper::body::Incoming>) -> Response<ProxyBody> {
+        let path = req.uri().path();
+        if path == METADATA_PATH || path.starts_with(&format!("{METADATA_PATH}/")) {
+            if let Err(e) =
+                mcp_gateway_routing::check_host_and_origin(req.headers(), self.gateway.config())
+            {
+                return problem(StatusCode::FORBIDDEN, &e.to_string());
+            }
+            return auth::metadata(&req, self.authenticator.as_ref(), &self.settings);
+        }
+        let public = path == "/openapi.json" && self.api.is_some();
+        let Some(authenticator) = self.authenticator.clone().filter(|_| !public) else {
+            req.extensions_mut().insert(self.anonymous.clone());
+            return self.route(req).await;
+        };
+        match authenticator.authenticate(req.headers()).await {
+            Ok(principal) => {
+                req.extensions_mut().insert(principal);
+                self.route(req).await
+            }
+            Err(err) => {
+                let refusal = auth::Refusal {
+                    public_url: self.settings.public_url.clone(),
+                };
+                let (parts, _) = req.into_parts();
+                refusal.reject(&parts, &err)
+            }
+        }
+    }
+
+    /// An authenticated request (its [`Principal`] is an extension): the API or the data plane.
+    async fn route(self, req: Request<hyper::body::Incoming>) -> Response<ProxyBody> {
+        let data_path = Gateway::handles_path(req.uri().path());
+        match &self.api {
+            Some(api) if !data_path => serve_api(api.clone(), self.gateway.config(), req).await,
+            _ if data_path && !self.data_plane => problem(
+                StatusCode::NOT_FOUND,
+                "this is the control plane (gateway-management): MCP clients connect to \
+                 gateway-service",
+            ),
+            _ => self.gateway.handle(req).await,
+        }
+    }
+}
+
 /// A management API request, behind the same DNS-rebinding checks as the data plane: a page
 /// in a browser must not be able to create adapters that run commands.
 async fn serve_api(
@@ -171,7 +269,7 @@ async fn serve_api(
     }
 }
 
-fn problem(status: StatusCode, detail: &str) -> Response<ProxyBody> {
+pub(crate) fn problem(status: StatusCode, detail: &str) -> Response<ProxyBody> {
     let body = serde_json::json!({
         "type": "about:blank",
         "title": status.canonical_reason().unwrap_or(""),

@@ -1,9 +1,17 @@
 //! `gateway-service`: parse the configuration, start the gateway, stop on SIGTERM/SIGINT.
 
 use clap::Parser;
-use gateway_service::{Args, Config};
+use gateway_service::{Args, Command, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    gateway_service::serve_until_signal(Config::resolve(Args::parse())?).await
+    let args = Args::parse();
+    if let Some(Command::ApiKey { subject, roles }) = &args.command {
+        #[allow(clippy::print_stdout)] // the command's output
+        {
+            print!("{}", gateway_service::new_api_key(subject, roles)?);
+        }
+        return Ok(());
+    }
+    gateway_service::serve_until_signal(Config::resolve(args)?).await
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use mcp_gateway_core::{
-    Adapter, AdapterError, AdapterStore, Provisioner, SessionStore, StaticResolver,
+    Adapter, AdapterError, AdapterStore, Authorizer, Provisioner, SessionStore, StaticResolver,
 };
 use mcp_gateway_local::{FileAdapterStore, LocalOptions, LocalProvisioner, LogSink, StdioLauncher};
 use mcp_gateway_stdio::{BridgeConfig, LogSource, StdioBridge as Bridge};
@@ -23,6 +23,8 @@ pub async fn start(
     data_dir: &Path,
     resolver: Arc<StaticResolver>,
     sessions: Arc<dyn SessionStore>,
+    authorizer: Arc<dyn Authorizer>,
+    options: mcp_gateway_api::ApiOptions,
 ) -> anyhow::Result<Management> {
     let adapters = Arc::new(
         FileAdapterStore::open(data_dir)
@@ -42,7 +44,9 @@ pub async fn start(
         }
     }
     tracing::info!(adapters = stored.len(), dir = %data_dir.display(), "management API enabled (local runtime)");
-    let state = mcp_gateway_api::ApiState::new(adapters, provisioner.clone(), sessions);
+    let state = mcp_gateway_api::ApiState::new(adapters, provisioner.clone(), sessions)
+        .with_options(options)
+        .with_authorizer(authorizer);
     Ok(Management {
         router: mcp_gateway_api::router(state),
         provisioner,

@@ -20,6 +20,8 @@ fn adapter(name: &str, upstreams: Vec<String>) -> AdapterConfig {
         upstreams,
         mcp_path: "/mcp".into(),
         sse_path: "/sse".into(),
+        required_roles: Vec::new(),
+        upstream_headers: Default::default(),
     }
 }
 

@@ -16,6 +16,8 @@ async fn gateway(redis: &RedisServer, replicas: &Replicas) -> Handle {
         upstreams: replicas.urls(),
         mcp_path: "/mcp".into(),
         sse_path: "/sse".into(),
+        required_roles: Vec::new(),
+        upstream_headers: Default::default(),
     }];
     config.session_store = SessionStoreConfig::Redis {
         url: redis.url(),

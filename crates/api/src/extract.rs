@@ -7,47 +7,29 @@ use std::convert::Infallible;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use bytes::Bytes;
 use http::{StatusCode, header, request::Parts};
-use mcp_gateway_core::{AdapterName, AdapterSpec, InvalidName};
+use mcp_gateway_core::{AdapterName, AdapterSpec, InvalidName, Principal};
 use serde::de::DeserializeOwned;
 
 use crate::ApiState;
 use crate::error::ApiError;
 
-/// Who is calling: inserted as a request extension by the authentication layer (issue 6).
-/// Without one the caller is [`Caller::anonymous`].
+/// Who is calling: the [`Principal`] the authentication layer in front inserted as a request
+/// extension. Without one the caller is `anonymous` with no roles (which an authorizer, when
+/// the state has one, lets do nothing but what every principal may).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    /// The principal's subject; recorded as an adapter's `createdBy`.
-    pub subject: String,
-    /// The principal's roles (`mcp.admin`, …).
-    pub roles: Vec<String>,
-}
-
-impl Caller {
-    /// The subject of requests that carry no [`Caller`] extension.
-    pub const ANONYMOUS: &'static str = "anonymous";
-
-    pub fn anonymous() -> Self {
-        Self {
-            subject: Self::ANONYMOUS.to_owned(),
-            roles: Vec::new(),
-        }
-    }
-
-    pub fn has_role(&self, role: &str) -> bool {
-        self.roles.iter().any(|r| r == role)
-    }
-}
+pub struct Caller(pub Principal);
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(parts
-            .extensions
-            .get::<Caller>()
-            .cloned()
-            .unwrap_or_else(Caller::anonymous))
+        Ok(Caller(
+            parts
+                .extensions
+                .get::<Principal>()
+                .cloned()
+                .unwrap_or_else(|| Principal::anonymous(Vec::new())),
+        ))
     }
 }
 

@@ -13,7 +13,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use mcp_gateway_core::{Adapter, AdapterError, AdapterName, AdapterStatus, rfc3339};
+use mcp_gateway_core::{Action, Adapter, AdapterError, AdapterName, AdapterStatus, rfc3339};
 
 use crate::error::{ApiError, Problem};
 use crate::extract::{AdapterPath, Caller, Query, SpecJson};
@@ -36,6 +36,7 @@ use crate::{ApiState, TAG};
         (status = 201, description = "Created and deployed", body = Adapter,
             headers(("Location" = String, description = "URL of the new adapter"))),
         (status = 400, description = "Malformed JSON, unknown field, or an invalid value", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller may not do this", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "An adapter with this name exists", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body larger than the configured limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not `application/json`", body = Problem, content_type = "application/problem+json"),
@@ -44,11 +45,12 @@ use crate::{ApiState, TAG};
 )]
 pub async fn create_adapter(
     State(state): State<ApiState>,
-    caller: Caller,
+    Caller(caller): Caller,
     SpecJson(spec): SpecJson,
 ) -> Result<Response, ApiError> {
+    state.require_create(&caller)?;
+    state.require_privileged_fields(&caller, &spec)?;
     check_spec(&spec)?;
-    // Setting `useWorkloadIdentity` will need `mcp.admin` (auth, issue 6); for now it is stored.
     state.provisioner.validate(&spec)?;
     let name = spec.name.clone();
     let _guard = state.locks.lock(&name).await;
@@ -90,10 +92,11 @@ pub async fn create_adapter(
 )]
 pub async fn list_adapters(
     State(state): State<ApiState>,
-    _caller: Caller,
+    Caller(caller): Caller,
 ) -> Result<Json<Vec<Adapter>>, ApiError> {
-    // Auth (issue 6) filters this list to what `_caller` may read.
-    Ok(Json(state.adapters.list().await?))
+    let mut adapters = state.adapters.list().await?;
+    adapters.retain(|a| state.allows(&caller, a, Action::Read));
+    Ok(Json(adapters))
 }
 
 /// One adapter.
@@ -106,16 +109,19 @@ pub async fn list_adapters(
     responses(
         (status = 200, description = "The adapter", body = Adapter),
         (status = 400, description = "The name is not a DNS-1123 label", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller may not do this", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such adapter", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store failed", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn get_adapter(
     State(state): State<ApiState>,
-    _caller: Caller,
+    Caller(caller): Caller,
     AdapterPath(name): AdapterPath,
 ) -> Result<Json<Adapter>, ApiError> {
-    Ok(Json(existing(&state, &name).await?))
+    let adapter = existing(&state, &name).await?;
+    state.require(&caller, &adapter, Action::Read)?;
+    Ok(Json(adapter))
 }
 
 /// Replace an adapter's spec and roll the change out.
@@ -132,6 +138,7 @@ pub async fn get_adapter(
     responses(
         (status = 200, description = "Updated and rolled out", body = Adapter),
         (status = 400, description = "Malformed JSON, unknown field, an invalid value, or a `name` other than the path's", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller may not do this", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such adapter", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body larger than the configured limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not `application/json`", body = Problem, content_type = "application/problem+json"),
@@ -140,10 +147,12 @@ pub async fn get_adapter(
 )]
 pub async fn update_adapter(
     State(state): State<ApiState>,
-    _caller: Caller,
+    Caller(caller): Caller,
     AdapterPath(name): AdapterPath,
     SpecJson(spec): SpecJson,
 ) -> Result<Json<Adapter>, ApiError> {
+    state.require(&caller, &existing(&state, &name).await?, Action::Write)?;
+    state.require_privileged_fields(&caller, &spec)?;
     if spec.name != name {
         return Err(ApiError::field(
             "name-mismatch",
@@ -158,6 +167,8 @@ pub async fn update_adapter(
     state.provisioner.validate(&spec)?;
     let _guard = state.locks.lock(&name).await;
     let previous = existing(&state, &name).await?;
+    // Checked again under the lock: the record may have changed hands meanwhile.
+    state.require(&caller, &previous, Action::Write)?;
     let adapter = Adapter {
         spec,
         created_by: previous.created_by.clone(),
@@ -188,17 +199,18 @@ pub async fn update_adapter(
     responses(
         (status = 204, description = "Deleted; its replicas are stopped"),
         (status = 400, description = "The name is not a DNS-1123 label", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller may not do this", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such adapter", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The runtime could not stop it; the record stays, retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn delete_adapter(
     State(state): State<ApiState>,
-    _caller: Caller,
+    Caller(caller): Caller,
     AdapterPath(name): AdapterPath,
 ) -> Result<StatusCode, ApiError> {
     let _guard = state.locks.lock(&name).await;
-    existing(&state, &name).await?;
+    state.require(&caller, &existing(&state, &name).await?, Action::Write)?;
     // Stop first: if that fails the record stays, so the DELETE can be retried.
     match state.provisioner.remove(&name).await {
         Ok(()) | Err(AdapterError::NotFound(_)) => {}
@@ -218,16 +230,17 @@ pub async fn delete_adapter(
     responses(
         (status = 200, description = "The adapter's status", body = AdapterStatus),
         (status = 400, description = "The name is not a DNS-1123 label", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller may not do this", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such adapter", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store or the runtime failed", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn adapter_status(
     State(state): State<ApiState>,
-    _caller: Caller,
+    Caller(caller): Caller,
     AdapterPath(name): AdapterPath,
 ) -> Result<Json<AdapterStatus>, ApiError> {
-    existing(&state, &name).await?;
+    state.require(&caller, &existing(&state, &name).await?, Action::Read)?;
     let mut status = state.provisioner.status(&name).await?;
     match state.sessions.live_sessions(&name).await {
         Ok(live) => {
@@ -268,19 +281,20 @@ pub async fn adapter_status(
                 (mcp_gateway_core::LogLine = "application/x-ndjson"),
             )),
         (status = 400, description = "A bad name or query parameter", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The caller may not do this", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such adapter (or replica)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store or the runtime failed", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn adapter_logs(
     State(state): State<ApiState>,
-    _caller: Caller,
+    Caller(caller): Caller,
     AdapterPath(name): AdapterPath,
     Query(params): Query<LogsParams>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    state.require(&caller, &existing(&state, &name).await?, Action::Write)?;
     let query = params.to_query(SystemTime::now())?;
-    existing(&state, &name).await?;
     let lines = state.provisioner.logs(&name, query.clone()).await?;
     Ok(logs::response(&headers, &query, lines))
 }

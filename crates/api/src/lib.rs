@@ -5,8 +5,10 @@
 //! [`AdapterStore`] (where records live), a [`Provisioner`] (what runs them) and a
 //! [`SessionStore`] (for live session counts). It holds no state of its own beyond a lock per
 //! adapter name, binds no socket, and knows nothing of a particular runtime. Authentication is
-//! not done here: a layer in front inserts a [`Caller`] extension (issue 6); without one the
-//! caller is anonymous.
+//! not done here: a layer in front (crate `mcp-gateway-auth`) inserts the caller's
+//! [`Principal`](mcp_gateway_core::Principal) as a request extension, and
+//! [`ApiState::with_authorizer`] decides what it may do (see [`access`] for the rules). Without
+//! an authorizer every caller may do everything.
 //!
 //! ```no_run
 //! # use std::sync::Arc;
@@ -15,13 +17,14 @@
 //! #      sessions: Arc<dyn mcp_gateway_core::SessionStore>) {
 //! use mcp_gateway_api::{ApiOptions, ApiState, router};
 //! let state = ApiState::new(adapters, provisioner, sessions)
-//!     .with_options(ApiOptions { max_body_bytes: 1 << 20 });
+//!     .with_options(ApiOptions { max_body_bytes: 1 << 20, ..ApiOptions::default() });
 //! let app: axum::Router = router(state);
 //! # }
 //! ```
 
 mod error;
 mod extract;
+mod access;
 mod handlers;
 mod locks;
 mod logs;
@@ -32,7 +35,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use mcp_gateway_core::{AdapterStore, Provisioner, SessionStore};
+use mcp_gateway_core::{AdapterStore, Authorizer, Provisioner, SessionStore};
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -50,12 +53,17 @@ const TAG: &str = "adapters";
 pub struct ApiOptions {
     /// Largest accepted request body; larger ones get 413. Default 1 MiB.
     pub max_body_bytes: usize,
+    /// Programs a principal without the admin role may set as an adapter's `command` (matched
+    /// against the whole `command` value). Empty (the default): only admins set commands, since
+    /// a command runs on the gateway's host. A listed program is trusted with any `args`.
+    pub allowed_commands: Vec<String>,
 }
 
 impl Default for ApiOptions {
     fn default() -> Self {
         Self {
             max_body_bytes: 1 << 20,
+            allowed_commands: Vec::new(),
         }
     }
 }
@@ -70,6 +78,8 @@ pub struct ApiState {
     /// The data plane's session store, read for live sessions per replica.
     pub sessions: Arc<dyn SessionStore>,
     pub options: ApiOptions,
+    /// Who may do what; `None`: everyone may do everything (a gateway without auth).
+    pub authorizer: Option<Arc<dyn Authorizer>>,
     locks: locks::NameLocks,
 }
 
@@ -85,8 +95,15 @@ impl ApiState {
             provisioner,
             sessions,
             options: ApiOptions::default(),
+            authorizer: None,
             locks: locks::NameLocks::default(),
         }
+    }
+
+    /// Checks every request against `authorizer` (see [`access`] for the rules).
+    pub fn with_authorizer(mut self, authorizer: Arc<dyn Authorizer>) -> Self {
+        self.authorizer = Some(authorizer);
+        self
     }
 
     pub fn with_options(mut self, options: ApiOptions) -> Self {

@@ -5,12 +5,14 @@
 use std::sync::OnceLock;
 
 use mcp_gateway_core::{
-    Adapter, AdapterSpec, AdapterStatus, LogLine, ReplicaState, ReplicaStatus, Transport,
+    Adapter, AdapterSpec, AdapterStatus, LogLine, ReplicaState, ReplicaStatus, SecretRef,
+    Transport,
 };
 use serde_json::{Map, Value};
 use utoipa::openapi::path::ParameterIn;
 use utoipa::openapi::schema::{ArrayItems, Object, ObjectBuilder, Schema, Type};
-use utoipa::openapi::{OpenApi as Document, RefOr};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::TAG;
@@ -25,16 +27,21 @@ pub const CHECKED_IN_PATH: &str = "openapi/mcp-gateway.openapi.json";
     info(
         title = "MCP Gateway management API",
         description = "Deploy, update, inspect and delete the MCP servers (adapters) behind the gateway. \
-Every error is `application/problem+json` (RFC 9457) with a `detail` that says what to change.",
+Every error is `application/problem+json` (RFC 9457) with a `detail` that says what to change. \
+Requests carry `Authorization: Bearer` with a JWT of a configured issuer or an API key; a missing or \
+invalid token gets 401 with `WWW-Authenticate`, a known caller without the right gets 403.",
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     tags((name = TAG, description = "Adapters: MCP servers run or fronted by the gateway")),
     components(schemas(
         Adapter, AdapterSpec, AdapterStatus, ReplicaStatus, ReplicaState, Transport, LogLine,
-        Problem, FieldError,
+        Problem, FieldError, SecretRef,
     ))
 )]
 pub struct ApiDoc;
+
+/// The name of the bearer-token security scheme.
+const BEARER: &str = "bearer";
 
 /// Environment variable names the API accepts.
 const ENV_NAME_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]*$";
@@ -94,6 +101,44 @@ impl Modify for Refinements {
             components
                 .schemas
                 .insert("Adapter".to_owned(), Schema::Object(adapter).into());
+        }
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.security_schemes.insert(
+            BEARER.to_owned(),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A JWT of a configured issuer (OIDC), or a static API key of the gateway",
+                    ))
+                    .build(),
+            ),
+        );
+        doc.security = Some(vec![SecurityRequirement::new(BEARER, Vec::<String>::new())]);
+        let unauthorized = ResponseBuilder::new()
+            .description("No valid bearer token; `WWW-Authenticate` says why")
+            .content(
+                crate::PROBLEM_JSON,
+                ContentBuilder::new()
+                    .schema(Some(RefOr::Ref(Ref::from_schema_name("Problem"))))
+                    .build(),
+            )
+            .build();
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let public = path == "/openapi.json";
+            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete]
+                .into_iter()
+                .flatten()
+            {
+                if public {
+                    // Served without a token: it describes the API, nothing deployed.
+                    op.security = Some(vec![SecurityRequirement::default()]);
+                } else {
+                    op.responses
+                        .responses
+                        .insert("401".to_owned(), unauthorized.clone().into());
+                }
+            }
         }
         for item in doc.paths.paths.values_mut() {
             let operations = [

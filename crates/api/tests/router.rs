@@ -11,7 +11,8 @@ use axum::body::Body;
 use fakes::{Fakes, line};
 use http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
-use mcp_gateway_api::{ApiOptions, Caller, PROBLEM_JSON, Problem};
+use mcp_gateway_api::{ApiOptions, PROBLEM_JSON, Problem};
+use mcp_gateway_core::Principal;
 use mcp_gateway_core::{AdapterError, AdapterStore, LogLine};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -95,10 +96,7 @@ async fn create_returns_201_with_the_resource_location_and_deploys_it() {
                "requiredRoles": ["mcp.user"], "useWorkloadIdentity": true})
         .to_string(),
     );
-    r.extensions_mut().insert(Caller {
-        subject: "alice".into(),
-        roles: vec!["mcp.admin".into()],
-    });
+    r.extensions_mut().insert(Principal::new("alice", None, vec!["mcp.admin".into()]));
     let res = send(&f.app, r).await;
     assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
     assert_eq!(res.headers[header::LOCATION], "/adapters/everything");
@@ -357,6 +355,7 @@ async fn malformed_bodies_are_problems() {
 async fn bodies_over_the_limit_are_413() {
     let f = Fakes::with_options(ApiOptions {
         max_body_bytes: 1024,
+        ..ApiOptions::default()
     });
     let big = json!({"name": "a", "description": "x".repeat(2000)}).to_string();
     let p = send(&f.app, json_req(Method::POST, "/adapters", big.clone()))
@@ -500,10 +499,7 @@ async fn update_replaces_the_spec_and_keeps_the_creation_fields() {
         "/adapters",
         json!({"name": "a", "replicaCount": 1, "description": "old"}).to_string(),
     );
-    r.extensions_mut().insert(Caller {
-        subject: "alice".into(),
-        roles: vec![],
-    });
+    r.extensions_mut().insert(Principal::new("alice", None, vec![]));
     let created = send(&f.app, r).await.json();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut r = json_req(
@@ -511,10 +507,7 @@ async fn update_replaces_the_spec_and_keeps_the_creation_fields() {
         "/adapters/a",
         json!({"name": "a", "replicaCount": 3}).to_string(),
     );
-    r.extensions_mut().insert(Caller {
-        subject: "bob".into(),
-        roles: vec![],
-    });
+    r.extensions_mut().insert(Principal::new("bob", None, vec![]));
     let res = send(&f.app, r).await;
     assert_eq!(res.status, 200, "{}", res.text());
     let body = res.json();

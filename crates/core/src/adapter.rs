@@ -81,6 +81,23 @@ pub struct AdapterSpec {
     /// fronts them.
     #[serde(default)]
     pub upstreams: Vec<String>,
+    /// Headers the gateway adds to every request it sends to the replicas (credentials of
+    /// servers deployed elsewhere), each read from a secret of the gateway's host: an
+    /// environment variable of the gateway or a file. Values never appear in the resource.
+    /// Setting them needs the admin role.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub upstream_headers: BTreeMap<String, SecretRef>,
+}
+
+/// Where the gateway reads a secret value from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub enum SecretRef {
+    /// An environment variable of the gateway process.
+    Env(String),
+    /// A file on the gateway's host (trailing newlines are trimmed).
+    File(String),
 }
 
 fn one() -> u32 {
@@ -111,6 +128,16 @@ pub struct Adapter {
     pub created_at: String,
     /// RFC 3339.
     pub last_updated_at: String,
+}
+
+impl Adapter {
+    /// Who may do what with it.
+    pub fn access(&self) -> crate::AdapterAccess {
+        crate::AdapterAccess {
+            created_by: Some(self.created_by.clone()),
+            required_roles: self.spec.required_roles.clone(),
+        }
+    }
 }
 
 /// Errors of adapter stores and provisioners.

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::AdapterName;
+use crate::{AdapterAccess, AdapterName};
 
 /// One replica of an adapter: a running MCP server the gateway can forward to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +40,11 @@ pub struct AdapterTarget {
     pub mcp_path: String,
     /// The replicas' legacy HTTP+SSE endpoint path (`/sse`).
     pub sse_path: String,
+    /// Who created the adapter and which roles may use it.
+    pub access: AdapterAccess,
+    /// Headers added to every request sent to a replica (credentials the adapter's servers
+    /// need, resolved from secrets by whoever builds the target). Values are marked sensitive.
+    pub upstream_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl AdapterTarget {

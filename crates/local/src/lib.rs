@@ -19,10 +19,12 @@ mod logs;
 mod process;
 mod provisioner;
 mod runtime;
+mod secrets;
 mod store;
 mod validate;
 
 pub use error::LocalError;
 pub use provisioner::{LocalOptions, LocalProvisioner, LogSink, StdioBridge, StdioLauncher};
+pub use secrets::upstream_headers;
 pub use store::FileAdapterStore;
 pub use validate::MAX_REPLICAS;

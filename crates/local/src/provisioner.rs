@@ -240,6 +240,8 @@ impl LocalProvisioner {
             replicas,
             mcp_path: bridge.mcp_path,
             sse_path: bridge.sse_path,
+            access: adapter.access(),
+            upstream_headers: Vec::new(),
         });
         Ok(Deployed::Bridge {
             status,

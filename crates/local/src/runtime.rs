@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use mcp_gateway_core::{
-    Adapter, AdapterName, AdapterStatus, AdapterTarget, Replica, ReplicaState, ReplicaStatus,
-    SessionStore, StaticResolver, Transport,
+    Adapter, AdapterAccess, AdapterName, AdapterStatus, AdapterTarget, Replica, ReplicaState,
+    ReplicaStatus, SessionStore, StaticResolver, Transport,
 };
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -134,6 +134,8 @@ struct ViewInner {
     replica_count: u32,
     mcp_path: String,
     sse_path: String,
+    access: AdapterAccess,
+    upstream_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     members: Vec<Member>,
 }
 
@@ -203,6 +205,8 @@ impl View {
             replicas,
             mcp_path: inner.mcp_path.clone(),
             sse_path: inner.sse_path.clone(),
+            access: inner.access.clone(),
+            upstream_headers: inner.upstream_headers.clone(),
         });
     }
 
@@ -491,6 +495,14 @@ impl Reconciler {
             Transport::Sse => spec.mcp_path().to_owned(),
             _ => "/sse".to_owned(),
         };
+        inner.access = adapter.access();
+        // Checked when the spec was validated; a secret gone since then leaves the header out
+        // (the replica answers as it does without it) rather than stopping the adapter.
+        inner.upstream_headers = crate::secrets::upstream_headers(&spec.upstream_headers)
+            .unwrap_or_else(|e| {
+                tracing::warn!(adapter = %spec.name, error = %e, "upstream header left out");
+                Vec::new()
+            });
     }
 
     async fn stop_everything(mut self) {

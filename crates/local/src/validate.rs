@@ -74,6 +74,14 @@ pub(crate) fn validate(spec: &AdapterSpec) -> Result<(), AdapterError> {
             find_program(command, path_var.as_deref()).map_err(AdapterError::Invalid)?;
         }
     }
+    if spec.transport == Transport::Stdio && !spec.upstream_headers.is_empty() {
+        return invalid(
+            "upstreamHeaders are sent to HTTP servers; a stdio adapter has none (pass secrets \
+             to it as environmentVariables)"
+                .into(),
+        );
+    }
+    crate::secrets::upstream_headers(&spec.upstream_headers).map_err(AdapterError::Invalid)?;
     Ok(())
 }
 

@@ -29,6 +29,28 @@ pub struct RoutingConfig {
     /// `Origin` (non-browser clients) are always allowed; loopback origins are allowed when the
     /// request's `Host` is loopback too.
     pub allowed_origins: Vec<String>,
+    /// Headers that carry the caller's identity to the replicas (default `X-Mcp-UserId` and
+    /// `X-Mcp-Roles`, as microsoft/mcp-gateway sends them). Whatever a client sends under these
+    /// names is dropped; `None` forwards no identity.
+    pub identity_headers: Option<IdentityHeaders>,
+}
+
+/// Header names of the caller's identity, as sent to replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityHeaders {
+    /// The principal's subject.
+    pub user_id: http::HeaderName,
+    /// The principal's roles, comma-separated.
+    pub roles: http::HeaderName,
+}
+
+impl Default for IdentityHeaders {
+    fn default() -> Self {
+        Self {
+            user_id: http::HeaderName::from_static("x-mcp-userid"),
+            roles: http::HeaderName::from_static("x-mcp-roles"),
+        }
+    }
 }
 
 impl Default for RoutingConfig {
@@ -43,6 +65,7 @@ impl Default for RoutingConfig {
             max_sessions: 10_000,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
+            identity_headers: Some(IdentityHeaders::default()),
         }
     }
 }

@@ -51,6 +51,8 @@ pub enum ProxyError {
     OriginNotAllowed(String),
     #[error("the gateway's limit of {0} live sessions is reached; try again later")]
     TooManySessions(u64),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("adapter {0:?} has no ready replica")]
     NoReadyReplica(String),
     #[error("replica {replica} of adapter {adapter:?} is unreachable: {reason}")]
@@ -86,7 +88,7 @@ impl ProxyError {
             }
             BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            HostNotAllowed(_) | OriginNotAllowed(_) => StatusCode::FORBIDDEN,
+            HostNotAllowed(_) | OriginNotAllowed(_) | Forbidden(_) => StatusCode::FORBIDDEN,
             TooManySessions(_) | NoReadyReplica(_) | Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             UpstreamUnavailable { .. } | BadUpstreamResponse { .. } => StatusCode::BAD_GATEWAY,
             UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -101,7 +103,7 @@ impl ProxyError {
             BadMessage(_) => PARSE_ERROR,
             NoRoute(_) | MethodNotAllowed(..) | UnknownAdapter(_) | BadSessionId(_)
             | MissingSessionParam | BodyTooLarge(_) | HeadersTooLarge(_) | HostNotAllowed(_)
-            | OriginNotAllowed(_) => INVALID_REQUEST,
+            | OriginNotAllowed(_) | Forbidden(_) => INVALID_REQUEST,
             _ => INTERNAL_ERROR,
         }
     }
@@ -122,6 +124,7 @@ impl ProxyError {
             HeadersTooLarge(_) => "headers_too_large",
             HostNotAllowed(_) => "host_not_allowed",
             OriginNotAllowed(_) => "origin_not_allowed",
+            Forbidden(_) => "forbidden",
             TooManySessions(_) => "too_many_sessions",
             NoReadyReplica(_) => "no_ready_replica",
             UpstreamUnavailable { .. } => "upstream_unavailable",

@@ -20,8 +20,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mcp_gateway_core::{
-    AdapterName, AdapterTarget, LegacyEndpoint, Replica, ReplicaResolver, SessionId, SessionKey,
-    SessionRecord, SessionStore,
+    Action, AdapterName, AdapterTarget, Authorizer, LegacyEndpoint, Principal, Replica,
+    ReplicaResolver, SessionId, SessionKey, SessionRecord, SessionStore,
 };
 use serde_json::Value;
 use tokio::time::Instant;
@@ -40,15 +40,12 @@ use crate::{RoutingConfig, sse};
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
-/// Request extension: the authenticated principal (its subject). Sessions are bound to the
-/// principal that opened them; another principal presenting the same session id gets 404.
-#[derive(Debug, Clone)]
-pub struct Principal(pub Arc<str>);
 
 /// The MCP-aware reverse proxy, as a cloneable [`tower::Service`].
 #[derive(Clone)]
 pub struct Gateway {
     shared: Arc<Shared>,
+    authorizer: Option<Arc<dyn Authorizer>>,
 }
 
 struct Shared {
@@ -229,7 +226,17 @@ impl Gateway {
                 client,
                 health: HealthTable::default(),
             }),
+            authorizer: None,
         }
+    }
+
+    /// Checks every request against `authorizer`: the request's [`Principal`] extension (set
+    /// by the authentication layer in front) must be allowed to use the adapter, else 403. A
+    /// request with no principal is refused. Without an authorizer every request may use every
+    /// adapter (the embedder decides elsewhere).
+    pub fn with_authorizer(mut self, authorizer: Arc<dyn Authorizer>) -> Self {
+        self.authorizer = Some(authorizer);
+        self
     }
 
     /// Whether `path` is a data-plane route, for embedders that serve other paths beside it.
@@ -313,6 +320,7 @@ impl Gateway {
             .resolve(name)
             .ok_or_else(|| ProxyError::UnknownAdapter(name.chars().take(80).collect()))?;
         *adapter = Some(target.name.clone());
+        self.authorize(&target, req.extensions().get::<Principal>())?;
 
         let (parts, body) = req.into_parts();
         let body = body.map_err(Into::into).boxed_unsync();
@@ -344,6 +352,31 @@ impl Gateway {
             (Kind::Messages, &Method::POST) => self.post_legacy(target, parts, body).await,
             (Kind::Messages, m) => Err(ProxyError::MethodNotAllowed(m.clone(), "POST").into()),
         }
+    }
+
+    /// Whether the caller may use the adapter; checked on every request, so a principal that
+    /// loses its role loses its open sessions too.
+    fn authorize(
+        &self,
+        target: &AdapterTarget,
+        principal: Option<&Principal>,
+    ) -> Result<(), ProxyError> {
+        let Some(authorizer) = &self.authorizer else {
+            return Ok(());
+        };
+        let Some(principal) = principal else {
+            return Err(ProxyError::Forbidden(
+                "the request carries no authenticated principal".into(),
+            ));
+        };
+        if authorizer.allows(principal, &target.access, Action::Use) {
+            return Ok(());
+        }
+        tracing::info!(adapter = %target.name, principal = %principal, "use of adapter refused");
+        Err(ProxyError::Forbidden(format!(
+            "{} may not use adapter {:?}: it needs one of the roles {:?}",
+            principal.subject, target.name.as_str(), target.access.required_roles
+        )))
     }
 
     /// `POST /adapters/{name}/mcp`: a message of a session, a new session, or a stateless
@@ -677,6 +710,12 @@ impl Gateway {
             req.headers_mut(),
             parts.extensions.get::<ClientAddr>().map(|a| a.0),
         );
+        headers::identity_to_upstream(
+            req.headers_mut(),
+            config.identity_headers.as_ref(),
+            parts.extensions.get::<Principal>(),
+            &target.upstream_headers,
+        );
 
         let health = self.shared.health.get(adapter, &replica.id);
         let in_flight = health.start();
@@ -767,8 +806,12 @@ where
 
 // === helpers ===
 
+/// The owner a session is bound to: the principal's issuer and subject.
 fn principal(parts: &http::request::Parts) -> Option<String> {
-    parts.extensions.get::<Principal>().map(|p| p.0.to_string())
+    parts
+        .extensions
+        .get::<Principal>()
+        .map(Principal::session_owner)
 }
 
 fn mcp_path(target: &AdapterTarget, query: Option<&str>) -> String {

@@ -69,6 +69,36 @@ pub fn to_upstream(headers: &mut HeaderMap, client: Option<SocketAddr>) {
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
 }
 
+/// What the replica learns of the caller: never the client's credentials (`Authorization`
+/// is the gateway's, and identity headers a client made up are dropped); the adapter's own
+/// upstream headers; then the authenticated principal's subject and roles.
+pub fn identity_to_upstream(
+    headers: &mut HeaderMap,
+    names: Option<&crate::IdentityHeaders>,
+    principal: Option<&mcp_gateway_core::Principal>,
+    upstream: &[(http::HeaderName, HeaderValue)],
+) {
+    headers.remove(header::AUTHORIZATION);
+    if let Some(names) = names {
+        headers.remove(&names.user_id);
+        headers.remove(&names.roles);
+    }
+    for (name, value) in upstream {
+        headers.insert(name.clone(), value.clone());
+    }
+    let (Some(names), Some(p)) = (names, principal) else {
+        return;
+    };
+    // A value that cannot be a header (a subject with control characters) is left out rather
+    // than sent mangled.
+    if let Ok(v) = HeaderValue::from_str(&p.subject) {
+        headers.insert(names.user_id.clone(), v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&p.roles.join(",")) {
+        headers.insert(names.roles.clone(), v);
+    }
+}
+
 /// Total bytes of header names and values.
 pub fn size(headers: &HeaderMap) -> usize {
     headers

@@ -64,6 +64,8 @@
 //!     }],
 //!     mcp_path: "/mcp".into(),
 //!     sse_path: "/sse".into(),
+//!     access: Default::default(),
+//!     upstream_headers: Vec::new(),
 //! };
 //! let gateway = Gateway::new(
 //!     RoutingConfig::default(),
@@ -106,7 +108,8 @@ mod placement;
 pub mod sse;
 
 pub use body::{BoxError, ProxyBody};
-pub use config::RoutingConfig;
+pub use config::{IdentityHeaders, RoutingConfig};
 pub use error::{HEADER_MISMATCH, ProxyError, SESSION_NOT_FOUND};
-pub use gateway::{ClientAddr, Gateway, Principal};
+pub use gateway::{ClientAddr, Gateway};
+pub use mcp_gateway_core::Principal;
 pub use headers::{STATELESS_REVISION, check_host_and_origin, is_stateless, strip_hop_by_hop};

@@ -196,6 +196,8 @@ mod tests {
                 .collect(),
             mcp_path: "/mcp".into(),
             sse_path: "/sse".into(),
+            access: Default::default(),
+            upstream_headers: Vec::new(),
         }
     }
 

@@ -185,6 +185,8 @@ pub struct McpSession {
     pub http: Http,
     pub url: String,
     pub id: String,
+    /// Sent with every request of the session (`Authorization`, say).
+    pub headers: Vec<(String, String)>,
     next_id: u64,
 }
 
@@ -220,8 +222,13 @@ pub fn result_text(message: &Value) -> anyhow::Result<String> {
 impl McpSession {
     /// `initialize` + `notifications/initialized`.
     pub async fn open(url: &str) -> anyhow::Result<Self> {
+        Self::open_with(url, &[]).await
+    }
+
+    /// `initialize` + `notifications/initialized`, sending `headers` with every request.
+    pub async fn open_with(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<Self> {
         let http = Http::default();
-        let reply = http.post_json(url, &[], &initialize_request(0)).await?;
+        let reply = http.post_json(url, headers, &initialize_request(0)).await?;
         if reply.status != StatusCode::OK {
             bail!("initialize: {} {}", reply.status, reply.text());
         }
@@ -233,6 +240,10 @@ impl McpSession {
             http,
             url: url.to_owned(),
             id,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             next_id: 1,
         };
         let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
@@ -253,21 +264,25 @@ impl McpSession {
             http: Http::default(),
             url: url.to_owned(),
             id: id.to_owned(),
+            headers: Vec::new(),
             next_id: 100,
         }
+    }
+
+    /// The session's headers and the session's own.
+    fn request_headers(&self) -> Vec<(&str, &str)> {
+        let mut all = vec![
+            ("mcp-session-id", self.id.as_str()),
+            ("mcp-protocol-version", SESSION_REVISION),
+        ];
+        all.extend(self.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        all
     }
 
     /// POSTs a message in this session.
     pub async fn post(&self, message: &Value) -> anyhow::Result<Reply> {
         self.http
-            .post_json(
-                &self.url,
-                &[
-                    ("mcp-session-id", &self.id),
-                    ("mcp-protocol-version", SESSION_REVISION),
-                ],
-                message,
-            )
+            .post_json(&self.url, &self.request_headers(), message)
             .await
     }
 
@@ -293,10 +308,7 @@ impl McpSession {
             .send(
                 Method::DELETE,
                 &self.url,
-                &[
-                    ("mcp-session-id", &self.id),
-                    ("mcp-protocol-version", SESSION_REVISION),
-                ],
+                &self.request_headers(),
                 Bytes::new(),
             )
             .await

@@ -1,0 +1,296 @@
+//! Authentication in front of both planes: the bearer-token layer of `mcp-gateway-auth`, the
+//! responses it refuses with (401/503 shaped for the plane the request was for), the OAuth
+//! protected resource metadata of RFC 9728, and the admin key of the secure default.
+
+use std::io::Write as _;
+use std::path::Path;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use mcp_gateway_auth::{ApiKeyConfig, AuthError, Authenticator, Reject};
+use mcp_gateway_routing::{Gateway, ProxyBody};
+
+use crate::config::AuthSettings;
+
+/// Where RFC 9728 metadata is served; the resource's path follows it.
+pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
+/// The name of the admin key file in the data directory.
+pub const ADMIN_KEY_FILE: &str = "admin.key";
+
+/// Builds the authenticator of the configuration; with neither issuers nor keys configured,
+/// the admin key of the data directory (created on first start) is the one key.
+pub fn authenticator(
+    settings: &AuthSettings,
+    data_dir: &Path,
+) -> anyhow::Result<Option<Authenticator>> {
+    let Some(tokens) = &settings.tokens else {
+        tracing::warn!(
+            "authentication is OFF (--insecure-no-auth): every caller is an anonymous admin"
+        );
+        return Ok(None);
+    };
+    let mut tokens = tokens.clone();
+    if tokens.issuers.is_empty() && tokens.api_keys.is_empty() {
+        let key = admin_key(data_dir)?;
+        tokens.api_keys.push(ApiKeyConfig {
+            subject: "admin".into(),
+            roles: vec![settings.policy.admin_role.clone()],
+            sha256: mcp_gateway_auth::hash_api_key(&key),
+        });
+    }
+    let auth = Authenticator::new(tokens).context("invalid [auth] configuration")?;
+    Ok(Some(auth))
+}
+
+/// Reads `admin.key` from the data directory, or creates it (mode 0600) and prints it once.
+/// A key file others may read is refused, as ssh refuses such private keys.
+fn admin_key(data_dir: &Path) -> anyhow::Result<String> {
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+    let path = data_dir.join(ADMIN_KEY_FILE);
+    match std::fs::metadata(&path) {
+        Ok(meta) => {
+            if meta.permissions().mode() & 0o077 != 0 {
+                anyhow::bail!(
+                    "{} is readable by other users: run chmod 600 on it (or delete it to get a \
+                     new key)",
+                    path.display()
+                );
+            }
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let key = text.trim().to_owned();
+            if key.is_empty() {
+                anyhow::bail!("{} is empty: delete it to get a new key", path.display());
+            }
+            tracing::info!(path = %path.display(), "API key of the admin: as stored there");
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+            let key = mcp_gateway_auth::generate_api_key();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            writeln!(file, "{key}").with_context(|| format!("cannot write {}", path.display()))?;
+            // Printed once, on the terminal of whoever started the gateway, not into logs.
+            eprintln!(
+                "\nNo [auth] issuers or api_keys are configured: created an admin API key.\n\
+                 It is stored in {} (mode 0600) and shown only this once:\n\n    {key}\n\n\
+                 Send it as: Authorization: Bearer <key>\n",
+                path.display()
+            );
+            Ok(key)
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The refusals of the authentication layer, as the plane of the request expects them: a
+/// JSON-RPC error body on MCP routes, problem+json on the API.
+#[derive(Clone)]
+pub struct Refusal {
+    pub public_url: Option<String>,
+}
+
+impl Reject<ProxyBody> for Refusal {
+    fn reject(&self, req: &http::request::Parts, err: &AuthError) -> Response<ProxyBody> {
+        let path = req.uri.path();
+        let status = match err {
+            AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::UNAUTHORIZED,
+        };
+        metrics::counter!("mcp_gateway_auth_refusals_total", "reason" => err.reason())
+            .increment(1);
+        tracing::debug!(path, reason = err.reason(), error = %err, "request not authenticated");
+        let detail = match err {
+            AuthError::Missing => {
+                "this gateway needs Authorization: Bearer <token> (a JWT of a configured issuer, \
+                 or an API key)"
+                    .to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut res = if Gateway::handles_path(path) {
+            json_rpc_error(status, &detail)
+        } else {
+            crate::problem(status, &detail)
+        };
+        if status == StatusCode::UNAUTHORIZED {
+            let metadata = format!(
+                "{}{METADATA_PATH}{}",
+                base_url(self.public_url.as_deref(), &req.headers),
+                resource_path(path)
+            );
+            let mut challenge = format!("Bearer resource_metadata=\"{metadata}\"");
+            match err {
+                AuthError::Missing => {}
+                AuthError::Malformed(_) => challenge.push_str(", error=\"invalid_request\""),
+                other => {
+                    let reason = other.to_string().replace(['"', '\\'], "'");
+                    challenge.push_str(&format!(
+                        ", error=\"invalid_token\", error_description=\"{reason}\""
+                    ));
+                }
+            }
+            if let Ok(v) = HeaderValue::from_str(&challenge) {
+                res.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+            }
+        } else {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        res
+    }
+}
+
+fn json_rpc_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": { "code": -32600, "message": message },
+    });
+    let mut res = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+/// The protected resource a path belongs to: an adapter's MCP endpoint (`/adapters/x/mcp`,
+/// also for its `sse` and `messages` routes, which the same token opens), or the gateway itself
+/// (the empty path) for the API.
+fn resource_path(path: &str) -> String {
+    match path
+        .strip_prefix("/adapters/")
+        .and_then(|rest| rest.split_once('/'))
+    {
+        Some((name, route)) if Gateway::handles_path(path) => {
+            match route.trim_end_matches('/') {
+                "sse" => format!("/adapters/{name}/sse"),
+                _ => format!("/adapters/{name}/mcp"),
+            }
+        }
+        _ => String::new(),
+    }
+}
+
+/// `public_url`, else `http://` and the request's `Host` (already checked against
+/// `allowed_hosts`).
+fn base_url(public_url: Option<&str>, headers: &http::HeaderMap) -> String {
+    match public_url {
+        Some(url) => url.to_owned(),
+        None => {
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("localhost");
+            format!("http://{host}")
+        }
+    }
+}
+
+/// `GET /.well-known/oauth-protected-resource[/resource path]`: RFC 9728 metadata naming the
+/// authorization servers whose tokens the gateway accepts.
+pub fn metadata<B>(
+    req: &Request<B>,
+    auth: Option<&Authenticator>,
+    settings: &AuthSettings,
+) -> Response<ProxyBody> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut res = crate::problem(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "protected resource metadata is read with GET",
+        );
+        res.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return res;
+    }
+    let rest = req
+        .uri()
+        .path()
+        .strip_prefix(METADATA_PATH)
+        .unwrap_or_default();
+    if !rest.is_empty() && resource_path(rest) != rest {
+        return crate::problem(
+            StatusCode::NOT_FOUND,
+            "no such protected resource: use /.well-known/oauth-protected-resource or \
+             /.well-known/oauth-protected-resource/adapters/{name}/mcp",
+        );
+    }
+    let base = base_url(settings.public_url.as_deref(), req.headers());
+    let servers = auth.map(Authenticator::authorization_servers).unwrap_or_default();
+    let mut doc = serde_json::json!({
+        "resource": format!("{base}{rest}"),
+        "authorization_servers": servers,
+        "bearer_methods_supported": ["header"],
+        "resource_name": if rest.is_empty() {
+            "MCP gateway".to_owned()
+        } else {
+            format!("MCP server {}", rest.trim_start_matches("/adapters/").split('/').next().unwrap_or(""))
+        },
+    });
+    if servers_is_empty(&doc) {
+        // API keys only: there is no authorization server to send a client to.
+        if let Some(map) = doc.as_object_mut() {
+            map.remove("authorization_servers");
+        }
+    }
+    let mut res = Response::new(
+        Full::new(Bytes::from(doc.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    res
+}
+
+fn servers_is_empty(doc: &serde_json::Value) -> bool {
+    doc["authorization_servers"]
+        .as_array()
+        .is_none_or(|a| a.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_of_paths() {
+        assert_eq!(resource_path("/adapters/gh/mcp"), "/adapters/gh/mcp");
+        assert_eq!(resource_path("/adapters/gh/messages"), "/adapters/gh/mcp");
+        assert_eq!(resource_path("/adapters/gh/sse"), "/adapters/gh/sse");
+        assert_eq!(resource_path("/adapters/gh/status"), "");
+        assert_eq!(resource_path("/adapters"), "");
+    }
+
+    #[test]
+    fn admin_key_is_created_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let first = admin_key(dir.path()).unwrap();
+        assert!(first.starts_with("mcpgw_"));
+        let path = dir.path().join(ADMIN_KEY_FILE);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(admin_key(dir.path()).unwrap(), first);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = admin_key(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+    }
+}

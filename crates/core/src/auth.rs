@@ -1,0 +1,234 @@
+//! Who calls, and what they may do with an adapter.
+//!
+//! An authenticator (crate `mcp-gateway-auth`) turns a bearer token into a [`Principal`]; the
+//! [`Authorizer`] port decides per adapter and [`Action`]. [`RolePolicy`] is the default
+//! authorizer, with the semantics of microsoft/mcp-gateway:
+//!
+//! - a principal holding the admin role (`mcp.admin` by default) may do everything;
+//! - the creator of an adapter may read, use, update and delete it;
+//! - a principal holding any of an adapter's `requiredRoles` may read and use it; an adapter
+//!   with no `requiredRoles` may be read and used by every authenticated principal;
+//! - creating an adapter needs the creator role when one is configured (by default any
+//!   authenticated principal may create).
+//!
+//! Roles and subjects compare ASCII case-insensitively, as the anchor does.
+
+use std::fmt;
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Who: the token's subject claim, or the name of a static API key. Recorded as an
+    /// adapter's `createdBy` and forwarded upstream as `X-Mcp-UserId`.
+    pub subject: String,
+    /// Who vouched for it: the JWT's `iss`, [`Principal::API_KEY_ISSUER`] for static keys,
+    /// `None` for the anonymous caller of a gateway running without authentication.
+    pub issuer: Option<String>,
+    /// Roles, as the token's role claim or the key's configuration lists them.
+    pub roles: Vec<String>,
+}
+
+impl Principal {
+    /// The issuer of principals authenticated by a static API key.
+    pub const API_KEY_ISSUER: &'static str = "api-key";
+    /// The subject of requests to a gateway that runs without authentication.
+    pub const ANONYMOUS: &'static str = "anonymous";
+
+    pub fn new(subject: impl Into<String>, issuer: Option<String>, roles: Vec<String>) -> Self {
+        Self {
+            subject: subject.into(),
+            issuer,
+            roles,
+        }
+    }
+
+    /// The caller of a gateway running with `--insecure-no-auth`. It holds `roles` (the
+    /// gateway gives it the admin role: without authentication there is nobody to refuse).
+    pub fn anonymous(roles: Vec<String>) -> Self {
+        Self::new(Self::ANONYMOUS, None, roles)
+    }
+
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r.eq_ignore_ascii_case(role))
+    }
+
+    /// The owner key a session is bound to: issuer and subject, so the same subject from two
+    /// issuers are two owners.
+    pub fn session_owner(&self) -> String {
+        match &self.issuer {
+            Some(iss) => format!("{iss}#{}", self.subject),
+            None => self.subject.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Principal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.issuer {
+            Some(iss) => write!(f, "{} ({iss})", self.subject),
+            None => f.write_str(&self.subject),
+        }
+    }
+}
+
+/// What a principal wants to do with an adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// See its resource and status (`GET /adapters`, `GET /adapters/{name}[/status]`).
+    Read,
+    /// Open sessions and send requests on the data plane.
+    Use,
+    /// Update or delete it, read its logs.
+    Write,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Read => "read",
+            Action::Use => "use",
+            Action::Write => "write",
+        }
+    }
+}
+
+/// The access-relevant fields of an adapter: who created it and which roles may use it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdapterAccess {
+    /// The creator's subject; `None` for adapters of the gateway's configuration file, which
+    /// nobody created through the API.
+    pub created_by: Option<String>,
+    /// Any of these roles lets a principal read and use the adapter; empty: every
+    /// authenticated principal may.
+    pub required_roles: Vec<String>,
+}
+
+/// Port: may this principal do this with this adapter.
+pub trait Authorizer: Send + Sync + 'static {
+    /// Whether `principal` may perform `action` on the adapter described by `access`.
+    fn allows(&self, principal: &Principal, access: &AdapterAccess, action: Action) -> bool;
+    /// Whether `principal` may create adapters at all.
+    fn may_create(&self, principal: &Principal) -> bool;
+    /// Whether `principal` holds the admin role (which privileged fields require).
+    fn is_admin(&self, principal: &Principal) -> bool;
+}
+
+/// The role names [`RolePolicy`] uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolePolicy {
+    /// May do everything (default `mcp.admin`).
+    pub admin_role: String,
+    /// When set, only holders of this role (or the admin role) may create adapters; when
+    /// `None`, every authenticated principal may.
+    pub creator_role: Option<String>,
+}
+
+impl Default for RolePolicy {
+    fn default() -> Self {
+        Self {
+            admin_role: "mcp.admin".to_owned(),
+            creator_role: None,
+        }
+    }
+}
+
+impl Authorizer for RolePolicy {
+    fn allows(&self, principal: &Principal, access: &AdapterAccess, action: Action) -> bool {
+        if self.is_admin(principal) {
+            return true;
+        }
+        let creator = access
+            .created_by
+            .as_deref()
+            .is_some_and(|c| c.eq_ignore_ascii_case(&principal.subject));
+        if creator {
+            return true;
+        }
+        match action {
+            Action::Read | Action::Use => {
+                access.required_roles.is_empty()
+                    || access.required_roles.iter().any(|r| principal.has_role(r))
+            }
+            Action::Write => false,
+        }
+    }
+
+    fn may_create(&self, principal: &Principal) -> bool {
+        match &self.creator_role {
+            Some(role) => self.is_admin(principal) || principal.has_role(role),
+            None => true,
+        }
+    }
+
+    fn is_admin(&self, principal: &Principal) -> bool {
+        principal.has_role(&self.admin_role)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(sub: &str, roles: &[&str]) -> Principal {
+        Principal::new(
+            sub,
+            Some("https://idp".into()),
+            roles.iter().map(|r| r.to_string()).collect(),
+        )
+    }
+
+    fn access(by: Option<&str>, roles: &[&str]) -> AdapterAccess {
+        AdapterAccess {
+            created_by: by.map(str::to_owned),
+            required_roles: roles.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn matrix() {
+        let policy = RolePolicy::default();
+        let guarded = access(Some("alice"), &["team-a"]);
+        let open = access(Some("alice"), &[]);
+        let cases: &[(Principal, &AdapterAccess, [bool; 3])] = &[
+            // read, use, write
+            (who("root", &["MCP.Admin"]), &guarded, [true, true, true]),
+            (who("ALICE", &[]), &guarded, [true, true, true]),
+            (who("bob", &["team-a", "x"]), &guarded, [true, true, false]),
+            (who("carol", &["team-b"]), &guarded, [false, false, false]),
+            (who("carol", &[]), &open, [true, true, false]),
+        ];
+        for (p, a, expect) in cases {
+            let got = [Action::Read, Action::Use, Action::Write].map(|x| policy.allows(p, a, x));
+            assert_eq!(&got, expect, "{p} on {a:?}");
+        }
+    }
+
+    #[test]
+    fn config_adapters_have_no_creator() {
+        let policy = RolePolicy::default();
+        let configured = access(None, &["ops"]);
+        let anyone = who("anonymous", &[]);
+        assert!(!policy.allows(&anyone, &configured, Action::Use));
+        assert!(!policy.allows(&anyone, &configured, Action::Write));
+        assert!(policy.allows(&who("x", &["ops"]), &configured, Action::Use));
+    }
+
+    #[test]
+    fn creator_role() {
+        let mut policy = RolePolicy::default();
+        assert!(policy.may_create(&who("x", &[])));
+        policy.creator_role = Some("mcp.creator".into());
+        assert!(!policy.may_create(&who("x", &[])));
+        assert!(policy.may_create(&who("x", &["mcp.creator"])));
+        assert!(policy.may_create(&who("x", &["mcp.admin"])));
+    }
+
+    #[test]
+    fn session_owner_includes_issuer() {
+        let a = who("bob", &[]);
+        let mut b = a.clone();
+        b.issuer = Some("https://other".into());
+        assert_ne!(a.session_owner(), b.session_owner());
+        assert_eq!(Principal::anonymous(vec![]).session_owner(), "anonymous");
+    }
+}
