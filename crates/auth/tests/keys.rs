@@ -165,3 +165,13 @@ async fn never_fetched_and_issuer_down_is_unavailable() {
     ));
     assert!(started.elapsed() < Duration::from_millis(500));
 }
+
+#[tokio::test]
+async fn discovery_naming_another_issuer_is_not_trusted() {
+    let idp = OidcServer::start().await.unwrap();
+    idp.claim_issuer("https://impostor.example.com");
+    let auth = with_timings(&idp, LONG, Duration::from_secs(10));
+    let err = refusal(&auth, &idp.token(idp.claims("a", &[], AUD))).await;
+    assert!(matches!(err, AuthError::Unavailable(_)), "{err:?}");
+    assert_eq!((idp.discovery_fetches(), idp.jwks_fetches()), (1, 0));
+}

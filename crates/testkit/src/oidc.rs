@@ -194,6 +194,8 @@ struct Keys {
 
 struct State {
     issuer: String,
+    /// The `issuer` the discovery document claims, when not the real one.
+    claimed_issuer: Mutex<Option<String>>,
     keys: Mutex<Keys>,
     jwks_fetches: AtomicUsize,
     discovery_fetches: AtomicUsize,
@@ -221,6 +223,7 @@ impl OidcServer {
         let first = TestKey::rsa(0, "key-0");
         let state = Arc::new(State {
             issuer: format!("http://{addr}"),
+            claimed_issuer: Mutex::new(None),
             keys: Mutex::new(Keys {
                 published: vec![first.clone()],
                 signing: first,
@@ -322,6 +325,16 @@ impl OidcServer {
         })
     }
 
+    /// Makes the discovery document claim `issuer` instead of the real one (a
+    /// misconfigured or impostor issuer).
+    pub fn claim_issuer(&self, issuer: &str) {
+        *self
+            .state
+            .claimed_issuer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(issuer.to_owned());
+    }
+
     /// Stops serving: the port refuses connections, open connections are closed.
     pub async fn stop(&mut self) {
         if let Some(task) = self.task.take() {
@@ -363,8 +376,13 @@ fn handle(state: &State, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     let body = match req.uri().path() {
         "/.well-known/openid-configuration" => {
             state.discovery_fetches.fetch_add(1, Ordering::SeqCst);
+            let claimed = state
+                .claimed_issuer
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
             json!({
-                "issuer": state.issuer,
+                "issuer": claimed.unwrap_or_else(|| state.issuer.clone()),
                 "jwks_uri": format!("{}/jwks", state.issuer),
                 "id_token_signing_alg_values_supported": ["RS256", "ES256"],
             })
