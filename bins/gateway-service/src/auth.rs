@@ -106,8 +106,6 @@ impl Reject<ProxyBody> for Refusal {
             AuthError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::UNAUTHORIZED,
         };
-        metrics::counter!("mcp_gateway_auth_refusals_total", "reason" => err.reason())
-            .increment(1);
         tracing::debug!(path, reason = err.reason(), error = %err, "request not authenticated");
         let detail = match err {
             AuthError::Missing => {
@@ -177,12 +175,10 @@ fn resource_path(path: &str) -> String {
         .strip_prefix("/adapters/")
         .and_then(|rest| rest.split_once('/'))
     {
-        Some((name, route)) if Gateway::handles_path(path) => {
-            match route.trim_end_matches('/') {
-                "sse" => format!("/adapters/{name}/sse"),
-                _ => format!("/adapters/{name}/mcp"),
-            }
-        }
+        Some((name, route)) if Gateway::handles_path(path) => match route.trim_end_matches('/') {
+            "sse" => format!("/adapters/{name}/sse"),
+            _ => format!("/adapters/{name}/mcp"),
+        },
         _ => String::new(),
     }
 }
@@ -231,7 +227,9 @@ pub fn metadata<B>(
         );
     }
     let base = base_url(settings.public_url.as_deref(), req.headers());
-    let servers = auth.map(Authenticator::authorization_servers).unwrap_or_default();
+    let servers = auth
+        .map(Authenticator::authorization_servers)
+        .unwrap_or_default();
     let mut doc = serde_json::json!({
         "resource": format!("{base}{rest}"),
         "authorization_servers": servers,

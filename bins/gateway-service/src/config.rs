@@ -446,7 +446,9 @@ fn identity_headers(
     let user_id = name(&auth.user_id_header, defaults.user_id, "user_id_header")?;
     let roles = name(&auth.roles_header, defaults.roles, "roles_header")?;
     Ok(match (user_id, roles) {
-        (Some(user_id), Some(roles)) => Some(mcp_gateway_routing::IdentityHeaders { user_id, roles }),
+        (Some(user_id), Some(roles)) => {
+            Some(mcp_gateway_routing::IdentityHeaders { user_id, roles })
+        }
         (None, None) => None,
         _ => bail!("auth.user_id_header and auth.roles_header: set both to \"\" or neither"),
     })
@@ -702,6 +704,75 @@ sse_path = "/sse"
         );
         assert!(err("[[adapters]]\nname = \"a\"\nupstreams = [\"ftp://a:1\"]").contains("http://"));
         assert!(err("request_timeout = \"5 parsecs\"").contains("duration"));
+    }
+
+    #[test]
+    fn reads_the_auth_section() {
+        let c = from_toml(
+            r#"
+public_url = "https://mcp.example.com/"
+[auth]
+admin_role = "platform-admin"
+creator_role = "mcp.creator"
+allowed_commands = ["npx"]
+jwks_cache_ttl = "5m"
+jwks_min_refresh_interval = "1s"
+user_id_header = "X-User"
+roles_header = "X-Groups"
+[[auth.issuers]]
+issuer = "https://keycloak.example.com/realms/mcp"
+audiences = ["mcp-gateway"]
+roles_claim = "realm_access.roles"
+[[auth.api_keys]]
+subject = "ci-bot"
+roles = ["team-a"]
+sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+[[adapters]]
+name = "gh"
+upstreams = ["http://127.0.0.1:9001"]
+required_roles = ["team-a"]
+upstream_headers = { "X-Token" = { env = "PATH" } }
+"#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.auth.public_url.as_deref(),
+            Some("https://mcp.example.com")
+        );
+        assert_eq!(c.auth.policy.admin_role, "platform-admin");
+        assert_eq!(c.auth.policy.creator_role.as_deref(), Some("mcp.creator"));
+        assert_eq!(c.auth.allowed_commands, ["npx"]);
+        let tokens = c.auth.tokens.as_ref().unwrap();
+        assert_eq!(tokens.issuers[0].roles_claim, "realm_access.roles");
+        assert_eq!(tokens.api_keys[0].subject, "ci-bot");
+        assert_eq!(tokens.jwks_cache_ttl, Duration::from_secs(300));
+        let ids = c.routing.identity_headers.as_ref().unwrap();
+        assert_eq!(
+            (ids.user_id.as_str(), ids.roles.as_str()),
+            ("x-user", "x-groups")
+        );
+        assert_eq!(c.adapters[0].required_roles, ["team-a"]);
+        // Each secret must be readable at start.
+        let err = format!(
+            "{:#}",
+            from_toml(
+                "[[adapters]]\nname = \"a\"\nupstreams = [\"http://a:1\"]\n\
+                 upstream_headers = { \"X-T\" = { env = \"MCPGW_SURELY_UNSET\" } }",
+                &[]
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("MCPGW_SURELY_UNSET is not set"), "{err}");
+        let err = format!(
+            "{:#}",
+            from_toml(
+                "insecure_no_auth = true\n[[auth.api_keys]]\nsubject = \"x\"\nsha256 = \"00\"",
+                &[]
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("remove one"), "{err}");
     }
 
     #[test]

@@ -57,27 +57,27 @@ pub fn targets(adapters: &[AdapterConfig]) -> anyhow::Result<Vec<AdapterTarget>>
             let upstream_headers = mcp_gateway_local::upstream_headers(&a.upstream_headers)
                 .map_err(|e| anyhow::anyhow!("adapter {}: {e}", a.name))?;
             Ok(AdapterTarget {
-            name: a.name.clone(),
-            replicas: a
-                .upstreams
-                .iter()
-                .enumerate()
-                .map(|(i, url)| Replica {
-                    id: i.to_string().into(),
-                    ordinal: i as u32,
-                    base_url: url.trim_end_matches('/').into(),
-                    ready: true,
-                    draining: false,
-                })
-                .collect(),
-            mcp_path: a.mcp_path.clone(),
-            sse_path: a.sse_path.clone(),
-            access: AdapterAccess {
-                created_by: None,
-                required_roles: a.required_roles.clone(),
-            },
-            upstream_headers,
-        })
+                name: a.name.clone(),
+                replicas: a
+                    .upstreams
+                    .iter()
+                    .enumerate()
+                    .map(|(i, url)| Replica {
+                        id: i.to_string().into(),
+                        ordinal: i as u32,
+                        base_url: url.trim_end_matches('/').into(),
+                        ready: true,
+                        draining: false,
+                    })
+                    .collect(),
+                mcp_path: a.mcp_path.clone(),
+                sse_path: a.sse_path.clone(),
+                access: AdapterAccess {
+                    created_by: None,
+                    required_roles: a.required_roles.clone(),
+                },
+                upstream_headers,
+            })
         })
         .collect()
 }

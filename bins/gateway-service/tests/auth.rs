@@ -170,7 +170,8 @@ impl Env {
     async fn open(&self, who: &str, adapter: &str) -> Result<McpSession, Reply> {
         let url = self.url(&format!("/adapters/{adapter}/mcp"));
         let auth = self.who(who);
-        let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+        let headers: Vec<(&str, &str)> =
+            auth.iter().map(|a| ("authorization", a.as_str())).collect();
         match McpSession::open_with(&url, &headers).await {
             Ok(s) => Ok(s),
             Err(_) => Err(Http::default()
@@ -197,7 +198,12 @@ fn spec(name: &str, roles: &[&str]) -> Value {
 async fn wait_ready(env: &Env, name: &str) {
     for _ in 0..100 {
         let s = env
-            .api("admin", Method::GET, &format!("/adapters/{name}/status"), None)
+            .api(
+                "admin",
+                Method::GET,
+                &format!("/adapters/{name}/status"),
+                None,
+            )
             .await;
         if json_of(&s)["readyReplicas"].as_u64() == Some(1) {
             return;
@@ -207,11 +213,25 @@ async fn wait_ready(env: &Env, name: &str) {
     panic!("{name} never became ready");
 }
 
+/// An operation of the matrix: name, method, path, body, expected status per principal.
+type Row = (
+    &'static str,
+    Method,
+    &'static str,
+    Option<Value>,
+    [StatusCode; 5],
+);
+
 #[tokio::test]
 async fn the_permission_matrix_holds_on_both_planes() {
     let env = Env::start().await;
     let created = env
-        .api("alice", Method::POST, "/adapters", Some(spec("guarded", &["team-a"])))
+        .api(
+            "alice",
+            Method::POST,
+            "/adapters",
+            Some(spec("guarded", &["team-a"])),
+        )
         .await;
     assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
     assert_eq!(json_of(&created)["createdBy"], "alice");
@@ -220,20 +240,62 @@ async fn the_permission_matrix_holds_on_both_planes() {
     use StatusCode as S;
     let principals = ["admin", "alice", "bob", "carol", "anonymous"];
     // Expected status per principal, in the order of `principals`.
-    let matrix: &[(&str, Method, &str, Option<Value>, [S; 5])] = &[
-        ("get", Method::GET, "/adapters/guarded", None,
-            [S::OK, S::OK, S::OK, S::FORBIDDEN, S::UNAUTHORIZED]),
-        ("status", Method::GET, "/adapters/guarded/status", None,
-            [S::OK, S::OK, S::OK, S::FORBIDDEN, S::UNAUTHORIZED]),
-        ("logs", Method::GET, "/adapters/guarded/logs?tail=5", None,
-            [S::OK, S::OK, S::FORBIDDEN, S::FORBIDDEN, S::UNAUTHORIZED]),
-        ("update", Method::PUT, "/adapters/guarded", Some(spec("guarded", &["team-a"])),
-            [S::OK, S::OK, S::FORBIDDEN, S::FORBIDDEN, S::UNAUTHORIZED]),
-        ("create", Method::POST, "/adapters", Some(spec("guarded", &[])),
+    let matrix: &[Row] = &[
+        (
+            "get",
+            Method::GET,
+            "/adapters/guarded",
+            None,
+            [S::OK, S::OK, S::OK, S::FORBIDDEN, S::UNAUTHORIZED],
+        ),
+        (
+            "status",
+            Method::GET,
+            "/adapters/guarded/status",
+            None,
+            [S::OK, S::OK, S::OK, S::FORBIDDEN, S::UNAUTHORIZED],
+        ),
+        (
+            "logs",
+            Method::GET,
+            "/adapters/guarded/logs?tail=5",
+            None,
+            [S::OK, S::OK, S::FORBIDDEN, S::FORBIDDEN, S::UNAUTHORIZED],
+        ),
+        (
+            "update",
+            Method::PUT,
+            "/adapters/guarded",
+            Some(spec("guarded", &["team-a"])),
+            [S::OK, S::OK, S::FORBIDDEN, S::FORBIDDEN, S::UNAUTHORIZED],
+        ),
+        (
+            "create",
+            Method::POST,
+            "/adapters",
+            Some(spec("guarded", &[])),
             // The name is taken: whoever may create learns 409, the others never get that far.
-            [S::CONFLICT, S::CONFLICT, S::CONFLICT, S::CONFLICT, S::UNAUTHORIZED]),
-        ("get missing", Method::GET, "/adapters/nope", None,
-            [S::NOT_FOUND, S::NOT_FOUND, S::NOT_FOUND, S::NOT_FOUND, S::UNAUTHORIZED]),
+            [
+                S::CONFLICT,
+                S::CONFLICT,
+                S::CONFLICT,
+                S::CONFLICT,
+                S::UNAUTHORIZED,
+            ],
+        ),
+        (
+            "get missing",
+            Method::GET,
+            "/adapters/nope",
+            None,
+            [
+                S::NOT_FOUND,
+                S::NOT_FOUND,
+                S::NOT_FOUND,
+                S::NOT_FOUND,
+                S::UNAUTHORIZED,
+            ],
+        ),
     ];
     for (op, method, path, body, expected) in matrix {
         for (who, want) in principals.iter().zip(expected) {
@@ -250,29 +312,55 @@ async fn the_permission_matrix_holds_on_both_planes() {
     }
 
     // The list shows each caller what it may read, nothing more.
-    for (who, sees) in [("admin", true), ("alice", true), ("bob", true), ("carol", false)] {
+    for (who, sees) in [
+        ("admin", true),
+        ("alice", true),
+        ("bob", true),
+        ("carol", false),
+    ] {
         let list = json_of(&env.api(who, Method::GET, "/adapters", None).await);
-        let names: Vec<&str> = list.as_array().unwrap().iter().filter_map(|a| a["name"].as_str()).collect();
+        let names: Vec<&str> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|a| a["name"].as_str())
+            .collect();
         assert_eq!(names.contains(&"guarded"), sees, "{who} sees {names:?}");
-        assert!(names.iter().all(|n| *n == "guarded"), "{who} sees {names:?}");
+        assert!(
+            names.iter().all(|n| *n == "guarded"),
+            "{who} sees {names:?}"
+        );
     }
     assert_eq!(
-        env.api("anonymous", Method::GET, "/adapters", None).await.status,
+        env.api("anonymous", Method::GET, "/adapters", None)
+            .await
+            .status,
         S::UNAUTHORIZED
     );
 
     // Data plane: who may open sessions on the adapter.
-    for (who, want) in principals.iter().zip([S::OK, S::OK, S::OK, S::FORBIDDEN, S::UNAUTHORIZED]) {
+    for (who, want) in principals
+        .iter()
+        .zip([S::OK, S::OK, S::OK, S::FORBIDDEN, S::UNAUTHORIZED])
+    {
         match env.open(who, "guarded").await {
             Ok(mut s) => {
                 assert_eq!(want, S::OK, "{who} opened a session");
-                assert!(s.call_text("counter_increment", json!({})).await.unwrap().ends_with(":1"));
+                assert!(
+                    s.call_text("counter_increment", json!({}))
+                        .await
+                        .unwrap()
+                        .ends_with(":1")
+                );
                 assert_eq!(s.delete().await.unwrap().status, S::OK);
             }
             Err(reply) => {
                 assert_eq!(reply.status, want, "{who}: {}", reply.text());
                 let body = json_of(&reply);
-                assert!(body["error"]["message"].is_string(), "JSON-RPC error body: {body}");
+                assert!(
+                    body["error"]["message"].is_string(),
+                    "JSON-RPC error body: {body}"
+                );
             }
         }
     }
@@ -285,35 +373,53 @@ async fn the_permission_matrix_holds_on_both_planes() {
     let mut secrets = spec("mine", &[]);
     secrets["upstreamHeaders"] = json!({"X-Key": {"env": "HOME"}});
     for body in [other_command, upstreams.clone(), secrets] {
-        let reply = env.api("alice", Method::POST, "/adapters", Some(body.clone())).await;
+        let reply = env
+            .api("alice", Method::POST, "/adapters", Some(body.clone()))
+            .await;
         assert_eq!(reply.status, S::FORBIDDEN, "{body}: {}", reply.text());
     }
     upstreams["upstreams"] = json!(["http://127.0.0.1:9"]);
-    let reply = env.api("admin", Method::POST, "/adapters", Some(upstreams)).await;
+    let reply = env
+        .api("admin", Method::POST, "/adapters", Some(upstreams))
+        .await;
     assert_eq!(reply.status, S::CREATED, "admin may: {}", reply.text());
     let listed = json_of(&env.api("admin", Method::GET, "/adapters", None).await);
-    assert_eq!(listed.as_array().unwrap().len(), 2, "refused creates left nothing: {listed}");
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        2,
+        "refused creates left nothing: {listed}"
+    );
     // A creator may not escalate its own adapter either.
     let mut escalate = spec("guarded", &["team-a"]);
     escalate["useWorkloadIdentity"] = json!(true);
-    let reply = env.api("alice", Method::PUT, "/adapters/guarded", Some(escalate)).await;
+    let reply = env
+        .api("alice", Method::PUT, "/adapters/guarded", Some(escalate))
+        .await;
     assert_eq!(reply.status, S::FORBIDDEN, "{}", reply.text());
 
     // Deletion: refused to the role holder and the other user, allowed to the creator.
     for who in ["bob", "carol"] {
-        let reply = env.api(who, Method::DELETE, "/adapters/guarded", None).await;
+        let reply = env
+            .api(who, Method::DELETE, "/adapters/guarded", None)
+            .await;
         assert_eq!(reply.status, S::FORBIDDEN, "{who}");
     }
     assert_eq!(
-        env.api("anonymous", Method::DELETE, "/adapters/guarded", None).await.status,
+        env.api("anonymous", Method::DELETE, "/adapters/guarded", None)
+            .await
+            .status,
         S::UNAUTHORIZED
     );
     assert_eq!(
-        env.api("alice", Method::DELETE, "/adapters/guarded", None).await.status,
+        env.api("alice", Method::DELETE, "/adapters/guarded", None)
+            .await
+            .status,
         S::NO_CONTENT
     );
     assert_eq!(
-        env.api("admin", Method::DELETE, "/adapters/mine", None).await.status,
+        env.api("admin", Method::DELETE, "/adapters/mine", None)
+            .await
+            .status,
         S::NO_CONTENT
     );
     env.gw.shutdown().await;
@@ -323,13 +429,23 @@ async fn the_permission_matrix_holds_on_both_planes() {
 async fn a_session_belongs_to_the_principal_that_opened_it() {
     let env = Env::start().await;
     let reply = env
-        .api("admin", Method::POST, "/adapters", Some(spec("shared", &["team-a", "team-b"])))
+        .api(
+            "admin",
+            Method::POST,
+            "/adapters",
+            Some(spec("shared", &["team-a", "team-b"])),
+        )
         .await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
     wait_ready(&env, "shared").await;
 
     let mut bob = env.open("bob", "shared").await.unwrap();
-    assert!(bob.call_text("counter_increment", json!({})).await.unwrap().ends_with(":1"));
+    assert!(
+        bob.call_text("counter_increment", json!({}))
+            .await
+            .unwrap()
+            .ends_with(":1")
+    );
 
     // Every other principal presenting bob's session id: may use the adapter, but not bob's
     // session (404, as for a session that does not exist), whatever the method.
@@ -341,7 +457,12 @@ async fn a_session_belongs_to_the_principal_that_opened_it() {
         let mut thief = McpSession::resume(&bob.url, &bob.id);
         thief.headers = vec![("authorization".into(), auth)];
         let reply = thief.call("counter_increment", json!({})).await.unwrap();
-        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{who}: {}", reply.text());
+        assert_eq!(
+            reply.status,
+            StatusCode::NOT_FOUND,
+            "{who}: {}",
+            reply.text()
+        );
         assert_eq!(json_of(&reply)["error"]["code"], -32001);
         let reply = thief.delete().await.unwrap();
         assert_eq!(reply.status, StatusCode::NOT_FOUND, "{who} deleting");
@@ -357,10 +478,24 @@ async fn a_session_belongs_to_the_principal_that_opened_it() {
         "authorization".into(),
         format!("Bearer {}", env.jwt("bob", &["team-a"])),
     )];
-    assert!(bob.call_text("counter_increment", json!({})).await.unwrap().ends_with(":2"));
+    assert!(
+        bob.call_text("counter_increment", json!({}))
+            .await
+            .unwrap()
+            .ends_with(":2")
+    );
     // Losing the role loses the session too.
-    bob.headers = vec![("authorization".into(), format!("Bearer {}", env.jwt("bob", &[])))];
-    assert_eq!(bob.call("counter_increment", json!({})).await.unwrap().status, StatusCode::FORBIDDEN);
+    bob.headers = vec![(
+        "authorization".into(),
+        format!("Bearer {}", env.jwt("bob", &[])),
+    )];
+    assert_eq!(
+        bob.call("counter_increment", json!({}))
+            .await
+            .unwrap()
+            .status,
+        StatusCode::FORBIDDEN
+    );
     env.gw.shutdown().await;
 }
 
@@ -389,7 +524,10 @@ async fn replicas_see_the_identity_never_the_token() {
     assert_eq!(seen["x-upstream-key"], "s3cret-for-upstream");
     assert!(seen.get("authorization").is_none(), "token leaked: {seen}");
     let leaked = seen.to_string();
-    assert!(!leaked.contains(token.trim_start_matches("Bearer ")), "token leaked: {seen}");
+    assert!(
+        !leaked.contains(token.trim_start_matches("Bearer ")),
+        "token leaked: {seen}"
+    );
     env.gw.shutdown().await;
 }
 
@@ -403,7 +541,11 @@ async fn unauthenticated_requests_are_told_where_to_get_a_token() {
         ("/adapters", ""),
     ] {
         let reply = http
-            .post_json(&env.url(path), &[], &json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}))
+            .post_json(
+                &env.url(path),
+                &[],
+                &json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}),
+            )
             .await
             .unwrap();
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{path}");
@@ -417,10 +559,16 @@ async fn unauthenticated_requests_are_told_where_to_get_a_token() {
             format!("Bearer resource_metadata=\"{metadata_url}\""),
             "{path}"
         );
-        let doc = http.send(Method::GET, &metadata_url, &[], Bytes::new()).await.unwrap();
+        let doc = http
+            .send(Method::GET, &metadata_url, &[], Bytes::new())
+            .await
+            .unwrap();
         assert_eq!(doc.status, StatusCode::OK, "{metadata_url}");
         let doc = json_of(&doc);
-        assert_eq!(doc["resource"], format!("http://{}{resource}", env.gw.data_addr));
+        assert_eq!(
+            doc["resource"],
+            format!("http://{}{resource}", env.gw.data_addr)
+        );
         assert_eq!(doc["authorization_servers"], json!([env.oidc.issuer()]));
     }
 
@@ -432,24 +580,45 @@ async fn unauthenticated_requests_are_told_where_to_get_a_token() {
     };
     let bad = [
         (format!("Bearer {expired}"), "invalid_token"),
-        (format!("Bearer {}", env.oidc.token(env.oidc.claims("bob", &[], "other-api"))), "invalid_token"),
+        (
+            format!(
+                "Bearer {}",
+                env.oidc.token(env.oidc.claims("bob", &[], "other-api"))
+            ),
+            "invalid_token",
+        ),
         ("Bearer mcpgw_not-a-key".to_owned(), "invalid_token"),
         ("Basic YWxpY2U6cHc=".to_owned(), "invalid_request"),
     ];
     for (auth, error) in bad {
         let reply = http
-            .post_json(&env.url("/adapters/echo/mcp"), &[("authorization", &auth)], &initialize_request(0))
+            .post_json(
+                &env.url("/adapters/echo/mcp"),
+                &[("authorization", &auth)],
+                &initialize_request(0),
+            )
             .await
             .unwrap();
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{auth}");
         let challenge = reply.header("www-authenticate").unwrap();
-        assert!(challenge.contains(&format!("error=\"{error}\"")), "{auth}: {challenge}");
+        assert!(
+            challenge.contains(&format!("error=\"{error}\"")),
+            "{auth}: {challenge}"
+        );
     }
     // The OpenAPI document is public; the metadata is read-only.
-    let doc = http.send(Method::GET, &env.url("/openapi.json"), &[], Bytes::new()).await.unwrap();
+    let doc = http
+        .send(Method::GET, &env.url("/openapi.json"), &[], Bytes::new())
+        .await
+        .unwrap();
     assert_eq!(doc.status, StatusCode::OK);
     let post = http
-        .send(Method::POST, &env.url("/.well-known/oauth-protected-resource"), &[], Bytes::new())
+        .send(
+            Method::POST,
+            &env.url("/.well-known/oauth-protected-resource"),
+            &[],
+            Bytes::new(),
+        )
         .await
         .unwrap();
     assert_eq!(post.status, StatusCode::METHOD_NOT_ALLOWED);
@@ -468,7 +637,10 @@ async fn with_no_auth_configured_an_admin_key_is_created_once() {
     };
     let gw = start().await;
     let key_path = dir.path().join(gateway_service::ADMIN_KEY_FILE);
-    let key = std::fs::read_to_string(&key_path).unwrap().trim().to_owned();
+    let key = std::fs::read_to_string(&key_path)
+        .unwrap()
+        .trim()
+        .to_owned();
     {
         use std::os::unix::fs::PermissionsExt as _;
         let mode = std::fs::metadata(&key_path).unwrap().permissions().mode();
@@ -476,10 +648,21 @@ async fn with_no_auth_configured_an_admin_key_is_created_once() {
     }
     let url = format!("http://{}/adapters", gw.data_addr);
     let http = Http::default();
-    let anonymous = http.send(Method::GET, &url, &[], Bytes::new()).await.unwrap();
+    let anonymous = http
+        .send(Method::GET, &url, &[], Bytes::new())
+        .await
+        .unwrap();
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
     let bearer = format!("Bearer {key}");
-    let ok = http.send(Method::GET, &url, &[("authorization", &bearer)], Bytes::new()).await.unwrap();
+    let ok = http
+        .send(
+            Method::GET,
+            &url,
+            &[("authorization", &bearer)],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
     assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
     gw.shutdown().await;
 
@@ -487,7 +670,15 @@ async fn with_no_auth_configured_an_admin_key_is_created_once() {
     let gw = start().await;
     assert_eq!(std::fs::read_to_string(&key_path).unwrap().trim(), key);
     let url = format!("http://{}/adapters", gw.data_addr);
-    let ok = http.send(Method::GET, &url, &[("authorization", &bearer)], Bytes::new()).await.unwrap();
+    let ok = http
+        .send(
+            Method::GET,
+            &url,
+            &[("authorization", &bearer)],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
     assert_eq!(ok.status, StatusCode::OK);
     gw.shutdown().await;
 }
@@ -502,5 +693,8 @@ async fn running_without_auth_is_refused_off_loopback() {
     let err = parse(&["--listen", "0.0.0.0:0", "--insecure-no-auth"]).unwrap_err();
     assert!(format!("{err:#}").contains("loopback"), "{err:#}");
     assert!(parse(&["--listen", "127.0.0.1:0", "--insecure-no-auth"]).is_ok());
-    assert!(parse(&["--listen", "0.0.0.0:0"]).is_ok(), "with auth, any address");
+    assert!(
+        parse(&["--listen", "0.0.0.0:0"]).is_ok(),
+        "with auth, any address"
+    );
 }
