@@ -74,20 +74,28 @@ impl ApiState {
         if authorizer.is_admin(caller) {
             return Ok(());
         }
-        let field = if spec.command.as_ref().is_some_and(|c| {
-            !self.options.allowed_commands.iter().any(|a| a == c)
-        }) {
+        let field = if spec
+            .command
+            .as_ref()
+            .is_some_and(|c| !self.options.allowed_commands.iter().any(|a| a == c))
+        {
             Some((
                 "command",
                 "it runs a program on the gateway's host; the operator may allow programs with \
                  allowed_commands",
             ))
         } else if !spec.upstreams.is_empty() {
-            Some(("upstreams", "they make the gateway send requests to any address it can reach"))
+            Some((
+                "upstreams",
+                "they make the gateway send requests to any address it can reach",
+            ))
         } else if !spec.upstream_headers.is_empty() {
             Some(("upstreamHeaders", "they read the gateway's secrets"))
         } else if spec.use_workload_identity {
-            Some(("useWorkloadIdentity", "it gives replicas the cluster's identity"))
+            Some((
+                "useWorkloadIdentity",
+                "it gives replicas the cluster's identity",
+            ))
         } else {
             None
         };

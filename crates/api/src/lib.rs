@@ -22,9 +22,9 @@
 //! # }
 //! ```
 
+mod access;
 mod error;
 mod extract;
-mod access;
 mod handlers;
 mod locks;
 mod logs;

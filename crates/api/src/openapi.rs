@@ -5,8 +5,7 @@
 use std::sync::OnceLock;
 
 use mcp_gateway_core::{
-    Adapter, AdapterSpec, AdapterStatus, LogLine, ReplicaState, ReplicaStatus, SecretRef,
-    Transport,
+    Adapter, AdapterSpec, AdapterStatus, LogLine, ReplicaState, ReplicaStatus, SecretRef, Transport,
 };
 use serde_json::{Map, Value};
 use utoipa::openapi::path::ParameterIn;
@@ -126,9 +125,14 @@ impl Modify for Refinements {
             .build();
         for (path, item) in doc.paths.paths.iter_mut() {
             let public = path == "/openapi.json";
-            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete]
-                .into_iter()
-                .flatten()
+            for op in [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
             {
                 if public {
                     // Served without a token: it describes the API, nothing deployed.

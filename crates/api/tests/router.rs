@@ -96,7 +96,8 @@ async fn create_returns_201_with_the_resource_location_and_deploys_it() {
                "requiredRoles": ["mcp.user"], "useWorkloadIdentity": true})
         .to_string(),
     );
-    r.extensions_mut().insert(Principal::new("alice", None, vec!["mcp.admin".into()]));
+    r.extensions_mut()
+        .insert(Principal::new("alice", None, vec!["mcp.admin".into()]));
     let res = send(&f.app, r).await;
     assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
     assert_eq!(res.headers[header::LOCATION], "/adapters/everything");
@@ -499,7 +500,8 @@ async fn update_replaces_the_spec_and_keeps_the_creation_fields() {
         "/adapters",
         json!({"name": "a", "replicaCount": 1, "description": "old"}).to_string(),
     );
-    r.extensions_mut().insert(Principal::new("alice", None, vec![]));
+    r.extensions_mut()
+        .insert(Principal::new("alice", None, vec![]));
     let created = send(&f.app, r).await.json();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let mut r = json_req(
@@ -507,7 +509,8 @@ async fn update_replaces_the_spec_and_keeps_the_creation_fields() {
         "/adapters/a",
         json!({"name": "a", "replicaCount": 3}).to_string(),
     );
-    r.extensions_mut().insert(Principal::new("bob", None, vec![]));
+    r.extensions_mut()
+        .insert(Principal::new("bob", None, vec![]));
     let res = send(&f.app, r).await;
     assert_eq!(res.status, 200, "{}", res.text());
     let body = res.json();

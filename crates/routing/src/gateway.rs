@@ -40,7 +40,6 @@ use crate::{RoutingConfig, sse};
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub SocketAddr);
 
-
 /// The MCP-aware reverse proxy, as a cloneable [`tower::Service`].
 #[derive(Clone)]
 pub struct Gateway {
@@ -375,7 +374,9 @@ impl Gateway {
         tracing::info!(adapter = %target.name, principal = %principal, "use of adapter refused");
         Err(ProxyError::Forbidden(format!(
             "{} may not use adapter {:?}: it needs one of the roles {:?}",
-            principal.subject, target.name.as_str(), target.access.required_roles
+            principal.subject,
+            target.name.as_str(),
+            target.access.required_roles
         )))
     }
 

@@ -111,5 +111,5 @@ pub use body::{BoxError, ProxyBody};
 pub use config::{IdentityHeaders, RoutingConfig};
 pub use error::{HEADER_MISMATCH, ProxyError, SESSION_NOT_FOUND};
 pub use gateway::{ClientAddr, Gateway};
-pub use mcp_gateway_core::Principal;
 pub use headers::{STATELESS_REVISION, check_host_and_origin, is_stateless, strip_hop_by_hop};
+pub use mcp_gateway_core::Principal;
