@@ -2,6 +2,7 @@
 SCHEMATHESIS_HOOKS=api_schema_hooks (with tests/e2e on PYTHONPATH). Configured by the environment:
 
   E2E_ST_BASE         the gateway's base URL
+  E2E_ST_TOKEN        the admin's API key, sent when a fixture is created again
   E2E_ST_FIXTURES     JSON {name: spec}: adapters the test created before the run; one the run
                       deletes is created again, so later requests still find adapters to act on
   E2E_ST_REQUEST_LOG  a file that gets one JSON line per request: method, path template, status
@@ -37,6 +38,7 @@ import schemathesis
 
 MISSING = "/nonexistent/mcp-gateway-e2e/no-such-program"
 BASE = os.environ.get("E2E_ST_BASE", "")
+TOKEN = os.environ.get("E2E_ST_TOKEN", "")
 FIXTURES: dict = json.loads(os.environ.get("E2E_ST_FIXTURES", "{}"))
 REQUEST_LOG = os.environ.get("E2E_ST_REQUEST_LOG")
 KNOWN_COMMANDS = {spec["command"] for spec in FIXTURES.values() if spec.get("command")}  # the fixtures' own
@@ -103,7 +105,7 @@ def after_call(context, case, response):
             f.write(line + "\n")
     if case.method.upper() == "DELETE" and response.status_code == 204 and name in FIXTURES:
         req = urllib.request.Request(f"{BASE}/adapters", data=json.dumps(FIXTURES[name]).encode(), method="POST",
-                                     headers={"content-type": "application/json"})
+                                     headers={"content-type": "application/json", "authorization": f"Bearer {TOKEN}"})
         try:
             urllib.request.urlopen(req, timeout=30).close()
         except urllib.error.HTTPError as e:  # 409: a concurrent worker created it first

@@ -1,12 +1,14 @@
 """Process management for the end-to-end tests: replicas, server-everything, the conformance fixture
-and the gateway.
+and the gateways.
 
 Everything listens on 127.0.0.1 on free ports; every process logs to target/e2e/logs/<name>.log,
 and a failing test's report ends with the tails of those logs.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -91,14 +93,28 @@ class Proc:
         self.wait_until(accepts, f"listener on port {port}", timeout)
 
 
-def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")
     except OSError as e:
         return 0, str(e)
+
+
+def api_key(subject: str, roles: list[str] | tuple[str, ...] = ()) -> tuple[str, str]:
+    """A new API key for `subject` and the `[[auth.api_keys]]` entry that accepts it (the key's
+    lowercase hex SHA-256, as `gateway-service api-key` prints it)."""
+    key = "mcpgw_" + secrets.token_urlsafe(32)
+    entry = "\n".join(["[[auth.api_keys]]", f'subject = "{subject}"',
+                       "roles = [" + ", ".join(f'"{r}"' for r in roles) + "]",
+                       f'sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"'])
+    return key, entry
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 @dataclass
@@ -121,17 +137,41 @@ def start_replicas(names: list[str], transport: str) -> list[Replica]:
 
 @dataclass
 class Stack:
-    """A running gateway and what it fronts."""
+    """The running gateways and what they front.
 
-    url: str  # data plane, e.g. http://127.0.0.1:PORT
-    admin: str  # admin listener
+    `gateway` requires authentication: it accepts one API key (subject e2e-client, no roles),
+    which every client of the tests sends (`headers`). `open_gateway` runs with
+    `insecure_no_auth = true` on loopback and fronts only what the official conformance suite
+    tests (the conformance fixture and server-everything): its runner has no way to send an
+    Authorization header, so the suite can only run against a gateway with auth off."""
+
+    url: str  # data plane of the authenticating gateway, e.g. http://127.0.0.1:PORT
+    admin: str  # its admin listener
+    open_url: str  # data plane of the gateway without auth (conformance runs)
     replicas: dict[str, list[Replica]]  # adapter -> its replicas
     everything: str  # server-everything's own streamable HTTP URL
     fixture: str  # conformance_fixture.mjs's own streamable HTTP URL
     gateway: Proc
+    open_gateway: Proc
+    token: str  # the API key `gateway` accepts
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.token)
 
     def adapter_url(self, adapter: str, path: str = "mcp") -> str:
         return f"{self.url}/adapters/{adapter}/{path}"
+
+    def open_adapter_url(self, adapter: str, path: str = "mcp") -> str:
+        return f"{self.open_url}/adapters/{adapter}/{path}"
+
+
+def adapter_tables(upstreams: dict[str, list[str]], sse_only: tuple[str, ...] = ()) -> list[str]:
+    lines = []
+    for name, urls in upstreams.items():
+        lines += ["", "[[adapters]]", f'name = "{name}"', "upstreams = [" + ", ".join(f'"{u}"' for u in urls) + "]"]
+        lines += ['sse_path = "/sse"'] if name in sse_only else ['mcp_path = "/mcp"']
+    return lines
 
 
 @pytest.fixture(scope="session")
@@ -160,22 +200,29 @@ def stack():
         fixture = Proc("conformance-fixture", [NODE22, fixture_js], env={"PORT": str(fx_port)})
         fixture.wait_port(fx_port)
 
-        port, admin_port = free_port(), free_port()
-        config = [f'listen = "127.0.0.1:{port}"', f'admin_listen = "127.0.0.1:{admin_port}"']
         upstreams = {name: [f"http://127.0.0.1:{r.port}" for r in rs] for name, rs in replicas.items()}
-        upstreams["everything"] = [f"http://127.0.0.1:{ev_port}"]
-        upstreams["conformance"] = [f"http://127.0.0.1:{fx_port}"]
-        for name, urls in upstreams.items():
-            config += ["", "[[adapters]]", f'name = "{name}"', "upstreams = [" + ", ".join(f'"{u}"' for u in urls) + "]"]
-            config += ['sse_path = "/sse"'] if name == "sse-replicas" else ['mcp_path = "/mcp"']
-        config_file = E2E / "gateway.toml"
-        config_file.write_text("\n".join(config) + "\n")
-        gateway = Proc("gateway", [GATEWAY_BIN, "--config", config_file],
-                       env={"RUST_LOG": os.environ.get("RUST_LOG", "info")})
-        admin = f"http://127.0.0.1:{admin_port}"
-        gateway.wait_until(lambda: http_get(f"{admin}/readyz", 1)[0] == 200, f"200 from {admin}/readyz")
-        yield Stack(f"http://127.0.0.1:{port}", admin, replicas, f"http://127.0.0.1:{ev_port}/mcp",
-                    f"http://127.0.0.1:{fx_port}/mcp", gateway)
+        conformance_upstreams = {"everything": [f"http://127.0.0.1:{ev_port}"],
+                                 "conformance": [f"http://127.0.0.1:{fx_port}"]}
+        # A client key without roles: the adapters of the configuration require none, so any
+        # authenticated principal may use them.
+        token, key_entry = api_key("e2e-client")
+        gateways = []
+        for name, adapters, settings, auth in [
+            ("gateway", upstreams, [], ["", key_entry]),
+            ("gateway-no-auth", conformance_upstreams, ["insecure_no_auth = true"], []),
+        ]:
+            port, admin_port = free_port(), free_port()
+            config = [f'listen = "127.0.0.1:{port}"', f'admin_listen = "127.0.0.1:{admin_port}"', *settings]
+            config += adapter_tables(adapters, sse_only=("sse-replicas",)) + auth
+            config_file = E2E / f"{name}.toml"
+            config_file.write_text("\n".join(config) + "\n")
+            proc = Proc(name, [GATEWAY_BIN, "--config", config_file], env={"RUST_LOG": os.environ.get("RUST_LOG", "info")})
+            gateways.append((proc, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin_port}"))
+        for proc, _, admin in gateways:
+            proc.wait_until(lambda admin=admin: http_get(f"{admin}/readyz", 1)[0] == 200, f"200 from {admin}/readyz")
+        (gateway, url, admin), (open_gateway, open_url, _) = gateways
+        yield Stack(url, admin, open_url, replicas, f"http://127.0.0.1:{ev_port}/mcp",
+                    f"http://127.0.0.1:{fx_port}/mcp", gateway, open_gateway, token)
     finally:
         for p in reversed(Proc.all):
             p.stop()
@@ -188,4 +235,4 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.failed and Proc.all:
         report.sections.append(("process logs", "\n\n".join(
-            p.tail(60 if p.name == "gateway" else 15) for p in Proc.all)))
+            p.tail(60 if p.name.startswith("gateway") else 15) for p in Proc.all)))

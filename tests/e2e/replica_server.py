@@ -8,11 +8,14 @@ Its tools let a test see which replica served a call and whether per-session sta
   slow(ms, steps=10)     -> sleeps ms milliseconds in `steps` steps, sending a progress notification
                             after each, then returns
   big(kib)               -> a text result of kib KiB
+  caller                 -> JSON of the identity headers of the call's HTTP request: X-Mcp-UserId,
+                            X-Mcp-Roles and Authorization (null when absent)
 
 usage: replica_server.py --port PORT [--transport streamable-http|sse] [--replica ID]
 Endpoints: streamable-http on /mcp (both protocol eras); sse on /sse + /messages/.
 """
 import argparse
+import json
 
 import anyio
 from mcp.server.mcpserver import Context, MCPServer
@@ -71,6 +74,13 @@ async def slow(ms: int, ctx: Context, steps: int = 10) -> str:
 def big(kib: int) -> str:
     """Return a text result of kib KiB (at most 64 MiB)."""
     return "x" * (1024 * max(0, min(kib, 65536)))
+
+
+@server.tool()
+def caller(ctx: Context) -> str:
+    """Return, as JSON, the identity headers the gateway sent with this call's HTTP request."""
+    headers = ctx.headers or {}
+    return json.dumps({name: headers.get(name) for name in ("x-mcp-userid", "x-mcp-roles", "authorization")})
 
 
 if __name__ == "__main__":

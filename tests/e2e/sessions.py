@@ -12,6 +12,9 @@ replica died) it re-initializes and starts over, up to --retries times. Every ca
 
   sessions.py URL [--transport http|sse] [--mode legacy|auto|2026-07-28] [--sessions N]
                   [--calls K] [--pause S] [--retries R] [--timeout S] [--expect-replicas a,b]
+                  [--token KEY]
+
+--token (or MCP_GATEWAY_TOKEN) is sent as `Authorization: Bearer KEY` on every request.
 
 URL is the streamable HTTP endpoint (.../mcp) or, with --transport sse, the SSE endpoint (.../sse).
 Prints a summary and ends with 'N passed, M failed'; exits non-zero on any failure.
@@ -23,6 +26,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import os
 import sys
 import time
 
@@ -44,6 +48,7 @@ class Options:
     pause: float = 0.0
     retries: int = 0
     timeout: float = 15.0
+    headers: dict[str, str] | None = None  # sent on every HTTP request, e.g. Authorization
 
 
 @dataclasses.dataclass
@@ -113,7 +118,8 @@ async def attempt(opts: Options, n: int, report: Report) -> str:
 
     def http_client(headers=None, timeout=None, auth=None) -> httpx2.AsyncClient:
         timeout = timeout or httpx2.Timeout(opts.timeout)
-        return httpx2.AsyncClient(headers=headers, timeout=timeout, auth=auth, event_hooks={"response": [count_status]})
+        return httpx2.AsyncClient(headers={**(opts.headers or {}), **(headers or {})}, timeout=timeout, auth=auth,
+                                  event_hooks={"response": [count_status]})
 
     async with contextlib.AsyncExitStack() as stack:
         if opts.transport == "sse":
@@ -198,7 +204,10 @@ def main() -> int:
     p.add_argument("--retries", type=int, default=0, help="re-initializations allowed per session")
     p.add_argument("--timeout", type=float, default=15.0, help="seconds allowed per call")
     p.add_argument("--expect-replicas", default="", help="comma-separated replicas that must each serve calls")
+    p.add_argument("--token", default=os.environ.get("MCP_GATEWAY_TOKEN"),
+                   help="API key or JWT sent as Authorization: Bearer (default: $MCP_GATEWAY_TOKEN)")
     a = p.parse_args()
+    a.headers = {"Authorization": f"Bearer {a.token}"} if a.token else None
     opts = Options(**{f.name: getattr(a, f.name) for f in dataclasses.fields(Options)})
     report = asyncio.run(run(opts))
     problems = report.failures + report.timeouts

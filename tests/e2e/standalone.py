@@ -1,6 +1,9 @@
 """Helpers for the tests of gateway-service in standalone mode (management API + data plane on one
 listener, adapters run as child processes): starting and stopping such a gateway, calling the REST
 API, and finding the processes an adapter left behind.
+
+The gateway runs in its secure default: with no `[auth]` keys configured it creates an admin API key
+in its data directory (admin.key) on first start, and `Gateway` sends that key on every request.
 """
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import GATEWAY_BIN, Proc, free_port, http_get
+from conftest import GATEWAY_BIN, Proc, bearer, free_port, http_get
 
 
 @dataclass
@@ -40,25 +43,49 @@ def api(base: str, method: str, path: str, body=None, headers: dict[str, str] | 
         return Response(e.code, {k.lower(): v for k, v in e.headers.items()}, e.read().decode(errors="replace"))
 
 
-class Gateway:
-    """gateway-service started standalone: `--listen`, `--admin-listen`, `--data-dir`."""
+ADMIN_KEY = "admin.key"
+_OWN = object()  # Gateway.api's default token: the gateway's admin key
 
-    def __init__(self, name: str, data_dir: Path, env: dict[str, str] | None = None):
+
+class Gateway:
+    """gateway-service started standalone: `--listen`, `--admin-listen`, `--data-dir` (and `--config`
+    when given). `token` is the admin's key: the one given (when the configuration has its own
+    `[[auth.api_keys]]`, admin.key is not used), else the admin.key the gateway created or reuses."""
+
+    def __init__(self, name: str, data_dir: Path, env: dict[str, str] | None = None, config: Path | None = None,
+                 token: str | None = None):
         self.port, self.admin_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
-        self.proc = Proc(name, [GATEWAY_BIN, "--listen", f"127.0.0.1:{self.port}",
-                                "--admin-listen", f"127.0.0.1:{self.admin_port}", "--data-dir", data_dir],
-                         env={"RUST_LOG": os.environ.get("RUST_LOG", "info"), **(env or {})})
+        self.data_dir = Path(data_dir)
+        argv = [GATEWAY_BIN, "--listen", f"127.0.0.1:{self.port}", "--admin-listen", f"127.0.0.1:{self.admin_port}",
+                "--data-dir", data_dir]
+        if config is not None:
+            argv += ["--config", config]
+        self.proc = Proc(name, argv, env={"RUST_LOG": os.environ.get("RUST_LOG", "info"), **(env or {})})
         self.proc.wait_until(lambda: http_get(f"{self.admin}/readyz", 1)[0] == 200, f"200 from {self.admin}/readyz")
-        self.proc.wait_until(lambda: http_get(f"{self.url}/adapters", 1)[0] == 200, f"200 from {self.url}/adapters")
+        if token is None:
+            key_file = self.data_dir / ADMIN_KEY
+            self.proc.wait_until(key_file.is_file, f"{key_file}")
+            token = key_file.read_text().strip()
+        self.token = token
+        self.proc.wait_until(lambda: http_get(f"{self.url}/adapters", 1, self.headers)[0] == 200,
+                             f"200 from {self.url}/adapters")
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """`Authorization: Bearer <admin key>`."""
+        return bearer(self.token)
 
     @property
     def pid(self) -> int:
         return self.proc.popen.pid
 
-    def api(self, method: str, path: str, body=None, **kw) -> Response:
-        return api(self.url, method, path, body, **kw)
+    def api(self, method: str, path: str, body=None, token=_OWN, headers: dict[str, str] | None = None,
+            **kw) -> Response:
+        """A request as the admin, or with `token` (None: no Authorization header)."""
+        token = self.token if token is _OWN else token
+        return api(self.url, method, path, body, headers={**(bearer(token) if token else {}), **(headers or {})}, **kw)
 
     def adapter_url(self, adapter: str, path: str = "mcp") -> str:
         return f"{self.url}/adapters/{adapter}/{path}"

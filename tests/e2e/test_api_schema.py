@@ -10,7 +10,12 @@ checked by test_management.py), and the checks about the API's own validation
 (negative_data_rejection, positive_data_acceptance): the document says less than the server
 checks (a spec needs `command` or `upstreams`; `command` must exist on the gateway's PATH), so
 schema-valid requests are refused by design and those checks would fail on the design, not a bug.
-The auth checks (ignored_auth, object_level_authorization) wait for auth (issue 6).
+
+Auth: the gateway runs in its secure default (an admin key created in its data directory) and
+schemathesis sends that key on every request (`--header`), so it explores the API as an admin.
+When the document declares its bearer security scheme, the `ignored_auth` check runs too (requests
+without a valid token must be refused). object_level_authorization is left out: it needs a second
+principal's token per operation; test_auth.py checks who may see what.
 
 Safety: the gateway runs with PATH set to an empty directory, so a generated `command` cannot run
 anything; api_schema_hooks.py drops a generated PATH, replaces commands given by path, and turns
@@ -38,6 +43,11 @@ EXAMPLE_BIN = ROOT / "target" / "release" / "mcp-example-server"
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
 
 
+def declares_bearer_auth(spec: dict) -> bool:
+    schemes = spec.get("components", {}).get("securitySchemes", {})
+    return any(s.get("type") == "http" and s.get("scheme", "").lower() == "bearer" for s in schemes.values())
+
+
 def test_management_api_conforms_to_its_openapi_document(tmp_path):
     marker = f"api-schema-{os.getpid()}-{time.monotonic_ns()}"
     empty_path = tmp_path / "empty-path"
@@ -59,9 +69,11 @@ def test_management_api_conforms_to_its_openapi_document(tmp_path):
 
         request_log = tmp_path / "requests.ndjson"
         report_dir = tmp_path / "report"
+        checks = CHECKS + (",ignored_auth" if declares_bearer_auth(json.loads(SPEC.read_text())) else "")
         argv = [
             VENV_BIN / "schemathesis", "run", SPEC, "--url", gw.url,
-            "--checks", CHECKS,
+            "--header", f"Authorization: Bearer {gw.token}",
+            "--checks", checks,
             "--max-examples", os.environ.get("E2E_ST_MAX_EXAMPLES", "200"),
             "--request-timeout", "10",
         # One worker: with several, hypothesis parses lambdas with `ast` in parallel threads, which
@@ -78,6 +90,7 @@ def test_management_api_conforms_to_its_openapi_document(tmp_path):
             "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])),
             "SCHEMATHESIS_HOOKS": "api_schema_hooks",
             "E2E_ST_BASE": gw.url,
+            "E2E_ST_TOKEN": gw.token,
             "E2E_ST_FIXTURES": json.dumps(fixtures),
             "E2E_ST_REQUEST_LOG": str(request_log),
         }
@@ -97,7 +110,7 @@ def test_management_api_conforms_to_its_openapi_document(tmp_path):
             per_op_status[f"{r['method']} {r['path']}"][r["status"]] += 1
         statuses = collections.Counter(r["status"] for r in requests)
         on_fixtures = sum(r["fixture"] for r in requests)
-        print(f"\n  schemathesis: exit {run.returncode} in {seconds:.0f}s; {len(requests)} requests "
+        print(f"\n  schemathesis (checks {checks}): exit {run.returncode} in {seconds:.0f}s; {len(requests)} requests "
               f"({on_fixtures} to the fixture adapters) over {len(per_op)} operations")
         documented = {f"{m.upper()} {p}" for p, ops in json.loads(SPEC.read_text())["paths"].items() for m in ops}
         for op in sorted(per_op_status, key=lambda op: (op not in documented, op)):

@@ -3,8 +3,10 @@
 Run with tests/e2e/setup.sh done and the gateway built (`cargo xtask e2e` does both):
     target/e2e/venv/bin/python -m pytest tests/e2e -v -s
 Fixtures (conftest.py) start 2 streamable-HTTP replicas, 2 HTTP+SSE replicas, 2 more streamable-HTTP
-replicas for the failover test, server-everything, the conformance fixture (conformance_fixture.mjs), and a
-gateway with one adapter for each.
+replicas for the failover test, server-everything, the conformance fixture (conformance_fixture.mjs), a
+gateway requiring an API key with one adapter for each group of replicas (every client here sends the
+key), and a gateway with auth off (loopback only) for the official conformance suite, whose runner
+cannot send an Authorization header: it fronts server-everything and the conformance fixture.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import shutil
 import subprocess
 import time
 
+import httpx2
 import pytest
 from mcp import Client
 from mcp.client.sse import sse_client
@@ -26,10 +29,11 @@ import sessions
 from conftest import E2E, NODE22, NODE_MODULES, http_get
 
 SESSION_ERA = "2025"  # every session-era revision starts with 2024 or 2025
+SDK_TIMEOUT = httpx2.Timeout(30, read=300)  # the SDK's own client's, for clients made here to send the key
 
 
-def run_sessions(**kw) -> sessions.Report:
-    report = asyncio.run(sessions.run(sessions.Options(**kw)))
+def run_sessions(stack, **kw) -> sessions.Report:
+    report = asyncio.run(sessions.run(sessions.Options(headers=stack.headers, **kw)))
     print(f"\n  {report.summary()}")
     for line in report.failures[:10] + report.timeouts[:10]:
         print(f"  FAIL {line}")
@@ -45,7 +49,7 @@ def assert_all_passed(report: sessions.Report) -> None:
 
 
 def test_streamable_http_sessions_keep_state_on_one_replica(stack):
-    report = run_sessions(url=stack.adapter_url("replicas"), mode="legacy", sessions=40, calls=5)
+    report = run_sessions(stack, url=stack.adapter_url("replicas"), mode="legacy", sessions=40, calls=5)
     assert_all_passed(report)
     assert all(v < "2026" for v in report.versions), report.versions
     assert report.calls["http-a"] and report.calls["http-b"], f"load not spread: {report.calls}"
@@ -54,7 +58,7 @@ def test_streamable_http_sessions_keep_state_on_one_replica(stack):
 
 @pytest.mark.parametrize("mode", ["2026-07-28", "auto"])
 def test_streamable_http_stateless_requests_reach_any_replica(stack, mode):
-    report = run_sessions(url=stack.adapter_url("replicas"), mode=mode, sessions=40, calls=5)
+    report = run_sessions(stack, url=stack.adapter_url("replicas"), mode=mode, sessions=40, calls=5)
     assert_all_passed(report)
     assert set(report.versions) == {"2026-07-28"}, report.versions
     assert report.calls["http-a"] and report.calls["http-b"], f"load not spread: {report.calls}"
@@ -64,7 +68,7 @@ def test_streamable_http_stateless_requests_reach_any_replica(stack, mode):
 
 
 def test_http_sse_sessions_keep_state_on_one_replica(stack):
-    report = run_sessions(url=stack.adapter_url("sse-replicas", "sse"), transport="sse", sessions=30, calls=5)
+    report = run_sessions(stack, url=stack.adapter_url("sse-replicas", "sse"), transport="sse", sessions=30, calls=5)
     assert_all_passed(report)
     assert set(report.final) == {"sse-a", "sse-b"}, f"sessions per replica: {report.final}"
 
@@ -77,7 +81,7 @@ def test_sessions_on_a_killed_replica_reinitialize_on_the_other(stack):
 
     async def scenario() -> sessions.Report:
         opts = sessions.Options(url=stack.adapter_url("failover"), mode="legacy", sessions=20, calls=40,
-                                pause=0.05, retries=3, timeout=10)
+                                pause=0.05, retries=3, timeout=10, headers=stack.headers)
         report = sessions.Report()
         run = asyncio.create_task(sessions.run(opts, report))
         # Kill once both replicas serve sessions mid-way (each session makes 40 calls, about 2 s).
@@ -113,11 +117,14 @@ def test_progress_notifications_stream_through_unbuffered(stack, transport, mode
         async def on_progress(progress, total, message):
             seen.append(time.monotonic() - start)
 
-        async with Client(sse_client(url) if transport == "sse" else url, mode=mode, read_timeout_seconds=15) as c:
-            start = time.monotonic()
-            result = await c.call_tool("slow", {"ms": 2000, "steps": 4}, progress_callback=on_progress)
-            assert result.content[0].text.startswith("slept 2000 ms")
-            return seen, time.monotonic() - start
+        async with httpx2.AsyncClient(headers=stack.headers, timeout=SDK_TIMEOUT) as http:
+            connect = (sse_client(url, headers=stack.headers) if transport == "sse"
+                       else streamable_http_client(url, http_client=http))
+            async with Client(connect, mode=mode, read_timeout_seconds=15) as c:
+                start = time.monotonic()
+                result = await c.call_tool("slow", {"ms": 2000, "steps": 4}, progress_callback=on_progress)
+                assert result.content[0].text.startswith("slept 2000 ms")
+                return seen, time.monotonic() - start
 
     seen, total = asyncio.run(call())
     print(f"\n  progress at {[round(t, 2) for t in seen]} s, result at {total:.2f} s")
@@ -128,9 +135,10 @@ def test_progress_notifications_stream_through_unbuffered(stack, transport, mode
 
 def test_large_result_arrives_intact(stack):
     async def call() -> str:
-        transport = streamable_http_client(stack.adapter_url("replicas"), max_sse_event_size=None)
-        async with Client(transport, mode="legacy", read_timeout_seconds=30) as c:
-            return (await c.call_tool("big", {"kib": 8192})).content[0].text
+        async with httpx2.AsyncClient(headers=stack.headers, timeout=SDK_TIMEOUT) as http:
+            transport = streamable_http_client(stack.adapter_url("replicas"), http_client=http, max_sse_event_size=None)
+            async with Client(transport, mode="legacy", read_timeout_seconds=30) as c:
+                return (await c.call_tool("big", {"kib": 8192})).content[0].text
 
     text = asyncio.run(call())
     assert len(text) == 8192 * 1024 and set(text) == {"x"}
@@ -140,7 +148,7 @@ def test_large_result_arrives_intact(stack):
 
 
 def test_metrics_count_requests_per_adapter(stack):
-    run_sessions(url=stack.adapter_url("replicas"), mode="legacy", sessions=1, calls=1)
+    run_sessions(stack, url=stack.adapter_url("replicas"), mode="legacy", sessions=1, calls=1)
     status, body = http_get(f"{stack.admin}/metrics")
     assert status == 200, f"/metrics answered {status}"
     ours = [line for line in body.splitlines() if line.startswith("mcp_gateway_")]
@@ -151,6 +159,10 @@ def test_metrics_count_requests_per_adapter(stack):
 
 
 # === official conformance suite ===
+#
+# The suite's runner (`conformance server --url`) has no option to send headers, so it runs against
+# the stack's second gateway, started with `insecure_no_auth = true` on loopback: what is compared is
+# proxying, and authentication is covered by test_auth.py.
 
 
 @dataclasses.dataclass
@@ -190,7 +202,7 @@ def test_conformance_fixture_passes_every_scenario_directly_and_through_gateway(
     (a WARNING the server does not cause, such as a lost stream resumption, counts as a difference).
     No allow-list: the fixture enforces DNS-rebinding protection itself, as the gateway does."""
     direct = conformance(stack.fixture, "fixture-direct")
-    via = conformance(stack.adapter_url("conformance"), "fixture-gateway")
+    via = conformance(stack.open_adapter_url("conformance"), "fixture-gateway")
     print(f"\n  fixture direct:      {len(direct.passing)}/{direct.scenarios} scenarios passed, "
           f"warnings {direct.warnings()}")
     print(f"  through the gateway: {len(via.passing)}/{via.scenarios} scenarios passed, warnings {via.warnings()}")
@@ -211,7 +223,7 @@ ENFORCED_BY_GATEWAY = {"dns-rebinding-protection"}
 def test_server_everything_conformance_same_direct_and_through_gateway(stack):
     """A second, independent server implementation (different session and error behaviour)."""
     direct = conformance(stack.everything, "everything-direct")
-    via = conformance(stack.adapter_url("everything"), "everything-gateway")
+    via = conformance(stack.open_adapter_url("everything"), "everything-gateway")
     print(f"\n  server-everything direct: {len(direct.passing)}/{direct.scenarios} passed")
     print(f"  through the gateway:      {len(via.passing)}/{via.scenarios} passed")
     print(f"  passing only through the gateway: {sorted(via.passing - direct.passing)}")

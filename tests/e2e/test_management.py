@@ -5,6 +5,10 @@ the official MCP Python SDK client through the gateway to both, status and logs 
 server scaled to 3, the gateway restarted (adapters come back as they were and serve), both
 adapters deleted, and no process of theirs left.
 
+The gateway runs in its secure default: it creates an admin API key in its data directory on first
+start (admin.key), and every request of the test, REST and MCP, sends it as a bearer token; the
+restarted gateway reuses the key.
+
 Every process an adapter of this test starts carries E2E_MARK=<marker> in its environment (through
 `environmentVariables`), so /proc scans find exactly them, whoever else runs example servers.
 """
@@ -35,17 +39,18 @@ def text_of(result) -> str:
     return "".join(getattr(c, "text", "") for c in result.content)
 
 
-async def with_sessions(url: str, n: int, work, while_open):
+async def with_sessions(url: str, n: int, work, while_open, headers: dict[str, str] | None = None):
     """n concurrent MCP sessions (session era: `initialize`) through the gateway, each in its own
-    task: each runs `work(i, client)`; once all have, `while_open()` runs while every session is
-    still open; then they close. Returns (results of work, result of while_open)."""
+    task and sending `headers` (the bearer token) on every request: each runs `work(i, client)`;
+    once all have, `while_open()` runs while every session is still open; then they close.
+    Returns (results of work, result of while_open)."""
     results: list = [None] * n
     finished, release = asyncio.Event(), asyncio.Event()
     count = 0
 
     async def one(i: int) -> None:
         nonlocal count
-        async with httpx2.AsyncClient(timeout=httpx2.Timeout(TIMEOUT)) as http, \
+        async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(TIMEOUT)) as http, \
                 Client(streamable_http_client(url, http_client=http), mode="legacy",
                        read_timeout_seconds=TIMEOUT) as client:
             results[i] = await work(i, client)
@@ -92,7 +97,7 @@ def use_example(gw: Gateway, sessions: int) -> tuple[set[str], dict]:
     async def read_status():
         return await asyncio.to_thread(lambda: gw.api("GET", "/adapters/example/status").json())
 
-    served, status = asyncio.run(with_sessions(gw.adapter_url("example"), sessions, work, read_status))
+    served, status = asyncio.run(with_sessions(gw.adapter_url("example"), sessions, work, read_status, gw.headers))
     print(f"  example: {sessions} sessions, per replica {sorted((w, served.count(w)) for w in set(served))}; "
           f"liveSessions {[(r['index'], r['liveSessions']) for r in status['replicas']]}")
     return set(served), status
@@ -113,7 +118,7 @@ def use_everything(gw: Gateway, marker: str, sessions: int) -> tuple[dict[int, s
         status = await asyncio.to_thread(lambda: gw.api("GET", "/adapters/everything/status").json())
         return procs, status
 
-    _, (procs, status) = asyncio.run(with_sessions(gw.adapter_url("everything"), sessions, work, observe))
+    _, (procs, status) = asyncio.run(with_sessions(gw.adapter_url("everything"), sessions, work, observe, gw.headers))
     print(f"  everything: {sessions} sessions in {len(procs)} processes {sorted(procs)}; "
           f"liveSessions {[(r['index'], r['liveSessions']) for r in status['replicas']]}")
     return procs, status
@@ -125,7 +130,7 @@ def live_sessions(status: dict) -> int:
 
 def read_first_line_of_follow(gw: Gateway, adapter: str) -> str:
     """`follow=true` streams forever: read one line, then hang up."""
-    req = urllib.request.Request(f"{gw.url}/adapters/{adapter}/logs?follow=true&tail=1")
+    req = urllib.request.Request(f"{gw.url}/adapters/{adapter}/logs?follow=true&tail=1", headers=gw.headers)
     with urllib.request.urlopen(req, timeout=10) as r:
         assert r.status == 200
         line = r.readline().decode()
@@ -152,7 +157,7 @@ def test_issue5_done_when(tmp_path):
             assert r.headers.get("location") == f"/adapters/{spec['name']}", r.headers
             body = r.json()
             assert {k: body[k] for k in spec} == spec, body
-            assert body["createdBy"] == "anonymous" and body["createdAt"] and body["lastUpdatedAt"], body
+            assert body["createdBy"] == "admin" and body["createdAt"] and body["lastUpdatedAt"], body
         r = gw.api("POST", "/adapters", example)
         assert r.status == 409 and r.headers["content-type"].startswith("application/problem+json"), (r.status, r.text)
         assert [a["name"] for a in gw.api("GET", "/adapters").json()] == ["everything", "example"]
@@ -204,7 +209,9 @@ def test_issue5_done_when(tmp_path):
         assert code == 0, f"gateway exit code {code} on SIGTERM"
         left = wait_gone(lambda: {**still_running(children), **marked(marker)}, timeout=10)
         assert not left, f"processes left after the gateway stopped: {left}"
+        key = gw.token
         gateways.append(gw := Gateway("gateway-management-2", data_dir))
+        assert gw.token == key, "the restarted gateway made a new admin key instead of reusing admin.key"
         after = {a["name"]: a for a in gw.api("GET", "/adapters").json()}
         assert after == before, f"adapters after the restart differ:\nbefore {before}\nafter  {after}"
         gw.wait_ready("example", 3)

@@ -10,6 +10,9 @@ may reach either gateway, so each request of a session is routed from a record t
 may have written. nginx logs, per request, the session id and the gateway (upstream) that served
 it, so the tests see requests of one session alternate between the gateways.
 
+Both gateways accept the same API key (an `[[auth.api_keys]]` entry made by the fixture) and every
+client sends it; nginx passes `Authorization` through as it does any request header.
+
 The last test stops gateway 1 (SIGTERM) mid-run; it runs last because it leaves one gateway.
 Needs `redis-server` and `nginx` (Debian: apt-get install -y redis-server nginx).
 """
@@ -27,7 +30,7 @@ from pathlib import Path
 import pytest
 
 import sessions
-from conftest import E2E, GATEWAY_BIN, Proc, free_port, http_get, start_replicas
+from conftest import E2E, GATEWAY_BIN, Proc, api_key, bearer, free_port, http_get, start_replicas
 from test_gateway import assert_all_passed
 
 SBIN = os.pathsep.join(["/usr/local/sbin", "/usr/sbin", "/sbin"])  # nginx lives here, often off a user's PATH
@@ -61,6 +64,11 @@ class Balanced:
     url: str  # nginx
     gateways: list[Gateway]
     access_log: Path
+    token: str  # the API key both gateways accept
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return bearer(self.token)
 
     def adapter_url(self, adapter: str, path: str = "mcp") -> str:
         return f"{self.url}/adapters/{adapter}/{path}"
@@ -93,11 +101,12 @@ class Balanced:
         return collections.Counter(line.split(" ")[2] for line in lines), sum("," in line.split(" ", 3)[3] for line in lines)
 
 
-def gateway_config(listen: int, admin: int, redis_url: str, upstreams: dict[str, list[str]]) -> str:
+def gateway_config(listen: int, admin: int, redis_url: str, upstreams: dict[str, list[str]], key_entry: str) -> str:
     lines = [f'listen = "127.0.0.1:{listen}"', f'admin_listen = "127.0.0.1:{admin}"',
              f'session_store = "{redis_url}"', 'shutdown_grace = "2s"']
     for name, urls in upstreams.items():
         lines += ["", "[[adapters]]", f'name = "{name}"', "upstreams = [" + ", ".join(f'"{u}"' for u in urls) + "]"]
+    lines += ["", key_entry]
     return "\n".join(lines) + "\n"
 
 
@@ -158,11 +167,12 @@ def balanced():
         procs += [r.proc for rs in replicas.values() for r in rs]
         upstreams = {name: [f"http://127.0.0.1:{r.port}" for r in rs] for name, rs in replicas.items()}
 
+        token, key_entry = api_key("e2e-ha-client")
         gateways = []
         for name in ["ha-gateway-1", "ha-gateway-2"]:
             port, admin = free_port(), free_port()
             config = E2E / f"{name}.toml"
-            config.write_text(gateway_config(port, admin, f"redis://127.0.0.1:{redis_port}/0", upstreams))
+            config.write_text(gateway_config(port, admin, f"redis://127.0.0.1:{redis_port}/0", upstreams, key_entry))
             proc = Proc(name, [GATEWAY_BIN, "--config", config], env={"RUST_LOG": os.environ.get("RUST_LOG", "info")})
             procs.append(proc)
             gateways.append(Gateway(name, f"http://127.0.0.1:{port}", f"http://127.0.0.1:{admin}", proc))
@@ -179,7 +189,7 @@ def balanced():
         proxy = Proc("ha-nginx", [nginx, "-p", prefix, "-c", prefix / "nginx.conf", "-e", "stderr"])
         procs.append(proxy)
         proxy.wait_port(nginx_port)
-        yield Balanced(f"http://127.0.0.1:{nginx_port}", gateways, prefix / "access.log")
+        yield Balanced(f"http://127.0.0.1:{nginx_port}", gateways, prefix / "access.log", token)
     finally:
         for p in reversed(procs):
             p.stop()
@@ -189,7 +199,7 @@ def run_through(balanced: Balanced, **kw) -> tuple[sessions.Report, list[float],
     """Run sessions through nginx; return the report, each gateway's requests_total growth, and the
     gateways each session's requests reached (nginx's log)."""
     before, offset = [g.requests_total() for g in balanced.gateways], balanced.log_offset()
-    report = asyncio.run(sessions.run(sessions.Options(**kw)))
+    report = asyncio.run(sessions.run(sessions.Options(headers=balanced.headers, **kw)))
     print(f"\n  {report.summary()}")
     for line in report.failures[:10] + report.timeouts[:10]:
         print(f"  FAIL {line}")
@@ -236,7 +246,7 @@ def test_sigterm_one_gateway_mid_run_loses_no_session(balanced):
 
     async def scenario() -> tuple[sessions.Report, float, float]:
         opts = sessions.Options(url=balanced.adapter_url("replicas"), mode="legacy", sessions=40, calls=40,
-                                pause=0.1, timeout=10)
+                                pause=0.1, timeout=10, headers=balanced.headers)
         report = sessions.Report()
         start = time.monotonic()
         run = asyncio.create_task(sessions.run(opts, report))

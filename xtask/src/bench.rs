@@ -348,11 +348,15 @@ fn start_replica(dir: &Path, id: &str) -> anyhow::Result<(ChildGuard, String)> {
     Ok((child, base.trim().to_owned()))
 }
 
+/// The benchmark measures proxying, not authentication: the gateway runs on loopback with
+/// `insecure_no_auth`, so its numbers stay comparable with the direct and nginx targets (which
+/// check no token either) and with earlier runs.
 fn gateway_config(port: u16, admin_port: u16, replicas: &[String; 2]) -> String {
     format!(
         r#"listen = "127.0.0.1:{port}"
 admin_listen = "127.0.0.1:{admin_port}"
 log = "warn"
+insecure_no_auth = true
 
 [[adapters]]
 name = "bench"

@@ -1,5 +1,8 @@
 //! `cargo xtask demo`: the quick start. Builds the gateway and the example MCP server, starts
 //! two replicas of the server and a gateway in front of them, and runs until Ctrl-C.
+//!
+//! The demo gateway listens on loopback only and runs with `--insecure-no-auth`, so any MCP
+//! client on this machine can connect without a token; it says so when it starts.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -46,6 +49,8 @@ pub fn run(port: u16) -> anyhow::Result<()> {
     let listen = format!("127.0.0.1:{port}");
     let gateway = Command::new(bin.join("gateway-service"))
         .args(["--listen", &listen, "--admin-listen", "127.0.0.1:0"])
+        // Loopback only (the gateway refuses this flag on any other address).
+        .arg("--insecure-no-auth")
         .args(["--adapter", &format!("demo={}", upstreams.join(","))])
         .spawn()
         .context("cannot start gateway-service")?;
@@ -59,6 +64,12 @@ pub fn run(port: u16) -> anyhow::Result<()> {
     eprintln!("  streamable HTTP  http://{listen}/adapters/demo/mcp");
     eprintln!("  HTTP+SSE         http://{listen}/adapters/demo/sse");
     eprintln!("  tools: whoami, counter_increment, echo, slow, big");
+    eprintln!(
+        "Auth is OFF for this demo (--insecure-no-auth, loopback only). Without that flag the \
+         gateway requires `Authorization: Bearer <key>`: it creates an admin key in its data \
+         directory (admin.key) on first start, and `gateway-service api-key --subject NAME \
+         --roles ROLES` makes more."
+    );
     eprintln!("Ctrl-C stops everything.");
     eprintln!();
 
