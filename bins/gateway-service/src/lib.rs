@@ -13,16 +13,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context as _;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use mcp_gateway_auth::{Authenticator, Reject as _};
+use mcp_gateway_auth::{AuthLayer, Authenticator};
 use mcp_gateway_core::{
     AdapterAccess, AdapterTarget, Authorizer, Principal, Replica, SessionStore, StaticResolver,
 };
 use mcp_gateway_routing::{ClientAddr, Gateway, ProxyBody};
 use mcp_gateway_store::{MemoryStore, RedisConfig, RedisStore, StoreConfig};
 use metrics_exporter_prometheus::PrometheusHandle;
+use std::convert::Infallible;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tower::{Layer as _, ServiceExt as _};
 
 pub use auth::{ADMIN_KEY_FILE, METADATA_PATH};
 pub use config::{AdapterConfig, Args, AuthSettings, Command, Config, SessionStoreConfig};
@@ -158,8 +160,7 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
                 let front = front.clone();
                 hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ClientAddr(peer));
-                    let front = front.clone();
-                    async move { Ok::<_, std::convert::Infallible>(front.serve(req).await) }
+                    front.clone().serve(req)
                 })
             })
             .await;
@@ -193,6 +194,9 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
     })
 }
 
+type ServeFuture =
+    futures_util::future::BoxFuture<'static, Result<Response<ProxyBody>, Infallible>>;
+
 /// What the data-plane listener serves: protected resource metadata and the OpenAPI document
 /// to anyone; everything else behind authentication, then the API or the data plane.
 #[derive(Clone)]
@@ -207,34 +211,38 @@ struct Front {
 }
 
 impl Front {
-    async fn serve(self, mut req: Request<hyper::body::Incoming>) -> Response<ProxyBody> {
+    /// A boxed future built outside any `async` block: the compiler then proves the
+    /// authentication layer's future `Send` for the concrete body type (inside an `async`
+    /// block it would have to for every lifetime, and cannot; rust-lang/rust#102211).
+    fn serve(self, mut req: Request<hyper::body::Incoming>) -> ServeFuture {
         let path = req.uri().path();
         if path == METADATA_PATH || path.starts_with(&format!("{METADATA_PATH}/")) {
-            if let Err(e) =
-                mcp_gateway_routing::check_host_and_origin(req.headers(), self.gateway.config())
-            {
-                return problem(StatusCode::FORBIDDEN, &e.to_string());
-            }
-            return auth::metadata(&req, self.authenticator.as_ref(), &self.settings);
+            let res = match mcp_gateway_routing::check_host_and_origin(
+                req.headers(),
+                self.gateway.config(),
+            ) {
+                Err(e) => problem(StatusCode::FORBIDDEN, &e.to_string()),
+                Ok(()) => auth::metadata(&req, self.authenticator.as_ref(), &self.settings),
+            };
+            return Box::pin(std::future::ready(Ok(res)));
         }
         let public = path == "/openapi.json" && self.api.is_some();
         let Some(authenticator) = self.authenticator.clone().filter(|_| !public) else {
             req.extensions_mut().insert(self.anonymous.clone());
-            return self.route(req).await;
+            return Box::pin(async move { Ok(self.route(req).await) });
         };
-        match authenticator.authenticate(req.headers()).await {
-            Ok(principal) => {
-                req.extensions_mut().insert(principal);
-                self.route(req).await
-            }
-            Err(err) => {
-                let refusal = auth::Refusal {
-                    public_url: self.settings.public_url.clone(),
-                };
-                let (parts, _) = req.into_parts();
-                refusal.reject(&parts, &err)
-            }
-        }
+        let refusal = auth::Refusal {
+            public_url: self.settings.public_url.clone(),
+        };
+        let inner = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let this = self.clone();
+            async move { Ok::<_, Infallible>(this.route(req).await) }
+        });
+        Box::pin(
+            AuthLayer::new(authenticator, refusal)
+                .layer(inner)
+                .oneshot(req),
+        )
     }
 
     /// An authenticated request (its [`Principal`] is an extension): the API or the data plane.

@@ -55,6 +55,11 @@ impl<S, R: Clone> Layer<S> for AuthLayer<R> {
 /// Authenticates each request: on success inserts the [`Principal`] into the request's
 /// extensions and calls the inner service; on failure answers with the [`Reject`]er's
 /// response without calling it. Headers are passed on unchanged.
+///
+/// Spawning its future where the response body holds a boxed error (`hyper` style bodies):
+/// box it where the types are concrete, outside an `async` block
+/// (`let f: BoxFuture<_> = Box::pin(svc.oneshot(req));`); awaited inside an `async` block that
+/// must be `Send`, the compiler cannot prove it for every lifetime (rust-lang/rust#102211).
 #[derive(Clone)]
 pub struct AuthService<S, R> {
     inner: S,
@@ -72,7 +77,9 @@ impl<S, R> AuthService<S, R> {
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+/// What authenticating a request resolves to (no response type inside, so the future of
+/// [`AuthService`] stays `Send` whatever body the inner service answers with).
+type Authenticating = Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + Send>>;
 
 impl<S, R, ReqB, B> Service<Request<ReqB>> for AuthService<S, R>
 where
@@ -80,11 +87,10 @@ where
     S::Future: Send + 'static,
     R: Reject<B>,
     ReqB: Send + 'static,
-    B: 'static,
 {
     type Response = Response<B>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Response<B>, S::Error>>;
+    type Future = AuthFuture<S, R, ReqB>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -93,18 +99,88 @@ where
     fn call(&mut self, req: Request<ReqB>) -> Self::Future {
         // The clone is not ready; keep the ready one for this request.
         let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let (parts, body) = req.into_parts();
         let auth = self.auth.clone();
-        let reject = self.reject.clone();
-        Box::pin(async move {
-            let (mut parts, body) = req.into_parts();
-            match auth.authenticate(&parts.headers).await {
-                Ok(principal) => {
-                    parts.extensions.insert::<Principal>(principal);
-                    inner.call(Request::from_parts(parts, body)).await
+        // Only what authentication reads, so the request's headers need not be copied.
+        let mut headers = http::HeaderMap::new();
+        for value in parts.headers.get_all(http::header::AUTHORIZATION) {
+            headers.append(http::header::AUTHORIZATION, value.clone());
+        }
+        AuthFuture {
+            state: State::Authenticating {
+                authenticating: Box::pin(async move { auth.authenticate(&headers).await }),
+                request: Some((parts, body)),
+                inner: Some(inner),
+                reject: self.reject.clone(),
+            },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`AuthService`]: authenticating, then the inner service's call.
+    pub struct AuthFuture<S, R, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        #[pin]
+        state: State<S, R, ReqB>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProj]
+    enum State<S, R, ReqB>
+    where
+        S: Service<Request<ReqB>>,
+    {
+        Authenticating {
+            authenticating: Authenticating,
+            request: Option<(http::request::Parts, ReqB)>,
+            inner: Option<S>,
+            reject: R,
+        },
+        Calling {
+            #[pin]
+            future: S::Future,
+        },
+    }
+}
+
+impl<S, R, ReqB, B> Future for AuthFuture<S, R, ReqB>
+where
+    S: Service<Request<ReqB>, Response = Response<B>>,
+    R: Reject<B>,
+{
+    type Output = Result<Response<B>, S::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Authenticating {
+                    authenticating,
+                    request,
+                    inner,
+                    reject,
+                } => {
+                    let outcome = std::task::ready!(authenticating.as_mut().poll(cx));
+                    let (Some((mut parts, body)), Some(mut inner)) = (request.take(), inner.take())
+                    else {
+                        panic!("AuthFuture polled after completion");
+                    };
+                    match outcome {
+                        Ok(principal) => {
+                            parts.extensions.insert::<Principal>(principal);
+                            let future = inner.call(Request::from_parts(parts, body));
+                            this.state.set(State::Calling { future });
+                        }
+                        Err(err) => return Poll::Ready(Ok(reject.reject(&parts, &err))),
+                    }
                 }
-                Err(err) => Ok(reject.reject(&parts, &err)),
+                StateProj::Calling { future } => return future.poll(cx),
             }
-        })
+        }
     }
 }
