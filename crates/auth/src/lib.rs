@@ -76,6 +76,7 @@ mod error;
 mod jwks;
 mod layer;
 mod token;
+mod verified;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -97,6 +98,7 @@ use config::{ApiKey, Issuer};
 use error::TokenErrorKind as Kind;
 use jwks::{Fetcher, IssuerKeys, Timing};
 use token::Credential;
+use verified::Verified;
 
 /// Authenticates requests. Cheap to clone (one `Arc`); clones share the key caches.
 #[derive(Clone)]
@@ -111,6 +113,7 @@ struct Inner {
     /// `None` when no issuer is configured.
     fetcher: Option<Fetcher>,
     timing: Timing,
+    verified: Verified,
 }
 
 impl fmt::Debug for Authenticator {
@@ -160,6 +163,7 @@ impl Authenticator {
                     ttl: config.jwks_cache_ttl,
                     min_refresh: config.jwks_min_refresh_interval,
                 },
+                verified: Verified::default(),
             }),
         })
     }
@@ -213,6 +217,20 @@ impl Authenticator {
     }
 
     async fn jwt(&self, token: &str) -> Result<Principal, AuthError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(p) = self.inner.verified.get(&digest, now, self.inner.timing.ttl) {
+            return Ok(p);
+        }
+        let (principal, valid_until) = self.verify(token).await?;
+        self.inner
+            .verified
+            .put(digest, principal.clone(), valid_until, now);
+        Ok(principal)
+    }
+
+    /// The full check of a JWT: its principal, and until when (unix seconds) it passes.
+    async fn verify(&self, token: &str) -> Result<(Principal, u64), AuthError> {
         let unverified = token::peek(token)?;
         let Some(&n) = self.inner.by_iss.get(&unverified.iss) else {
             return Err(AuthError::invalid(Kind::Issuer, "issuer not accepted"));
@@ -262,7 +280,16 @@ impl Authenticator {
         let mut last = AuthError::invalid(Kind::Signature, "invalid token signature");
         for key in candidates {
             match jsonwebtoken::decode::<Value>(token, &key.decoding, &validation) {
-                Ok(data) => return principal(issuer, &data.claims),
+                Ok(data) => {
+                    // Validated above; a fractional `exp` counts down to the second.
+                    let exp = data
+                        .claims
+                        .get("exp")
+                        .and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f as u64)));
+                    let exp = exp.unwrap_or(0);
+                    let until = exp.saturating_add(issuer.leeway_secs);
+                    return principal(issuer, &data.claims).map(|p| (p, until));
+                }
                 Err(e) => {
                     let err = map_jwt_error(e.kind());
                     if err.reason() != "signature" {
