@@ -72,13 +72,30 @@ fn admin_key(data_dir: &Path) -> anyhow::Result<String> {
             std::fs::create_dir_all(data_dir)
                 .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
             let key = mcp_gateway_auth::generate_api_key();
+            // Written whole under a private name, then linked into place: a gateway starting
+            // beside this one sees either no key or the complete one, never half of it.
+            let unique = &mcp_gateway_auth::hash_api_key(&key)[..16];
+            let tmp = data_dir.join(format!(".{ADMIN_KEY_FILE}.{unique}"));
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&path)
-                .with_context(|| format!("cannot create {}", path.display()))?;
-            writeln!(file, "{key}").with_context(|| format!("cannot write {}", path.display()))?;
+                .open(&tmp)
+                .with_context(|| format!("cannot create {}", tmp.display()))?;
+            writeln!(file, "{key}").with_context(|| format!("cannot write {}", tmp.display()))?;
+            file.sync_all().ok();
+            let linked = std::fs::hard_link(&tmp, &path);
+            let _ = std::fs::remove_file(&tmp);
+            match linked {
+                Ok(()) => {}
+                // Another gateway on this data directory made one first: use it.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return admin_key(data_dir);
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot create {}", path.display()));
+                }
+            }
             // Printed once, on the terminal of whoever started the gateway, not into logs.
             eprintln!(
                 "\nNo [auth] issuers or api_keys are configured: created an admin API key.\n\
@@ -183,19 +200,24 @@ fn resource_path(path: &str) -> String {
     }
 }
 
-/// `public_url`, else `http://` and the request's `Host` (already checked against
-/// `allowed_hosts`).
+/// `public_url`, else `http://` and the request's `Host` when it is a plain `host[:port]` (it
+/// was checked against `allowed_hosts`, which may allow any; anything else, such as quotes
+/// that would end the `WWW-Authenticate` parameter, gives `localhost`).
 fn base_url(public_url: Option<&str>, headers: &http::HeaderMap) -> String {
-    match public_url {
-        Some(url) => url.to_owned(),
-        None => {
-            let host = headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("localhost");
-            format!("http://{host}")
-        }
+    if let Some(url) = public_url {
+        return url.to_owned();
     }
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| {
+            h.parse::<http::uri::Authority>()
+                .is_ok_and(|a| a.as_str() == *h && !h.contains('@'))
+                && h.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+        })
+        .unwrap_or("localhost");
+    format!("http://{host}")
 }
 
 /// `GET /.well-known/oauth-protected-resource[/resource path]`: RFC 9728 metadata naming the
@@ -278,6 +300,24 @@ mod tests {
     }
 
     #[test]
+    fn hosts_that_are_not_authorities_are_not_echoed() {
+        let mut h = http::HeaderMap::new();
+        for (host, want) in [
+            ("gw.example.com:8443", "http://gw.example.com:8443"),
+            ("[::1]:80", "http://[::1]:80"),
+            ("a\", error=\"x", "http://localhost"),
+            ("user@evil", "http://localhost"),
+        ] {
+            h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            assert_eq!(base_url(None, &h), want, "{host}");
+        }
+        assert_eq!(
+            base_url(Some("https://mcp.example.com"), &h),
+            "https://mcp.example.com"
+        );
+    }
+
+    #[test]
     fn admin_key_is_created_private_and_reused() {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
@@ -287,6 +327,15 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(admin_key(dir.path()).unwrap(), first);
+        // Gateways starting together on one data directory agree on one key.
+        let racing = tempfile::tempdir().unwrap();
+        let keys: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| admin_key(racing.path()).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = admin_key(dir.path()).unwrap_err().to_string();
         assert!(err.contains("chmod 600"), "{err}");

@@ -76,6 +76,7 @@ pub fn targets(adapters: &[AdapterConfig]) -> anyhow::Result<Vec<AdapterTarget>>
                 sse_path: a.sse_path.clone(),
                 access: AdapterAccess {
                     created_by: None,
+                    created_by_issuer: None,
                     required_roles: a.required_roles.clone(),
                 },
                 upstream_headers,
@@ -122,7 +123,18 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
             allowed_commands: config.auth.allowed_commands.clone(),
             ..mcp_gateway_api::ApiOptions::default()
         };
-        Some(management::start(&config.data_dir, resolver, store.clone(), policy, options).await?)
+        let configured = config.adapters.iter().map(|a| a.name.clone()).collect();
+        Some(
+            management::start(
+                &config.data_dir,
+                resolver,
+                store.clone(),
+                policy,
+                options,
+                configured,
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -226,8 +238,13 @@ impl Front {
             };
             return Box::pin(std::future::ready(Ok(res)));
         }
-        let public = path == "/openapi.json" && self.api.is_some();
-        let Some(authenticator) = self.authenticator.clone().filter(|_| !public) else {
+        if path == "/openapi.json" && self.api.is_some() {
+            // Public, and served as a caller with no rights at all.
+            req.extensions_mut()
+                .insert(Principal::anonymous(Vec::new()));
+            return Box::pin(async move { Ok(self.route(req).await) });
+        }
+        let Some(authenticator) = self.authenticator.clone() else {
             req.extensions_mut().insert(self.anonymous.clone());
             return Box::pin(async move { Ok(self.route(req).await) });
         };

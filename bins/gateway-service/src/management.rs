@@ -25,6 +25,7 @@ pub async fn start(
     sessions: Arc<dyn SessionStore>,
     authorizer: Arc<dyn Authorizer>,
     options: mcp_gateway_api::ApiOptions,
+    configured: Vec<mcp_gateway_core::AdapterName>,
 ) -> anyhow::Result<Management> {
     let adapters = Arc::new(
         FileAdapterStore::open(data_dir)
@@ -32,9 +33,15 @@ pub async fn start(
             .with_context(|| format!("cannot use data directory {}", data_dir.display()))?,
     );
     let provisioner = Arc::new(
-        LocalProvisioner::new(resolver, LocalOptions::default())
-            .with_session_store(sessions.clone())
-            .with_stdio_launcher(Arc::new(BridgeLauncher)),
+        LocalProvisioner::new(
+            resolver,
+            LocalOptions {
+                reserved_names: configured,
+                ..LocalOptions::default()
+            },
+        )
+        .with_session_store(sessions.clone())
+        .with_stdio_launcher(Arc::new(BridgeLauncher)),
     );
     // Adapters come back as they were before the restart.
     let stored = adapters.list().await?;

@@ -378,6 +378,25 @@ async fn the_permission_matrix_holds_on_both_planes() {
             .await;
         assert_eq!(reply.status, S::FORBIDDEN, "{body}: {}", reply.text());
     }
+    let mut loader = spec("mine", &[]);
+    loader["environmentVariables"] = json!({"LD_PRELOAD": "/tmp/evil.so"});
+    let reply = env
+        .api("alice", Method::POST, "/adapters", Some(loader))
+        .await;
+    assert_eq!(reply.status, S::FORBIDDEN, "{}", reply.text());
+    // Nobody takes over an adapter of the configuration file by creating a namesake, admins
+    // included: the name is taken (409) and the configured adapter keeps serving.
+    for who in ["alice", "admin"] {
+        let reply = env
+            .api(who, Method::POST, "/adapters", Some(spec("echo", &[])))
+            .await;
+        assert_eq!(reply.status, S::CONFLICT, "{who}: {}", reply.text());
+        assert!(
+            reply.text().contains("configuration file"),
+            "{}",
+            reply.text()
+        );
+    }
     upstreams["upstreams"] = json!(["http://127.0.0.1:9"]);
     let reply = env
         .api("admin", Method::POST, "/adapters", Some(upstreams))

@@ -8,7 +8,9 @@
 //! Some fields act on the gateway's host and network rather than on the adapter alone, so only
 //! admins may set them, on create and on update alike:
 //! - `command`: runs a program on the gateway's host (unless listed in
-//!   [`ApiOptions::allowed_commands`](crate::ApiOptions::allowed_commands));
+//!   [`ApiOptions::allowed_commands`](crate::ApiOptions::allowed_commands)); with a command,
+//!   the environment variables that decide which code it loads (`PATH`, `LD_*`,
+//!   `NODE_OPTIONS`, `PYTHON*`…);
 //! - `upstreams`: makes the gateway send requests to any address it can reach;
 //! - `upstreamHeaders`: reads the gateway's secrets;
 //! - `useWorkloadIdentity`: gives replicas the cluster identity.
@@ -36,13 +38,12 @@ impl ApiState {
         if self.allows(caller, adapter, action) {
             return Ok(());
         }
-        tracing::info!(principal = %caller, adapter = %adapter.spec.name, action = action.as_str(), "refused");
+        tracing::info!(principal = %caller, adapter = %adapter.spec.name, action = action.as_str(),
+            required_roles = ?adapter.spec.required_roles, "refused");
+        // The adapter's roles are logged, not told: a caller without rights learns no more.
         let why = match action {
-            Action::Read | Action::Use => format!(
-                "it needs one of the roles {:?}, or to be its creator or an admin",
-                adapter.spec.required_roles
-            ),
-            Action::Write => "only its creator or an admin may change it or read its logs".into(),
+            Action::Read | Action::Use => "ask its owner or an admin for access",
+            Action::Write => "only its creator or an admin may change it or read its logs",
         };
         Err(ApiError::Forbidden(format!(
             "{} may not {} adapter \"{}\": {why}",
@@ -73,6 +74,18 @@ impl ApiState {
         };
         if authorizer.is_admin(caller) {
             return Ok(());
+        }
+        if spec.command.is_some()
+            && let Some(var) = spec
+                .environment_variables
+                .keys()
+                .find(|k| loader_variable(k))
+        {
+            return Err(ApiError::Forbidden(format!(
+                "{} may not set environmentVariables.{var} for a command: only admins may (it \
+                 decides which code the command loads)",
+                caller.subject
+            )));
         }
         let field = if spec
             .command
@@ -107,4 +120,23 @@ impl ApiState {
             None => Ok(()),
         }
     }
+}
+
+/// Variables that make a program load other code (search paths, preloads, interpreter
+/// options): set by a non-admin, they would turn an allowed command into any command.
+fn loader_variable(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    upper == "PATH"
+        || upper.starts_with("LD_")
+        || upper.starts_with("DYLD_")
+        || upper == "NODE_OPTIONS"
+        || upper == "NODE_PATH"
+        || upper.starts_with("PYTHON")
+        || upper == "PERL5OPT"
+        || upper == "PERL5LIB"
+        || upper == "RUBYOPT"
+        || upper == "RUBYLIB"
+        || upper == "JAVA_TOOL_OPTIONS"
+        || upper == "BASH_ENV"
+        || upper == "ENV"
 }

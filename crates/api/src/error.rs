@@ -188,6 +188,10 @@ impl From<AdapterError> for ApiError {
             AdapterError::Exists(name) => Self::Conflict(format!(
                 "adapter \"{name}\" already exists; use PUT /adapters/{name} to change it, or pick another name"
             )),
+            AdapterError::Reserved(name) => Self::Conflict(format!(
+                "adapter \"{name}\" is declared in the gateway's configuration file and cannot be \
+                 created or changed through the API; pick another name"
+            )),
             AdapterError::NotFound(name) => {
                 Self::NotFound(format!("adapter \"{name}\" does not exist"))
             }

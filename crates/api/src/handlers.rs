@@ -58,6 +58,7 @@ pub async fn create_adapter(
     let adapter = Adapter {
         spec,
         created_by: caller.subject,
+        created_by_issuer: caller.issuer,
         created_at: now.clone(),
         last_updated_at: now,
     };
@@ -172,6 +173,7 @@ pub async fn update_adapter(
     let adapter = Adapter {
         spec,
         created_by: previous.created_by.clone(),
+        created_by_issuer: previous.created_by_issuer.clone(),
         created_at: previous.created_at.clone(),
         last_updated_at: rfc3339(SystemTime::now()),
     };

@@ -190,6 +190,15 @@ fn adapter_schema(mut spec: Object) -> Object {
             .insert(field.to_owned(), Schema::Object(schema).into());
         spec.required.push(field.to_owned());
     }
+    let issuer = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .description(Some(
+            "Issuer of the creator's token (`api-key` for API keys); with `createdBy`, who may \
+             change the adapter.",
+        ))
+        .build();
+    spec.properties
+        .insert("createdByIssuer".to_owned(), Schema::Object(issuer).into());
     for field in [
         "replicaCount",
         "transport",

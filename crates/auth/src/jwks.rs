@@ -123,6 +123,10 @@ pub(crate) struct KeySet {
 }
 
 impl KeySet {
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub fn has_kid(&self, kid: &str) -> bool {
         self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
     }
@@ -215,6 +219,13 @@ impl IssuerKeys {
             current: RwLock::new(None),
             refresh: Mutex::new(RefreshState::default()),
         }
+    }
+
+    /// The generation of the cached key set while it is fresh (younger than `ttl`).
+    pub fn fresh_generation(&self, ttl: Duration) -> Option<u64> {
+        self.snapshot()
+            .filter(|k| k.fetched_at.elapsed() < ttl)
+            .map(|k| k.generation)
     }
 
     fn snapshot(&self) -> Option<Arc<KeySet>> {

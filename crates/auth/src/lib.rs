@@ -100,6 +100,9 @@ use jwks::{Fetcher, IssuerKeys, Timing};
 use token::Credential;
 use verified::Verified;
 
+/// Most keys a token without `kid` is checked against.
+const MAX_KEYS_TRIED: usize = 3;
+
 /// Authenticates requests. Cheap to clone (one `Arc`); clones share the key caches.
 #[derive(Clone)]
 pub struct Authenticator {
@@ -219,18 +222,23 @@ impl Authenticator {
     async fn jwt(&self, token: &str) -> Result<Principal, AuthError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = jsonwebtoken::get_current_timestamp();
-        if let Some(p) = self.inner.verified.get(&digest, now, self.inner.timing.ttl) {
+        let ttl = self.inner.timing.ttl;
+        let fresh = |issuer: usize, generation: u64| {
+            self.inner.issuers[issuer].1.fresh_generation(ttl) == Some(generation)
+        };
+        if let Some(p) = self.inner.verified.get(&digest, now, fresh) {
             return Ok(p);
         }
-        let (principal, valid_until) = self.verify(token).await?;
+        let (principal, valid_until, keys) = self.verify(token).await?;
         self.inner
             .verified
-            .put(digest, principal.clone(), valid_until, now);
+            .put(digest, principal.clone(), valid_until, keys, now);
         Ok(principal)
     }
 
-    /// The full check of a JWT: its principal, and until when (unix seconds) it passes.
-    async fn verify(&self, token: &str) -> Result<(Principal, u64), AuthError> {
+    /// The full check of a JWT: its principal, until when (unix seconds) it passes, and the
+    /// key set that verified it (issuer index, generation).
+    async fn verify(&self, token: &str) -> Result<(Principal, u64, (usize, u64)), AuthError> {
         let unverified = token::peek(token)?;
         let Some(&n) = self.inner.by_iss.get(&unverified.iss) else {
             return Err(AuthError::invalid(Kind::Issuer, "issuer not accepted"));
@@ -268,7 +276,13 @@ impl Authenticator {
                 "token signed with a key the issuer does not publish",
             ));
         }
-        let candidates: Vec<_> = named.into_iter().filter(|k| k.fits(alg)).collect();
+        // A token without `kid` is tried against the fitting keys, but not all of a large set:
+        // each try is a signature check, and such tokens cost no credentials to send.
+        let candidates: Vec<_> = named
+            .into_iter()
+            .filter(|k| k.fits(alg))
+            .take(MAX_KEYS_TRIED)
+            .collect();
         if candidates.is_empty() {
             return Err(AuthError::invalid(
                 Kind::Algorithm,
@@ -288,7 +302,8 @@ impl Authenticator {
                         .and_then(|v| v.as_u64().or_else(|| v.as_f64().map(|f| f as u64)));
                     let exp = exp.unwrap_or(0);
                     let until = exp.saturating_add(issuer.leeway_secs);
-                    return principal(issuer, &data.claims).map(|p| (p, until));
+                    return principal(issuer, &data.claims)
+                        .map(|p| (p, until, (n, keys.generation())));
                 }
                 Err(e) => {
                     let err = map_jwt_error(e.kind());

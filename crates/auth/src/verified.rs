@@ -3,15 +3,15 @@
 //! pure-Rust RSA of `jsonwebtoken`'s `rust_crypto` backend; a hit costs a SHA-256 and a map
 //! lookup).
 //!
-//! An entry is the token's digest (the token itself is not kept) and the principal it proved.
-//! It is used while the token is unexpired (`exp` plus the issuer's leeway) and at most the
-//! JWKS cache TTL after it was verified, so a key the issuer retires stops being honoured
-//! as soon as it would without this cache. Bounded: when full, expired entries go first,
-//! then everything.
+//! An entry is the token's digest (the token itself is not kept), the principal it proved and
+//! the issuer's key set that verified it. It is used while the token is unexpired (`exp` plus
+//! the issuer's leeway) and while that key set is still the issuer's current, fresh one: once
+//! the keys are due for a refresh the token is verified again against what the refresh
+//! brings, so a key the issuer retires stops being honoured exactly when it would without this
+//! cache. Bounded: when full, expired entries go first, then everything.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use mcp_gateway_core::Principal;
 
@@ -22,7 +22,8 @@ struct Entry {
     principal: Principal,
     /// Unix seconds after which the token no longer passes (`exp` + leeway).
     valid_until: u64,
-    verified_at: Instant,
+    /// The issuer (its index) and the generation of its key set that verified the token.
+    keys: (usize, u64),
 }
 
 #[derive(Default)]
@@ -31,13 +32,30 @@ pub(crate) struct Verified {
 }
 
 impl Verified {
-    pub fn get(&self, digest: &[u8; 32], now: u64, max_age: Duration) -> Option<Principal> {
-        let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let e = map.get(digest)?;
-        (now <= e.valid_until && e.verified_at.elapsed() < max_age).then(|| e.principal.clone())
+    /// The principal of an unexpired token verified before, if `fresh_keys` says the key set
+    /// that verified it (issuer index, generation) is still current and fresh.
+    pub fn get(
+        &self,
+        digest: &[u8; 32],
+        now: u64,
+        fresh_keys: impl FnOnce(usize, u64) -> bool,
+    ) -> Option<Principal> {
+        let (principal, (issuer, generation)) = {
+            let map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let e = map.get(digest).filter(|e| now <= e.valid_until)?;
+            (e.principal.clone(), e.keys)
+        };
+        fresh_keys(issuer, generation).then_some(principal)
     }
 
-    pub fn put(&self, digest: [u8; 32], principal: Principal, valid_until: u64, now: u64) {
+    pub fn put(
+        &self,
+        digest: [u8; 32],
+        principal: Principal,
+        valid_until: u64,
+        keys: (usize, u64),
+        now: u64,
+    ) {
         let mut map = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         if map.len() >= CAPACITY {
             map.retain(|_, e| now <= e.valid_until);
@@ -50,7 +68,7 @@ impl Verified {
             Entry {
                 principal,
                 valid_until,
-                verified_at: Instant::now(),
+                keys,
             },
         );
     }
@@ -61,23 +79,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entries_expire_with_the_token_and_the_key_cache() {
+    fn entries_expire_with_the_token_and_the_key_set() {
         let v = Verified::default();
         let p = Principal::new("a", Some("iss".into()), vec![]);
-        v.put([1; 32], p.clone(), 100, 50);
-        let long = Duration::from_secs(60);
-        assert_eq!(v.get(&[1; 32], 100, long), Some(p));
-        assert_eq!(v.get(&[1; 32], 101, long), None, "past exp + leeway");
-        assert_eq!(v.get(&[2; 32], 50, long), None);
+        v.put([1; 32], p.clone(), 100, (0, 7), 50);
+        let same = |i, g| (i, g) == (0, 7);
+        assert_eq!(v.get(&[1; 32], 100, same), Some(p));
+        assert_eq!(v.get(&[1; 32], 101, same), None, "past exp + leeway");
+        assert_eq!(v.get(&[2; 32], 50, same), None);
         assert_eq!(
-            v.get(&[1; 32], 50, Duration::ZERO),
+            v.get(&[1; 32], 50, |_, g| g == 8),
             None,
-            "older than the key cache"
+            "keys refreshed since"
         );
         for i in 0..CAPACITY + 1 {
             let mut d = [0; 32];
             d[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            v.put(d, Principal::new("b", None, vec![]), 100, 50);
+            v.put(d, Principal::new("b", None, vec![]), 100, (0, 1), 50);
         }
         assert!(v.entries.lock().unwrap().len() <= CAPACITY);
     }

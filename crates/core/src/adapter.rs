@@ -124,6 +124,10 @@ pub struct Adapter {
     pub spec: AdapterSpec,
     /// Subject of the principal that created it.
     pub created_by: String,
+    /// Issuer of that principal (the token's `iss`, or `api-key`), so a namesake from another
+    /// issuer is not the creator. Absent on records written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by_issuer: Option<String>,
     /// RFC 3339.
     pub created_at: String,
     /// RFC 3339.
@@ -135,6 +139,7 @@ impl Adapter {
     pub fn access(&self) -> crate::AdapterAccess {
         crate::AdapterAccess {
             created_by: Some(self.created_by.clone()),
+            created_by_issuer: self.created_by_issuer.clone(),
             required_roles: self.spec.required_roles.clone(),
         }
     }
@@ -145,6 +150,9 @@ impl Adapter {
 pub enum AdapterError {
     #[error("adapter {0} already exists")]
     Exists(AdapterName),
+    /// The name belongs to an adapter of the gateway's configuration file.
+    #[error("adapter {0} is declared in the gateway's configuration file")]
+    Reserved(AdapterName),
     #[error("adapter {0} does not exist")]
     NotFound(AdapterName),
     #[error("invalid adapter: {0}")]

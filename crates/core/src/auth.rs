@@ -11,7 +11,9 @@
 //! - creating an adapter needs the creator role when one is configured (by default any
 //!   authenticated principal may create).
 //!
-//! Roles and subjects compare ASCII case-insensitively, as the anchor does.
+//! Roles compare ASCII case-insensitively, as the anchor does; the creator is matched by exact
+//! subject and issuer (the anchor ignores case and issuer, which lets a namesake of another
+//! issuer, or an API key of that name, act as the creator).
 
 use std::fmt;
 
@@ -98,6 +100,8 @@ pub struct AdapterAccess {
     /// The creator's subject; `None` for adapters of the gateway's configuration file, which
     /// nobody created through the API.
     pub created_by: Option<String>,
+    /// The creator's issuer; when known, a principal is the creator only if both match.
+    pub created_by_issuer: Option<String>,
     /// Any of these roles lets a principal read and use the adapter; empty: every
     /// authenticated principal may.
     pub required_roles: Vec<String>,
@@ -137,10 +141,14 @@ impl Authorizer for RolePolicy {
         if self.is_admin(principal) {
             return true;
         }
-        let creator = access
-            .created_by
-            .as_deref()
-            .is_some_and(|c| c.eq_ignore_ascii_case(&principal.subject));
+        // Subjects compare exactly (OIDC subjects are case-sensitive), and with the issuer
+        // when it was recorded: `alice` of one issuer is not `alice` of another, nor an API
+        // key named `alice`.
+        let creator = access.created_by.as_deref() == Some(principal.subject.as_str())
+            && access
+                .created_by_issuer
+                .as_ref()
+                .is_none_or(|iss| principal.issuer.as_ref() == Some(iss));
         if creator {
             return true;
         }
@@ -180,6 +188,7 @@ mod tests {
     fn access(by: Option<&str>, roles: &[&str]) -> AdapterAccess {
         AdapterAccess {
             created_by: by.map(str::to_owned),
+            created_by_issuer: by.map(|_| "https://idp".to_owned()),
             required_roles: roles.iter().map(|r| r.to_string()).collect(),
         }
     }
@@ -192,7 +201,8 @@ mod tests {
         let cases: &[(Principal, &AdapterAccess, [bool; 3])] = &[
             // read, use, write
             (who("root", &["MCP.Admin"]), &guarded, [true, true, true]),
-            (who("ALICE", &[]), &guarded, [true, true, true]),
+            (who("alice", &[]), &guarded, [true, true, true]),
+            (who("ALICE", &[]), &guarded, [false, false, false]),
             (who("bob", &["team-a", "x"]), &guarded, [true, true, false]),
             (who("carol", &["team-b"]), &guarded, [false, false, false]),
             (who("carol", &[]), &open, [true, true, false]),
@@ -211,6 +221,22 @@ mod tests {
         assert!(!policy.allows(&anyone, &configured, Action::Use));
         assert!(!policy.allows(&anyone, &configured, Action::Write));
         assert!(policy.allows(&who("x", &["ops"]), &configured, Action::Use));
+    }
+
+    #[test]
+    fn the_creator_is_subject_and_issuer() {
+        let policy = RolePolicy::default();
+        let mine = access(Some("alice"), &["ops"]);
+        let mut namesake = who("alice", &[]);
+        namesake.issuer = Some(Principal::API_KEY_ISSUER.into());
+        assert!(!policy.allows(&namesake, &mine, Action::Write));
+        assert!(policy.allows(&who("alice", &[]), &mine, Action::Write));
+        // Records without an issuer (older ones) match on the subject alone.
+        let old = AdapterAccess {
+            created_by_issuer: None,
+            ..mine
+        };
+        assert!(policy.allows(&namesake, &old, Action::Write));
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct LocalOptions {
     /// `environmentVariables` and `PORT` are added. Default: `PATH`, `HOME`, `USER`,
     /// `LOGNAME`, `SHELL`, `LANG`, `LC_ALL`, `TZ`, `TMPDIR`.
     pub pass_env: Vec<String>,
+    /// Names this runtime must not deploy: adapters the gateway serves from its configuration
+    /// file. A record with such a name is refused (409), so nobody can take over a configured
+    /// adapter's route by creating a namesake. Default: none.
+    pub reserved_names: Vec<AdapterName>,
 }
 
 impl Default for LocalOptions {
@@ -60,6 +64,7 @@ impl Default for LocalOptions {
             ]
             .map(String::from)
             .to_vec(),
+            reserved_names: Vec::new(),
         }
     }
 }
@@ -262,13 +267,24 @@ async fn undeploy(resolver: &StaticResolver, deployed: Deployed) {
     }
 }
 
+impl LocalProvisioner {
+    fn check_reserved(&self, name: &AdapterName) -> Result<(), AdapterError> {
+        if self.options.reserved_names.contains(name) {
+            return Err(AdapterError::Reserved(name.clone()));
+        }
+        Ok(())
+    }
+}
+
 #[async_trait::async_trait]
 impl Provisioner for LocalProvisioner {
     fn validate(&self, spec: &AdapterSpec) -> Result<(), AdapterError> {
+        self.check_reserved(&spec.name)?;
         validate(spec)
     }
 
     async fn apply(&self, adapter: &Adapter) -> Result<(), AdapterError> {
+        self.check_reserved(&adapter.spec.name)?;
         validate(&adapter.spec)?;
         let _ops = self.ops.lock().await;
         let name = adapter.spec.name.clone();

@@ -192,6 +192,7 @@ mod tests {
         Adapter {
             spec,
             created_by: "alice".into(),
+            created_by_issuer: None,
             created_at: "2026-01-01T00:00:00Z".into(),
             last_updated_at: "2026-01-01T00:00:00Z".into(),
         }

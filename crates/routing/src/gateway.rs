@@ -371,12 +371,13 @@ impl Gateway {
         if authorizer.allows(principal, &target.access, Action::Use) {
             return Ok(());
         }
-        tracing::info!(adapter = %target.name, principal = %principal, "use of adapter refused");
+        tracing::info!(adapter = %target.name, principal = %principal,
+            required_roles = ?target.access.required_roles, "use of adapter refused");
+        // The adapter's roles are logged, not told: a caller without rights learns no more.
         Err(ProxyError::Forbidden(format!(
-            "{} may not use adapter {:?}: it needs one of the roles {:?}",
+            "{} may not use adapter {:?}; ask its owner or an admin for access",
             principal.subject,
-            target.name.as_str(),
-            target.access.required_roles
+            target.name.as_str()
         )))
     }
 

@@ -70,8 +70,10 @@ pub fn to_upstream(headers: &mut HeaderMap, client: Option<SocketAddr>) {
 }
 
 /// What the replica learns of the caller: never the client's credentials (`Authorization`
-/// is the gateway's, and identity headers a client made up are dropped); the adapter's own
-/// upstream headers; then the authenticated principal's subject and roles.
+/// is the gateway's, and identity headers a client made up are dropped, under the configured
+/// names and the default ones); the adapter's own upstream headers; then the authenticated
+/// principal's subject and roles, each value percent-encoded where it holds `%`, `,` or
+/// characters a header cannot carry (so a role named `a,mcp.admin` cannot pass for two).
 pub fn identity_to_upstream(
     headers: &mut HeaderMap,
     names: Option<&crate::IdentityHeaders>,
@@ -79,9 +81,12 @@ pub fn identity_to_upstream(
     upstream: &[(http::HeaderName, HeaderValue)],
 ) {
     headers.remove(header::AUTHORIZATION);
-    if let Some(names) = names {
-        headers.remove(&names.user_id);
-        headers.remove(&names.roles);
+    let defaults = crate::IdentityHeaders::default();
+    for name in [&defaults.user_id, &defaults.roles]
+        .into_iter()
+        .chain(names.into_iter().flat_map(|n| [&n.user_id, &n.roles]))
+    {
+        headers.remove(name);
     }
     for (name, value) in upstream {
         headers.insert(name.clone(), value.clone());
@@ -89,14 +94,29 @@ pub fn identity_to_upstream(
     let (Some(names), Some(p)) = (names, principal) else {
         return;
     };
-    // A value that cannot be a header (a subject with control characters) is left out rather
-    // than sent mangled.
-    if let Ok(v) = HeaderValue::from_str(&p.subject) {
-        headers.insert(names.user_id.clone(), v);
+    let roles: Vec<String> = p.roles.iter().map(|r| identity_value(r)).collect();
+    for (name, value) in [
+        (&names.user_id, identity_value(&p.subject)),
+        (&names.roles, roles.join(",")),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name.clone(), v);
+        }
     }
-    if let Ok(v) = HeaderValue::from_str(&p.roles.join(",")) {
-        headers.insert(names.roles.clone(), v);
+}
+
+/// `value` with `%`, `,` and every byte outside visible ASCII and space percent-encoded.
+fn identity_value(value: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if (b == b' ' || b.is_ascii_graphic()) && b != b'%' && b != b',' {
+            out.push(char::from(b));
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
     }
+    out
 }
 
 /// Total bytes of header names and values.
@@ -181,6 +201,34 @@ pub fn check_host_and_origin(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_cannot_be_forged_or_split() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        h.insert("x-mcp-userid", HeaderValue::from_static("admin"));
+        h.insert("x-mcp-roles", HeaderValue::from_static("mcp.admin"));
+        h.insert("x-user", HeaderValue::from_static("admin"));
+        let names = crate::IdentityHeaders {
+            user_id: http::HeaderName::from_static("x-user"),
+            roles: http::HeaderName::from_static("x-groups"),
+        };
+        let p = mcp_gateway_core::Principal::new(
+            "Zoë",
+            None,
+            vec!["a,mcp.admin".into(), "100%".into(), "team a".into()],
+        );
+        identity_to_upstream(&mut h, Some(&names), Some(&p), &[]);
+        assert!(h.get(header::AUTHORIZATION).is_none());
+        assert!(h.get("x-mcp-userid").is_none() && h.get("x-mcp-roles").is_none());
+        assert_eq!(h["x-user"], "Zo%C3%AB");
+        assert_eq!(h["x-groups"], "a%2Cmcp.admin,100%25,team a");
+        // Identity forwarding off: forged defaults are still dropped.
+        let mut h = HeaderMap::new();
+        h.insert("x-mcp-userid", HeaderValue::from_static("admin"));
+        identity_to_upstream(&mut h, None, Some(&p), &[]);
+        assert!(h.get("x-mcp-userid").is_none());
+    }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
