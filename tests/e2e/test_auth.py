@@ -7,7 +7,7 @@ without it (401 with `WWW-Authenticate: Bearer resource_metadata=...`).
 
 Then a team: keys made with `gateway-service api-key` for `admin` (role mcp.admin), `alice` (no
 role), `bob` (role team-a) and `carol` (role team-b), in the gateway's configuration file. (With
-keys configured, the gateway does not add admin.key: the operator's admin key is one of them.)
+keys configured, the gateway does not create admin.key: the operator's admin key is one of them.)
 The admin creates, through the management API, the example server (`mcp-example-server`) and
 replica_server.py (its `caller` tool shows the identity headers a replica receives), both with
 `requiredRoles: ["team-a"]`. Then:

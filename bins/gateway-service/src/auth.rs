@@ -20,8 +20,9 @@ pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 /// The name of the admin key file in the data directory.
 pub const ADMIN_KEY_FILE: &str = "admin.key";
 
-/// Builds the authenticator of the configuration; with neither issuers nor keys configured,
-/// the admin key of the data directory (created on first start) is the one key.
+/// Builds the authenticator of the configuration, plus the admin key of the data directory:
+/// created on first start when neither issuers nor keys are configured, and accepted while the
+/// file exists (delete it to revoke it).
 pub fn authenticator(
     settings: &AuthSettings,
     data_dir: &Path,
@@ -33,7 +34,10 @@ pub fn authenticator(
         return Ok(None);
     };
     let mut tokens = tokens.clone();
-    if tokens.issuers.is_empty() && tokens.api_keys.is_empty() {
+    // Created when nothing else lets anyone in; once there, accepted until deleted, so adding
+    // a key for someone else does not lock the operator out.
+    let nothing_configured = tokens.issuers.is_empty() && tokens.api_keys.is_empty();
+    if nothing_configured || data_dir.join(ADMIN_KEY_FILE).exists() {
         let key = admin_key(data_dir)?;
         tokens.api_keys.push(ApiKeyConfig {
             subject: "admin".into(),
@@ -65,7 +69,7 @@ fn admin_key(data_dir: &Path) -> anyhow::Result<String> {
             if key.is_empty() {
                 anyhow::bail!("{} is empty: delete it to get a new key", path.display());
             }
-            tracing::info!(path = %path.display(), "API key of the admin: as stored there");
+            tracing::info!(path = %path.display(), "the admin API key stored there is accepted (delete the file to revoke it)");
             Ok(key)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

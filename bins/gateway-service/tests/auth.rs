@@ -700,6 +700,55 @@ async fn with_no_auth_configured_an_admin_key_is_created_once() {
         .unwrap();
     assert_eq!(ok.status, StatusCode::OK);
     gw.shutdown().await;
+
+    // Keys configured for others later: the admin key still works until its file is deleted.
+    let with_keys = |dir: &std::path::Path| {
+        let mut config = Config::for_tests();
+        config.management = true;
+        config.data_dir = dir.to_path_buf();
+        config.auth.tokens = Some(AuthConfig {
+            api_keys: vec![ApiKeyConfig {
+                subject: "carol".into(),
+                roles: vec![],
+                sha256: hash_api_key(CAROL_KEY),
+            }],
+            ..AuthConfig::default()
+        });
+        config
+    };
+    let get = |url: String, token: String| async move {
+        Http::default()
+            .send(
+                Method::GET,
+                &url,
+                &[("authorization", &token)],
+                Bytes::new(),
+            )
+            .await
+            .unwrap()
+            .status
+    };
+    let gw = gateway_service::run(with_keys(dir.path())).await.unwrap();
+    let url = format!("http://{}/adapters", gw.data_addr);
+    assert_eq!(get(url.clone(), bearer.clone()).await, StatusCode::OK);
+    assert_eq!(
+        get(url, format!("Bearer {CAROL_KEY}")).await,
+        StatusCode::OK
+    );
+    gw.shutdown().await;
+    std::fs::remove_file(&key_path).unwrap();
+    let gw = gateway_service::run(with_keys(dir.path())).await.unwrap();
+    let url = format!("http://{}/adapters", gw.data_addr);
+    assert_eq!(
+        get(url, bearer).await,
+        StatusCode::UNAUTHORIZED,
+        "deleting admin.key revokes it"
+    );
+    assert!(
+        !key_path.exists(),
+        "not recreated while keys are configured"
+    );
+    gw.shutdown().await;
 }
 
 #[tokio::test]
