@@ -228,6 +228,10 @@ struct Stack {
     replicas: [String; 2],
     gateway: String,
     admin: String,
+    /// A second gateway that authenticates every request (an API key), and that key.
+    gateway_auth: String,
+    admin_auth: String,
+    api_key: String,
     nginx: Option<String>,
     /// In start order; stopped in reverse.
     children: Vec<ChildGuard>,
@@ -263,6 +267,29 @@ impl Stack {
             dir.join("gateway.log"),
             false,
         )?);
+        let api_key = new_api_key()?;
+        let (auth_port, auth_admin_port) = (free_port()?, free_port()?);
+        let config = format!(
+            "{}\n[[auth.api_keys]]\nsubject = \"bench\"\nroles = []\nsha256 = \"{}\"\n",
+            gateway_config(auth_port, auth_admin_port, &replicas)
+                .replace("insecure_no_auth = true\n", ""),
+            api_key.1
+        );
+        let config_path = dir.join("gateway-auth.toml");
+        std::fs::write(&config_path, config)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        let mut gateway_cmd = Command::new(target_dir().join("release/gateway-service"));
+        gateway_cmd
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--data-dir")
+            .arg(dir.join("gateway-auth-data"));
+        children.push(ChildGuard::spawn(
+            "gateway-service (auth)",
+            &mut gateway_cmd,
+            dir.join("gateway-auth.log"),
+            false,
+        )?);
         let nginx = match nginx {
             Some(binary) => {
                 let (child, base) = start_nginx(binary, &dir.join("nginx"), &replicas[0])?;
@@ -275,6 +302,9 @@ impl Stack {
             replicas,
             gateway: format!("http://127.0.0.1:{gateway_port}"),
             admin: format!("http://127.0.0.1:{admin_port}"),
+            gateway_auth: format!("http://127.0.0.1:{auth_port}"),
+            admin_auth: format!("http://127.0.0.1:{auth_admin_port}"),
+            api_key: api_key.0,
             nginx,
             children,
         })
@@ -285,6 +315,11 @@ impl Stack {
         let client = http_client(1);
         let readyz: Uri = format!("{}/readyz", self.admin).parse()?;
         self.wait_for("gateway-service /readyz", || {
+            gateway_ready(&client, &readyz)
+        })
+        .await?;
+        let readyz: Uri = format!("{}/readyz", self.admin_auth).parse()?;
+        self.wait_for("gateway-service (auth) /readyz", || {
             gateway_ready(&client, &readyz)
         })
         .await?;
@@ -331,6 +366,12 @@ impl Stack {
             "gateway-2-replicas",
             format!("{}/adapters/bench/mcp", self.gateway),
         ));
+        let mut auth = Target::new(
+            "gateway-api-key",
+            format!("{}/adapters/single/mcp", self.gateway_auth),
+        );
+        auth.authorization = Some(format!("Bearer {}", self.api_key));
+        targets.push(auth);
         targets
     }
 }
@@ -348,9 +389,10 @@ fn start_replica(dir: &Path, id: &str) -> anyhow::Result<(ChildGuard, String)> {
     Ok((child, base.trim().to_owned()))
 }
 
-/// The benchmark measures proxying, not authentication: the gateway runs on loopback with
-/// `insecure_no_auth`, so its numbers stay comparable with the direct and nginx targets (which
-/// check no token either) and with earlier runs.
+/// The main gateway runs on loopback with `insecure_no_auth`, so its numbers measure proxying
+/// alone and stay comparable with the direct and nginx targets (which check no token either)
+/// and with earlier runs; a second gateway (`gateway-api-key`) authenticates every request with
+/// an API key, and its comparison with the first is what authentication costs.
 fn gateway_config(port: u16, admin_port: u16, replicas: &[String; 2]) -> String {
     format!(
         r#"listen = "127.0.0.1:{port}"
@@ -474,12 +516,38 @@ fn http_client(connections: usize) -> HttpClient {
 struct Target {
     name: &'static str,
     url: String,
+    /// Sent with every request (the gateway that authenticates).
+    authorization: Option<String>,
 }
 
 impl Target {
     fn new(name: &'static str, url: String) -> Self {
-        Self { name, url }
+        Self {
+            name,
+            url,
+            authorization: None,
+        }
     }
+}
+
+/// A new API key and its SHA-256, made by `gateway-service api-key` as an operator would.
+fn new_api_key() -> anyhow::Result<(String, String)> {
+    let out = Command::new(target_dir().join("release/gateway-service"))
+        .args(["api-key", "--subject", "bench"])
+        .output()
+        .context("running gateway-service api-key")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let key = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("mcpgw_"))
+        .context("gateway-service api-key printed no key")?;
+    let sha = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sha256 = "))
+        .map(|v| v.trim_matches('"'))
+        .context("gateway-service api-key printed no sha256")?;
+    Ok((key.to_owned(), sha.to_owned()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -529,8 +597,11 @@ impl Caller {
     }
 }
 
-fn base_headers(version: &str) -> anyhow::Result<HeaderMap> {
+fn base_headers(version: &str, authorization: Option<&HeaderValue>) -> anyhow::Result<HeaderMap> {
     let mut headers = HeaderMap::new();
+    if let Some(value) = authorization {
+        headers.insert(http::header::AUTHORIZATION, value.clone());
+    }
     headers.insert(ACCEPT, HeaderValue::from_static(ACCEPT_BOTH));
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(MCP_PROTOCOL_VERSION, HeaderValue::from_str(version)?);
@@ -547,8 +618,12 @@ fn rpc(id: usize, method: &str, params: Value) -> Bytes {
     )
 }
 
-fn stateless_caller(uri: &Uri, worker: usize) -> anyhow::Result<Caller> {
-    let mut headers = base_headers(STATELESS_VERSION)?;
+fn stateless_caller(
+    uri: &Uri,
+    worker: usize,
+    authorization: Option<&HeaderValue>,
+) -> anyhow::Result<Caller> {
+    let mut headers = base_headers(STATELESS_VERSION, authorization)?;
     headers.insert(MCP_METHOD, HeaderValue::from_static("tools/call"));
     headers.insert(MCP_NAME, HeaderValue::from_static("echo"));
     let mut params = echo_params();
@@ -564,7 +639,12 @@ fn stateless_caller(uri: &Uri, worker: usize) -> anyhow::Result<Caller> {
 }
 
 /// Opens a session (initialize + notifications/initialized) and prepares calls in it.
-async fn session_caller(client: &HttpClient, uri: &Uri, worker: usize) -> anyhow::Result<Caller> {
+async fn session_caller(
+    client: &HttpClient,
+    uri: &Uri,
+    worker: usize,
+    authorization: Option<&HeaderValue>,
+) -> anyhow::Result<Caller> {
     let initialize = rpc(
         0,
         "initialize",
@@ -576,7 +656,7 @@ async fn session_caller(client: &HttpClient, uri: &Uri, worker: usize) -> anyhow
     );
     let mut caller = Caller {
         uri: uri.clone(),
-        headers: base_headers(SESSION_VERSION)?,
+        headers: base_headers(SESSION_VERSION, authorization)?,
         body: initialize,
     };
     let response = client.request(caller.request()).await?;
@@ -703,13 +783,20 @@ async fn measure(
 ) -> anyhow::Result<Run> {
     let client = http_client(concurrency);
     let uri: Uri = target.url.parse()?;
+    let authorization = target
+        .authorization
+        .as_deref()
+        .map(HeaderValue::from_str)
+        .transpose()?;
     let mut callers = Vec::with_capacity(concurrency);
     for worker in 0..concurrency {
         callers.push(match scenario {
-            Scenario::Stateless => stateless_caller(&uri, worker)?,
-            Scenario::Sessions | Scenario::Sequential => session_caller(&client, &uri, worker)
-                .await
-                .context("opening a session")?,
+            Scenario::Stateless => stateless_caller(&uri, worker, authorization.as_ref())?,
+            Scenario::Sessions | Scenario::Sequential => {
+                session_caller(&client, &uri, worker, authorization.as_ref())
+                    .await
+                    .context("opening a session")?
+            }
         });
     }
 
@@ -805,11 +892,12 @@ fn percentile(sorted: &[u64], quantile: f64) -> u64 {
 }
 
 /// Comparisons printed under each scenario: (measured, baseline).
-const COMPARISONS: [(&str, &str); 4] = [
+const COMPARISONS: [(&str, &str); 5] = [
     ("gateway", "direct"),
     ("gateway", "nginx"),
     ("nginx", "direct"),
     ("gateway-2-replicas", "direct"),
+    ("gateway-api-key", "gateway"),
 ];
 
 #[derive(Serialize)]
