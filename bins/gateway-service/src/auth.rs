@@ -204,6 +204,25 @@ fn resource_path(path: &str) -> String {
     }
 }
 
+/// The URLs of the protected resource a request is for, against which resource-bound tokens
+/// (`aud` = the URL, RFC 8707) are checked: an adapter's `…/mcp` and `…/sse` (one MCP server,
+/// either transport), from `public_url` only (never from the request's `Host`, which the client
+/// chooses). None for the API and without `public_url`.
+pub fn resources(public_url: Option<&str>, path: &str) -> Vec<String> {
+    let (Some(base), Some((name, _))) = (
+        public_url,
+        path.strip_prefix("/adapters/")
+            .and_then(|rest| rest.split_once('/'))
+            .filter(|_| Gateway::handles_path(path)),
+    ) else {
+        return Vec::new();
+    };
+    vec![
+        format!("{base}/adapters/{name}/mcp"),
+        format!("{base}/adapters/{name}/sse"),
+    ]
+}
+
 /// `public_url`, else `http://` and the request's `Host` when it is a plain `host[:port]` (it
 /// was checked against `allowed_hosts`, which may allow any; anything else, such as quotes
 /// that would end the `WWW-Authenticate` parameter, gives `localhost`).
@@ -293,6 +312,20 @@ fn servers_is_empty(doc: &serde_json::Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resource_urls_come_from_the_public_url_only() {
+        let base = Some("https://mcp.example.com");
+        assert_eq!(
+            resources(base, "/adapters/gh/messages"),
+            [
+                "https://mcp.example.com/adapters/gh/mcp",
+                "https://mcp.example.com/adapters/gh/sse"
+            ]
+        );
+        assert!(resources(base, "/adapters/gh/status").is_empty());
+        assert!(resources(None, "/adapters/gh/mcp").is_empty());
+    }
 
     #[test]
     fn resources_of_paths() {

@@ -485,6 +485,15 @@ fn auth_settings(
         }
         None => None,
     };
+    if public_url.is_none()
+        && let Some(i) = section.issuers.iter().find(|i| i.resource_audiences)
+    {
+        bail!(
+            "auth issuer {:?} has resource_audiences: set public_url (the URL clients use, e.g. \
+             https://mcp.example.com), which the resource-bound audiences are built from",
+            i.issuer
+        );
+    }
     let mut policy = mcp_gateway_core::RolePolicy::default();
     if let Some(role) = section.admin_role {
         if role.trim().is_empty() {
@@ -773,6 +782,16 @@ upstream_headers = { "X-Token" = { env = "PATH" } }
             .unwrap_err()
         );
         assert!(err.contains("remove one"), "{err}");
+        let err = format!(
+            "{:#}",
+            from_toml(
+                "[[auth.issuers]]\nissuer = \"https://idp.example.com\"\naudiences = []\n\
+                 resource_audiences = true",
+                &[]
+            )
+            .unwrap_err()
+        );
+        assert!(err.contains("set public_url"), "{err}");
     }
 
     #[test]

@@ -248,15 +248,19 @@ impl Front {
             req.extensions_mut().insert(self.anonymous.clone());
             return Box::pin(async move { Ok(self.route(req).await) });
         };
+        let public_url = self.settings.public_url.clone();
         let refusal = auth::Refusal {
-            public_url: self.settings.public_url.clone(),
+            public_url: public_url.clone(),
         };
         let inner = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
             let this = self.clone();
             async move { Ok::<_, Infallible>(this.route(req).await) }
         });
+        let resources: mcp_gateway_auth::Resources =
+            Arc::new(move |parts| auth::resources(public_url.as_deref(), parts.uri.path()));
         Box::pin(
             AuthLayer::new(authenticator, refusal)
+                .with_resources(resources)
                 .layer(inner)
                 .oneshot(req),
         )

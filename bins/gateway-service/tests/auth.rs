@@ -766,3 +766,52 @@ async fn running_without_auth_is_refused_off_loopback() {
         "with auth, any address"
     );
 }
+
+#[tokio::test]
+async fn a_resource_bound_token_opens_its_adapter_only() {
+    let oidc = OidcServer::start().await.unwrap();
+    let echo = header_echo().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests();
+    config.data_dir = dir.path().to_path_buf();
+    config.auth.public_url = Some("https://mcp.example.com".into());
+    let mut issuer = IssuerConfig::new(oidc.issuer(), vec![AUDIENCE.into()]);
+    issuer.resource_audiences = true;
+    config.auth.tokens = Some(AuthConfig {
+        issuers: vec![issuer],
+        ..AuthConfig::default()
+    });
+    let adapter = |name: &str| gateway_service::AdapterConfig {
+        name: mcp_gateway_core::AdapterName::new(name).unwrap(),
+        upstreams: vec![format!("http://{echo}")],
+        mcp_path: "/mcp".into(),
+        sse_path: "/sse".into(),
+        required_roles: Vec::new(),
+        upstream_headers: Default::default(),
+    };
+    config.adapters = vec![adapter("gh"), adapter("jira")];
+    let gw = gateway_service::run(config).await.unwrap();
+    let call = |adapter: &'static str, token: String| {
+        let url = format!("http://{}/adapters/{adapter}/mcp", gw.data_addr);
+        async move {
+            Http::default()
+                .post_json(
+                    &url,
+                    &[("authorization", &format!("Bearer {token}"))],
+                    &json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}),
+                )
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    // Asked for with resource=https://mcp.example.com/adapters/gh/mcp (RFC 8707).
+    let bound = oidc.token(oidc.claims("bob", &[], "https://mcp.example.com/adapters/gh/mcp"));
+    assert_eq!(call("gh", bound.clone()).await, StatusCode::OK);
+    assert_eq!(call("jira", bound).await, StatusCode::UNAUTHORIZED);
+    // A token for the gateway as a whole opens both.
+    let whole = oidc.token(oidc.claims("bob", &[], AUDIENCE));
+    assert_eq!(call("gh", whole.clone()).await, StatusCode::OK);
+    assert_eq!(call("jira", whole).await, StatusCode::OK);
+    gw.shutdown().await;
+}

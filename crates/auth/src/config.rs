@@ -94,6 +94,14 @@ pub struct IssuerConfig {
     /// (default: `issuer`).
     #[serde(default)]
     pub authorization_server: Option<String>,
+    /// Also accept tokens whose `aud` is the URL of the resource requested (RFC 8707 resource
+    /// indicators, as MCP clients ask for them): such a token opens only that resource. The
+    /// caller names the resource per request ([`Authenticator::authenticate_for`]). With this
+    /// set, `audiences` may be empty (then only resource-bound tokens are accepted).
+    ///
+    /// [`Authenticator::authenticate_for`]: crate::Authenticator::authenticate_for
+    #[serde(default)]
+    pub resource_audiences: bool,
 }
 
 impl IssuerConfig {
@@ -108,6 +116,7 @@ impl IssuerConfig {
             subject_claim: default_subject_claim(),
             leeway_secs: default_leeway(),
             authorization_server: None,
+            resource_audiences: false,
         }
     }
 }
@@ -152,6 +161,7 @@ pub(crate) struct Issuer {
     pub subject_claim: String,
     pub leeway_secs: u64,
     pub authorization_server: String,
+    pub resource_audiences: bool,
 }
 
 impl Issuer {
@@ -242,10 +252,13 @@ impl IssuerConfig {
         if let Some(u) = &self.authorization_server {
             check_url("authorization_server", u, name)?;
         }
-        if self.audiences.is_empty() || self.audiences.iter().any(|a| a.trim().is_empty()) {
+        if (self.audiences.is_empty() && !self.resource_audiences)
+            || self.audiences.iter().any(|a| a.trim().is_empty())
+        {
             return Err(ConfigError::new(format!(
                 "issuer {name:?}: audiences must list at least one non-empty audience (the \
-                 `aud` its tokens carry for this gateway, e.g. its client id or api://...)"
+                 `aud` its tokens carry for this gateway, e.g. its client id or api://...), \
+                 unless resource_audiences is set"
             )));
         }
         if self.algorithms.is_empty() {
@@ -284,6 +297,7 @@ impl IssuerConfig {
                 .authorization_server
                 .clone()
                 .unwrap_or_else(|| self.issuer.clone()),
+            resource_audiences: self.resource_audiences,
         })
     }
 }

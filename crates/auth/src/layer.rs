@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -32,11 +33,27 @@ where
 pub struct AuthLayer<R> {
     auth: Authenticator,
     reject: R,
+    resources: Option<Resources>,
 }
+
+/// The protected resource URLs a request is for (see [`AuthLayer::with_resources`]).
+pub type Resources = Arc<dyn Fn(&http::request::Parts) -> Vec<String> + Send + Sync>;
 
 impl<R> AuthLayer<R> {
     pub fn new(auth: Authenticator, reject: R) -> Self {
-        Self { auth, reject }
+        Self {
+            auth,
+            reject,
+            resources: None,
+        }
+    }
+
+    /// Names the protected resource of each request (its URLs), so that tokens bound to it
+    /// (`aud` = its URL, RFC 8707) are accepted where the issuer allows it
+    /// ([`IssuerConfig::resource_audiences`](crate::IssuerConfig::resource_audiences)).
+    pub fn with_resources(mut self, resources: Resources) -> Self {
+        self.resources = Some(resources);
+        self
     }
 }
 
@@ -48,6 +65,7 @@ impl<S, R: Clone> Layer<S> for AuthLayer<R> {
             inner,
             auth: self.auth.clone(),
             reject: self.reject.clone(),
+            resources: self.resources.clone(),
         }
     }
 }
@@ -65,6 +83,7 @@ pub struct AuthService<S, R> {
     inner: S,
     auth: Authenticator,
     reject: R,
+    resources: Option<Resources>,
 }
 
 impl<S, R> AuthService<S, R> {
@@ -73,6 +92,7 @@ impl<S, R> AuthService<S, R> {
             inner,
             auth,
             reject,
+            resources: None,
         }
     }
 }
@@ -102,6 +122,11 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = req.into_parts();
         let auth = self.auth.clone();
+        let resources = self
+            .resources
+            .as_ref()
+            .map(|f| f(&parts))
+            .unwrap_or_default();
         // Only what authentication reads, so the request's headers need not be copied.
         let mut headers = http::HeaderMap::new();
         for value in parts.headers.get_all(http::header::AUTHORIZATION) {
@@ -109,7 +134,9 @@ where
         }
         AuthFuture {
             state: State::Authenticating {
-                authenticating: Box::pin(async move { auth.authenticate(&headers).await }),
+                authenticating: Box::pin(async move {
+                    auth.authenticate_for(&headers, &resources).await
+                }),
                 request: Some((parts, body)),
                 inner: Some(inner),
                 reject: self.reject.clone(),

@@ -92,7 +92,7 @@ use sha2::{Digest as _, Sha256};
 
 pub use config::{ApiKeyConfig, AuthConfig, IssuerConfig};
 pub use error::{AuthError, ConfigError, TokenError, TokenErrorKind};
-pub use layer::{AuthLayer, AuthService, Reject};
+pub use layer::{AuthLayer, AuthService, Reject, Resources};
 
 use config::{ApiKey, Issuer};
 use error::TokenErrorKind as Kind;
@@ -191,7 +191,19 @@ impl Authenticator {
     /// The principal of the request's `Authorization: Bearer` credential. Counts failures in
     /// `mcp_gateway_auth_failures_total{reason}`.
     pub async fn authenticate(&self, headers: &http::HeaderMap) -> Result<Principal, AuthError> {
-        let result = self.authenticate_inner(headers).await;
+        self.authenticate_for(headers, &[]).await
+    }
+
+    /// Like [`authenticate`](Self::authenticate), for a request of one protected resource
+    /// named by its URLs (an MCP server's `…/mcp`, and its `…/sse`): a JWT of an issuer with
+    /// `resource_audiences` is also accepted when its `aud` is one of them (RFC 8707), and then
+    /// opens only this resource, since each request is checked against its own.
+    pub async fn authenticate_for(
+        &self,
+        headers: &http::HeaderMap,
+        resources: &[String],
+    ) -> Result<Principal, AuthError> {
+        let result = self.authenticate_inner(headers, resources).await;
         if let Err(e) = &result {
             metrics::counter!("mcp_gateway_auth_failures_total", "reason" => e.reason())
                 .increment(1);
@@ -200,11 +212,15 @@ impl Authenticator {
         result
     }
 
-    async fn authenticate_inner(&self, headers: &http::HeaderMap) -> Result<Principal, AuthError> {
+    async fn authenticate_inner(
+        &self,
+        headers: &http::HeaderMap,
+        resources: &[String],
+    ) -> Result<Principal, AuthError> {
         let token = token::bearer(headers)?;
         match token::classify(token) {
             Credential::ApiKey(key) => self.api_key(key),
-            Credential::Jwt(jwt) => self.jwt(jwt).await,
+            Credential::Jwt(jwt) => self.jwt(jwt, resources).await,
         }
     }
 
@@ -219,8 +235,15 @@ impl Authenticator {
         }
     }
 
-    async fn jwt(&self, token: &str) -> Result<Principal, AuthError> {
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    async fn jwt(&self, token: &str, resources: &[String]) -> Result<Principal, AuthError> {
+        // Whether a token passes depends on the resources it is presented for.
+        let mut hash = Sha256::new();
+        hash.update(token.as_bytes());
+        for r in resources {
+            hash.update([0]);
+            hash.update(r.as_bytes());
+        }
+        let digest: [u8; 32] = hash.finalize().into();
         let now = jsonwebtoken::get_current_timestamp();
         let ttl = self.inner.timing.ttl;
         let fresh = |issuer: usize, generation: u64| {
@@ -229,7 +252,7 @@ impl Authenticator {
         if let Some(p) = self.inner.verified.get(&digest, now, fresh) {
             return Ok(p);
         }
-        let (principal, valid_until, keys) = self.verify(token).await?;
+        let (principal, valid_until, keys) = self.verify(token, resources).await?;
         self.inner
             .verified
             .put(digest, principal.clone(), valid_until, keys, now);
@@ -238,7 +261,11 @@ impl Authenticator {
 
     /// The full check of a JWT: its principal, until when (unix seconds) it passes, and the
     /// key set that verified it (issuer index, generation).
-    async fn verify(&self, token: &str) -> Result<(Principal, u64, (usize, u64)), AuthError> {
+    async fn verify(
+        &self,
+        token: &str,
+        resources: &[String],
+    ) -> Result<(Principal, u64, (usize, u64)), AuthError> {
         let unverified = token::peek(token)?;
         let Some(&n) = self.inner.by_iss.get(&unverified.iss) else {
             return Err(AuthError::invalid(Kind::Issuer, "issuer not accepted"));
@@ -290,7 +317,7 @@ impl Authenticator {
             ));
         }
 
-        let validation = validation(issuer, alg);
+        let validation = validation(issuer, alg, resources);
         let mut last = AuthError::invalid(Kind::Signature, "invalid token signature");
         for key in candidates {
             match jsonwebtoken::decode::<Value>(token, &key.decoding, &validation) {
@@ -318,14 +345,18 @@ impl Authenticator {
     }
 }
 
-fn validation(issuer: &Issuer, alg: Algorithm) -> Validation {
+fn validation(issuer: &Issuer, alg: Algorithm, resources: &[String]) -> Validation {
     let mut v = Validation::new(alg);
     v.leeway = issuer.leeway_secs;
     v.validate_exp = true;
     v.validate_nbf = true;
     v.validate_aud = true;
     v.set_issuer(&[&issuer.issuer]);
-    v.set_audience(&issuer.audiences);
+    let mut audiences = issuer.audiences.clone();
+    if issuer.resource_audiences {
+        audiences.extend(resources.iter().cloned());
+    }
+    v.set_audience(&audiences);
     v.set_required_spec_claims(&["exp", "iss", "aud"]);
     v
 }

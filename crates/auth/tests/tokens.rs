@@ -356,3 +356,38 @@ fn config_with_http_non_loopback_issuer_is_refused() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn resource_bound_tokens_open_only_their_resource() {
+    let idp = OidcServer::start().await.unwrap();
+    let a = |n: &str| {
+        vec![
+            format!("https://gw.example/adapters/{n}/mcp"),
+            format!("https://gw.example/adapters/{n}/sse"),
+        ]
+    };
+    let mut bound = IssuerConfig::new(idp.issuer(), vec![]);
+    bound.resource_audiences = true;
+    let auth = Authenticator::new(config(vec![bound])).unwrap();
+    let token = idp.token(idp.claims("bob", &[], "https://gw.example/adapters/gh/mcp"));
+    let for_gh = auth.authenticate_for(&bearer(&token), &a("gh")).await;
+    assert_eq!(for_gh.unwrap().subject, "bob");
+    // The same token, again (now from the verified-token cache), for other resources.
+    assert!(
+        auth.authenticate_for(&bearer(&token), &a("gh"))
+            .await
+            .is_ok()
+    );
+    let other = auth.authenticate_for(&bearer(&token), &a("jira")).await;
+    assert_eq!(kind(&other.unwrap_err()), Some(TokenErrorKind::Audience));
+    let api = auth.authenticate(&bearer(&token)).await;
+    assert_eq!(kind(&api.unwrap_err()), Some(TokenErrorKind::Audience));
+
+    // Without resource_audiences the resource's URL is no audience.
+    let plain = Authenticator::new(config(vec![issuer(&idp)])).unwrap();
+    let refused = plain.authenticate_for(&bearer(&token), &a("gh")).await;
+    assert_eq!(kind(&refused.unwrap_err()), Some(TokenErrorKind::Audience));
+    // And an issuer with neither audiences nor resource_audiences is a configuration error.
+    let err = Authenticator::new(config(vec![IssuerConfig::new(idp.issuer(), vec![])]));
+    assert!(err.unwrap_err().to_string().contains("resource_audiences"));
+}
