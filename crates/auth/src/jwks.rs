@@ -200,6 +200,8 @@ struct RefreshState {
 /// One issuer's cached keys.
 pub(crate) struct IssuerKeys {
     current: RwLock<Option<Arc<KeySet>>>,
+    /// Whether the last fetch succeeded (true before the first).
+    reachable: std::sync::atomic::AtomicBool,
     /// Held for the whole of a fetch: concurrent refreshes wait for the one in flight.
     refresh: Mutex<RefreshState>,
 }
@@ -217,6 +219,7 @@ impl IssuerKeys {
     pub fn new() -> Self {
         Self {
             current: RwLock::new(None),
+            reachable: std::sync::atomic::AtomicBool::new(true),
             refresh: Mutex::new(RefreshState::default()),
         }
     }
@@ -226,6 +229,12 @@ impl IssuerKeys {
         self.snapshot()
             .filter(|k| k.fetched_at.elapsed() < ttl)
             .map(|k| k.generation)
+    }
+
+    /// Whether the issuer answered the last fetch: when it did not, a key id the cached set
+    /// lacks may be a key it rotated to, which cannot be checked now.
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn snapshot(&self) -> Option<Arc<KeySet>> {
@@ -317,6 +326,8 @@ impl IssuerKeys {
                 tracing::debug!(issuer = %issuer.issuer, keys = keys.len(), "fetched JWKS");
                 state.generation += 1;
                 state.last_ok = true;
+                self.reachable
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 let set = Arc::new(KeySet {
                     keys,
                     fetched_at: Instant::now(),
@@ -329,6 +340,8 @@ impl IssuerKeys {
                 metrics::counter!("mcp_gateway_jwks_fetches_total",
                     "issuer" => issuer.issuer.clone(), "result" => "error")
                 .increment(1);
+                self.reachable
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 // Rediscover next time: the issuer may have moved its keys.
                 if issuer.jwks_uri.is_none() {
                     state.jwks_uri = None;

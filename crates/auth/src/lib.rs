@@ -298,6 +298,14 @@ impl Authenticator {
             None => keys.keys.iter().collect(),
         };
         if named.is_empty() {
+            if !cache.reachable() {
+                // Maybe a key the issuer rotated to: the client did nothing wrong, retry later.
+                return Err(AuthError::Unavailable(
+                    "the token names a key the issuer's cached keys lack, and the issuer cannot \
+                     be reached to fetch new ones"
+                        .into(),
+                ));
+            }
             return Err(AuthError::invalid(
                 Kind::UnknownKid,
                 "token signed with a key the issuer does not publish",

@@ -146,6 +146,12 @@ async fn cached_keys_keep_working_when_the_issuer_goes_down() {
         auth.authenticate(&bearer(&token)).await.unwrap().subject,
         "a"
     );
+    // A token of a key the issuer rotated to while unreachable cannot be checked: 503-worthy
+    // (retry later), not a refusal of the token.
+    idp.rotate();
+    let rotated = idp.token(idp.claims("a", &[], AUD));
+    let err = refusal(&auth, &rotated).await;
+    assert!(matches!(err, AuthError::Unavailable(_)), "{err:?}");
 }
 
 #[tokio::test]
