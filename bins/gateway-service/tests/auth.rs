@@ -365,6 +365,31 @@ async fn the_permission_matrix_holds_on_both_planes() {
         }
     }
 
+    // A token without any roles claim: a principal with no roles, refused like carol.
+    let mut claims = env.oidc.claims("dave", &[], AUDIENCE);
+    claims.as_object_mut().unwrap().remove("roles");
+    let no_roles = format!("Bearer {}", env.oidc.token(claims));
+    let url = env.url("/adapters/guarded/mcp");
+    let reply = Http::default()
+        .post_json(
+            &url,
+            &[("authorization", &no_roles)],
+            &initialize_request(0),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, S::FORBIDDEN, "{}", reply.text());
+    let reply = Http::default()
+        .send(
+            Method::GET,
+            &env.url("/adapters/guarded"),
+            &[("authorization", &no_roles)],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, S::FORBIDDEN, "{}", reply.text());
+
     // Privileged fields: alice may run the allowed program, but not anything else, nor point
     // the gateway at arbitrary addresses or its secrets.
     let mut other_command = spec("mine", &[]);
