@@ -48,6 +48,10 @@ pub struct Args {
     /// Keep a replica that refused a connection out of placement this long (default 10s).
     #[arg(long, env = "MCP_GATEWAY_EJECT_FOR", value_parser = parse_duration)]
     pub eject_for: Option<Duration>,
+    /// Close a pooled connection to a replica after this long unused (default 4s: below the 5 s
+    /// keep-alive of common servers, so no request races a connection being closed).
+    #[arg(long, env = "MCP_GATEWAY_UPSTREAM_IDLE_TIMEOUT", value_parser = parse_duration)]
+    pub upstream_idle_timeout: Option<Duration>,
     /// Largest request body in bytes (default 4194304).
     #[arg(long, env = "MCP_GATEWAY_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<u64>,
@@ -139,6 +143,8 @@ struct FileConfig {
     stream_idle_timeout: Option<Duration>,
     #[serde(default, deserialize_with = "de_duration")]
     eject_for: Option<Duration>,
+    #[serde(default, deserialize_with = "de_duration")]
+    upstream_idle_timeout: Option<Duration>,
     max_body_bytes: Option<u64>,
     max_header_bytes: Option<usize>,
     max_sessions: Option<u64>,
@@ -325,6 +331,10 @@ impl Config {
                 .eject_for
                 .or(file.eject_for)
                 .unwrap_or(defaults.eject_for),
+            upstream_idle_timeout: args
+                .upstream_idle_timeout
+                .or(file.upstream_idle_timeout)
+                .unwrap_or(defaults.upstream_idle_timeout),
             max_body_bytes: args
                 .max_body_bytes
                 .or(file.max_body_bytes)

@@ -17,6 +17,11 @@ pub struct RoutingConfig {
     /// How long a replica that refused or timed out a connection is left out of placement
     /// (default 10 s). Sessions it owns are still routed to it.
     pub eject_for: Duration,
+    /// A pooled connection to a replica unused this long is closed rather than reused (default
+    /// 4 s). Shorter than the keep-alive timeout of common servers (5 s for uvicorn, Node.js and
+    /// Apache), so the gateway never sends a request on a connection the replica is closing at
+    /// that moment (which fails as "connection reset", and a POST cannot be replayed).
+    pub upstream_idle_timeout: Duration,
     /// Largest request body (default 4 MiB); beyond it, 413.
     pub max_body_bytes: u64,
     /// Largest total size of request header names and values (default 32 KiB); beyond it, 431.
@@ -60,6 +65,7 @@ impl Default for RoutingConfig {
             request_timeout: Duration::from_secs(300),
             stream_idle_timeout: Duration::from_secs(600),
             eject_for: Duration::from_secs(10),
+            upstream_idle_timeout: Duration::from_secs(4),
             max_body_bytes: 4 * 1024 * 1024,
             max_header_bytes: 32 * 1024,
             max_sessions: 10_000,

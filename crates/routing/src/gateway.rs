@@ -215,7 +215,7 @@ impl Gateway {
         connector.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(30))
+            .pool_idle_timeout(config.upstream_idle_timeout)
             .build(connector);
         Self {
             shared: Arc::new(Shared {
