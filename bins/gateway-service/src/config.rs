@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use mcp_gateway_core::AdapterName;
+pub use mcp_gateway_core::parse_duration;
 use mcp_gateway_telemetry::LogFormat;
 use serde::Deserialize;
 
@@ -135,32 +136,59 @@ struct FileConfig {
     admin_listen: Option<SocketAddr>,
     log: Option<String>,
     log_format: Option<LogFormat>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(
+        default,
+        deserialize_with = "mcp_gateway_core::deserialize_optional_duration"
+    )]
     connect_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(
+        default,
+        deserialize_with = "mcp_gateway_core::deserialize_optional_duration"
+    )]
     request_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(
+        default,
+        deserialize_with = "mcp_gateway_core::deserialize_optional_duration"
+    )]
     stream_idle_timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(
+        default,
+        deserialize_with = "mcp_gateway_core::deserialize_optional_duration"
+    )]
     eject_for: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(
+        default,
+        deserialize_with = "mcp_gateway_core::deserialize_optional_duration"
+    )]
     upstream_idle_timeout: Option<Duration>,
     max_body_bytes: Option<u64>,
     max_header_bytes: Option<usize>,
     max_sessions: Option<u64>,
     allowed_hosts: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(
+        default,
+        deserialize_with = "mcp_gateway_core::deserialize_optional_duration"
+    )]
     session_idle_ttl: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(
+        default,
+        deserialize_with = "mcp_gateway_core::deserialize_optional_duration"
+    )]
     session_max_lifetime: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(
+        default,
+        deserialize_with = "mcp_gateway_core::deserialize_optional_duration"
+    )]
     shutdown_grace: Option<Duration>,
     management: Option<bool>,
     data_dir: Option<PathBuf>,
     session_store: Option<String>,
     redis_password_file: Option<PathBuf>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(
+        default,
+        deserialize_with = "mcp_gateway_core::deserialize_optional_duration"
+    )]
     session_refresh_after: Option<Duration>,
     #[serde(default)]
     adapters: Vec<AdapterConfig>,
@@ -180,9 +208,15 @@ struct AuthSection {
     /// Static API keys (stored as SHA-256 digests).
     #[serde(default)]
     api_keys: Vec<mcp_gateway_auth::ApiKeyConfig>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(
+        default,
+        deserialize_with = "mcp_gateway_core::deserialize_optional_duration"
+    )]
     jwks_cache_ttl: Option<Duration>,
-    #[serde(default, deserialize_with = "de_duration")]
+    #[serde(
+        default,
+        deserialize_with = "mcp_gateway_core::deserialize_optional_duration"
+    )]
     jwks_min_refresh_interval: Option<Duration>,
     /// The role that may do everything (default mcp.admin).
     admin_role: Option<String>,
@@ -616,42 +650,6 @@ fn check_upstream(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `250ms`, `5s`, `10m`, `1h`, or plain seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 5s, 10m, 1h"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
-}
-
-fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
-    }
-    match Option::<Raw>::deserialize(d)? {
-        None => Ok(None),
-        Some(Raw::Secs(n)) => Ok(Some(Duration::from_secs(n))),
-        Some(Raw::Text(t)) => parse_duration(&t)
-            .map(Some)
-            .map_err(serde::de::Error::custom),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -802,16 +800,5 @@ upstream_headers = { "X-Token" = { env = "PATH" } }
             .unwrap_err()
         );
         assert!(err.contains("set public_url"), "{err}");
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
-        assert!(parse_duration("x").is_err());
-        assert!(parse_duration("5d").is_err());
     }
 }

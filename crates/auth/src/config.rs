@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 use crate::ConfigError;
 
@@ -37,15 +37,15 @@ pub struct AuthConfig {
     /// Static API keys, stored as SHA-256 digests (see [`crate::hash_api_key`]).
     pub api_keys: Vec<ApiKeyConfig>,
     /// An issuer's keys are fetched again when older than this (default 10 minutes).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "mcp_gateway_core::deserialize_duration")]
     pub jwks_cache_ttl: Duration,
     /// A token with an unknown `kid` triggers a refetch of its issuer's keys at most once per
     /// this interval, measured from the issuer's last fetch (default 10 seconds). Also the
     /// pause after a failed fetch before the next attempt.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "mcp_gateway_core::deserialize_duration")]
     pub jwks_min_refresh_interval: Duration,
     /// Time limit of one discovery or JWKS fetch, connection included (default 5 seconds).
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "mcp_gateway_core::deserialize_duration")]
     pub fetch_timeout: Duration,
 }
 
@@ -353,41 +353,6 @@ pub(crate) fn acceptable_fetch_url(url: &str) -> bool {
     check_url("jwks_uri", url, "").is_ok()
 }
 
-// === durations ===
-
-/// `250ms`, `5s`, `10m`, `1h`, or plain seconds (the gateway configuration's syntax).
-pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 5s, 10m, 1h"))?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        _ => return Err(format!("invalid duration unit in {s:?}: use ms, s, m or h")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
-}
-
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Secs(n) => Ok(Duration::from_secs(n)),
-        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,12 +491,5 @@ mod tests {
             ..Default::default()
         });
         assert!(e.contains("already configured"), "{e}");
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
-        assert!(parse_duration("10 days").is_err());
     }
 }

@@ -7,6 +7,7 @@
 
 mod adapter;
 mod auth;
+mod duration;
 mod names;
 mod replica;
 mod session;
@@ -16,6 +17,7 @@ pub use adapter::{
     Provisioner, ReplicaState, ReplicaStatus, SecretRef, Transport, rfc3339,
 };
 pub use auth::{Action, AdapterAccess, Authorizer, Principal, RolePolicy};
+pub use duration::{deserialize_duration, deserialize_optional_duration, parse_duration};
 pub use names::{AdapterName, InvalidName, InvalidSessionId, MAX_SESSION_ID_LEN, SessionId};
 pub use replica::{AdapterTarget, Replica, ReplicaResolver, StaticResolver};
 pub use session::{
