@@ -6,9 +6,7 @@ use std::io::Write as _;
 use std::path::Path;
 
 use anyhow::Context as _;
-use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
 use mcp_gateway_auth::{ApiKeyConfig, AuthError, Authenticator, Reject};
 use mcp_gateway_routing::{Gateway, ProxyBody};
 
@@ -137,7 +135,12 @@ impl Reject<ProxyBody> for Refusal {
             other => other.to_string(),
         };
         let mut res = if Gateway::handles_path(path) {
-            json_rpc_error(status, &detail)
+            mcp_gateway_routing::json_rpc_error(
+                status,
+                mcp_gateway_routing::INVALID_REQUEST,
+                &detail,
+                None,
+            )
         } else {
             crate::problem(status, &detail)
         };
@@ -167,25 +170,6 @@ impl Reject<ProxyBody> for Refusal {
         }
         res
     }
-}
-
-fn json_rpc_error(status: StatusCode, message: &str) -> Response<ProxyBody> {
-    let body = serde_json::json!({
-        "jsonrpc": "2.0",
-        "id": null,
-        "error": { "code": -32600, "message": message },
-    });
-    let mut res = Response::new(
-        Full::new(Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res
 }
 
 /// The protected resource a path belongs to: an adapter's MCP endpoint (`/adapters/x/mcp`,
@@ -277,7 +261,6 @@ pub fn metadata<B>(
         .unwrap_or_default();
     let mut doc = serde_json::json!({
         "resource": format!("{base}{rest}"),
-        "authorization_servers": servers,
         "bearer_methods_supported": ["header"],
         "resource_name": if rest.is_empty() {
             "MCP gateway".to_owned()
@@ -285,28 +268,11 @@ pub fn metadata<B>(
             format!("MCP server {}", rest.trim_start_matches("/adapters/").split('/').next().unwrap_or(""))
         },
     });
-    if servers_is_empty(&doc) {
-        // API keys only: there is no authorization server to send a client to.
-        if let Some(map) = doc.as_object_mut() {
-            map.remove("authorization_servers");
-        }
+    // With API keys only there is no authorization server to send a client to.
+    if !servers.is_empty() {
+        doc["authorization_servers"] = serde_json::json!(servers);
     }
-    let mut res = Response::new(
-        Full::new(Bytes::from(doc.to_string()))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    res
-}
-
-fn servers_is_empty(doc: &serde_json::Value) -> bool {
-    doc["authorization_servers"]
-        .as_array()
-        .is_none_or(|a| a.is_empty())
+    mcp_gateway_routing::json_response(StatusCode::OK, "application/json", &doc)
 }
 
 #[cfg(test)]

@@ -305,17 +305,7 @@ pub(crate) fn problem(status: StatusCode, detail: &str) -> Response<ProxyBody> {
         "status": status.as_u16(),
         "detail": detail,
     });
-    let mut res = Response::new(
-        Full::new(bytes::Bytes::from(body.to_string()))
-            .map_err(|never| match never {})
-            .boxed_unsync(),
-    );
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/problem+json"),
-    );
-    res
+    mcp_gateway_routing::json_response(status, "application/problem+json", &body)
 }
 
 /// Tasks that live as long as the gateway.

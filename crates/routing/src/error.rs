@@ -12,7 +12,8 @@ use crate::body::ProxyBody;
 pub const SESSION_NOT_FOUND: i64 = -32001;
 /// JSON-RPC code of MCP 2026-07-28 `HEADER_MISMATCH`.
 pub const HEADER_MISMATCH: i64 = -32020;
-const INVALID_REQUEST: i64 = -32600;
+/// JSON-RPC code of "invalid request".
+pub const INVALID_REQUEST: i64 = -32600;
 const PARSE_ERROR: i64 = -32700;
 const INTERNAL_ERROR: i64 = -32603;
 
@@ -137,26 +138,44 @@ impl ProxyError {
     /// The response: the status of [`status`](Self::status) and a JSON-RPC error body that
     /// answers the request's `id` when it is known.
     pub fn into_response(self, id: Option<Value>) -> Response<ProxyBody> {
-        let status = self.status();
-        let body = json!({
-            "jsonrpc": "2.0",
-            "id": id.unwrap_or(Value::Null),
-            "error": { "code": self.code(), "message": self.to_string() },
-        });
-        let mut res = Response::new(
-            Full::new(Bytes::from(body.to_string()))
-                .map_err(|never| match never {})
-                .boxed_unsync(),
-        );
-        *res.status_mut() = status;
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        let mut res = json_rpc_error(self.status(), self.code(), &self.to_string(), id);
         if let ProxyError::MethodNotAllowed(_, allow) = self {
             res.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         res
     }
+}
+
+/// A response with a JSON-RPC error body answering `id` (or `null`), as the gateway answers
+/// when it refuses a request itself.
+pub fn json_rpc_error(
+    status: StatusCode,
+    code: i64,
+    message: &str,
+    id: Option<Value>,
+) -> Response<ProxyBody> {
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": id.unwrap_or(Value::Null),
+        "error": { "code": code, "message": message },
+    });
+    json_response(status, "application/json", &body)
+}
+
+/// A response with `body` as JSON of the given content type.
+pub fn json_response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: &Value,
+) -> Response<ProxyBody> {
+    let mut res = Response::new(
+        Full::new(Bytes::from(body.to_string()))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
 }

@@ -109,7 +109,9 @@ pub mod sse;
 
 pub use body::{BoxError, ProxyBody};
 pub use config::{IdentityHeaders, RoutingConfig};
-pub use error::{HEADER_MISMATCH, ProxyError, SESSION_NOT_FOUND};
+pub use error::{
+    HEADER_MISMATCH, INVALID_REQUEST, ProxyError, SESSION_NOT_FOUND, json_response, json_rpc_error,
+};
 pub use gateway::{ClientAddr, Gateway};
 pub use headers::{STATELESS_REVISION, check_host_and_origin, is_stateless, strip_hop_by_hop};
 pub use mcp_gateway_core::Principal;
