@@ -8,16 +8,12 @@
 //! split is for the Kubernetes runtime, where replicas are pods any gateway can reach.
 
 use clap::Parser;
-use gateway_service::{Args, Command, Config};
+use gateway_service::{Args, Config};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if let Some(Command::ApiKey { subject, roles }) = &args.command {
-        #[allow(clippy::print_stdout)] // the command's output
-        {
-            print!("{}", gateway_service::new_api_key(subject, roles)?);
-        }
+    if gateway_service::run_command(&args)? {
         return Ok(());
     }
     let mut config = Config::resolve(args)?;

@@ -85,6 +85,21 @@ pub fn targets(adapters: &[AdapterConfig]) -> anyhow::Result<Vec<AdapterTarget>>
         .collect()
 }
 
+/// Runs the command `args` names other than serving (`api-key`), printing its output;
+/// `false` when there is none and the binary should serve.
+pub fn run_command(args: &Args) -> anyhow::Result<bool> {
+    match &args.command {
+        Some(Command::ApiKey { subject, roles }) => {
+            #[allow(clippy::print_stdout)] // the command's output
+            {
+                print!("{}", new_api_key(subject, roles)?);
+            }
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
 /// `gateway-service api-key`: a new key and the configuration entry that accepts it (its
 /// SHA-256; the key itself is stored nowhere).
 pub fn new_api_key(subject: &str, roles: &[String]) -> anyhow::Result<String> {
