@@ -4,10 +4,11 @@
 
 use std::io::Write as _;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use mcp_gateway_auth::{ApiKeyConfig, AuthError, Authenticator, Reject};
+use mcp_gateway_auth::{ApiKeyConfig, AuthError, AuthLayer, Authenticator, Reject};
 use mcp_gateway_routing::{Gateway, ProxyBody};
 
 use crate::config::AuthSettings;
@@ -115,7 +116,25 @@ fn admin_key(data_dir: &Path) -> anyhow::Result<String> {
 /// JSON-RPC error body on MCP routes, problem+json on the API.
 #[derive(Clone)]
 pub struct Refusal {
-    pub public_url: Option<String>,
+    pub public_url: Option<Arc<str>>,
+}
+
+/// The authentication layer of the listener: refusals shaped per plane, and the protected
+/// resource of each request (for resource-bound tokens). Built once at start.
+pub fn layer(authenticator: Authenticator, public_url: Option<&str>) -> AuthLayer<Refusal> {
+    let public_url: Option<Arc<str>> = public_url.map(Arc::from);
+    let refusal = Refusal {
+        public_url: public_url.clone(),
+    };
+    let resources: mcp_gateway_auth::Resources =
+        Arc::new(move |parts| resources(public_url.as_deref(), parts.uri.path()));
+    AuthLayer::new(authenticator, refusal).with_resources(resources)
+}
+
+/// `/.well-known/oauth-protected-resource`, alone or followed by a resource's path.
+pub fn is_metadata_path(path: &str) -> bool {
+    path.strip_prefix(METADATA_PATH)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 impl Reject<ProxyBody> for Refusal {
@@ -291,6 +310,16 @@ mod tests {
         );
         assert!(resources(base, "/adapters/gh/status").is_empty());
         assert!(resources(None, "/adapters/gh/mcp").is_empty());
+    }
+
+    #[test]
+    fn metadata_paths() {
+        assert!(is_metadata_path(METADATA_PATH));
+        assert!(is_metadata_path(&format!(
+            "{METADATA_PATH}/adapters/gh/mcp"
+        )));
+        assert!(!is_metadata_path(&format!("{METADATA_PATH}-x")));
+        assert!(!is_metadata_path("/adapters"));
     }
 
     #[test]

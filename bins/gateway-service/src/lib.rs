@@ -174,7 +174,12 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
         gateway,
         api,
         data_plane: config.data_plane,
-        anonymous: Principal::anonymous(vec![config.auth.policy.admin_role.clone()]),
+        anonymous: Arc::new(Principal::anonymous(vec![
+            config.auth.policy.admin_role.clone(),
+        ])),
+        auth: authenticator
+            .clone()
+            .map(|a| auth::layer(a, config.auth.public_url.as_deref())),
         settings: Arc::new(config.auth.clone()),
         authenticator,
     };
@@ -232,9 +237,11 @@ struct Front {
     api: Option<axum::Router>,
     data_plane: bool,
     /// The caller of every request when authentication is off.
-    anonymous: Principal,
+    anonymous: Arc<Principal>,
     settings: Arc<AuthSettings>,
     authenticator: Option<Authenticator>,
+    /// Built once; `None` when authentication is off.
+    auth: Option<AuthLayer<auth::Refusal>>,
 }
 
 impl Front {
@@ -243,7 +250,7 @@ impl Front {
     /// block it would have to for every lifetime, and cannot; rust-lang/rust#102211).
     fn serve(self, mut req: Request<hyper::body::Incoming>) -> ServeFuture {
         let path = req.uri().path();
-        if path == METADATA_PATH || path.starts_with(&format!("{METADATA_PATH}/")) {
+        if auth::is_metadata_path(path) {
             let res = match mcp_gateway_routing::check_host_and_origin(
                 req.headers(),
                 self.gateway.config(),
@@ -259,26 +266,15 @@ impl Front {
                 .insert(Principal::anonymous(Vec::new()));
             return Box::pin(async move { Ok(self.route(req).await) });
         }
-        let Some(authenticator) = self.authenticator.clone() else {
-            req.extensions_mut().insert(self.anonymous.clone());
+        let Some(layer) = self.auth.clone() else {
+            req.extensions_mut().insert((*self.anonymous).clone());
             return Box::pin(async move { Ok(self.route(req).await) });
-        };
-        let public_url = self.settings.public_url.clone();
-        let refusal = auth::Refusal {
-            public_url: public_url.clone(),
         };
         let inner = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
             let this = self.clone();
             async move { Ok::<_, Infallible>(this.route(req).await) }
         });
-        let resources: mcp_gateway_auth::Resources =
-            Arc::new(move |parts| auth::resources(public_url.as_deref(), parts.uri.path()));
-        Box::pin(
-            AuthLayer::new(authenticator, refusal)
-                .with_resources(resources)
-                .layer(inner)
-                .oneshot(req),
-        )
+        Box::pin(layer.layer(inner).oneshot(req))
     }
 
     /// An authenticated request (its [`Principal`] is an extension): the API or the data plane.
