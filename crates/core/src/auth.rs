@@ -62,6 +62,18 @@ impl Principal {
             None => self.subject.clone(),
         }
     }
+
+    /// Whether `owner` (a recorded [`session_owner`](Self::session_owner)) is this principal,
+    /// without building the owner string.
+    pub fn is_session_owner(&self, owner: &str) -> bool {
+        match &self.issuer {
+            Some(iss) => owner
+                .strip_prefix(iss.as_str())
+                .and_then(|rest| rest.strip_prefix('#'))
+                .is_some_and(|sub| sub == self.subject),
+            None => owner == self.subject,
+        }
+    }
 }
 
 impl fmt::Display for Principal {
@@ -256,5 +268,12 @@ mod tests {
         b.issuer = Some("https://other".into());
         assert_ne!(a.session_owner(), b.session_owner());
         assert_eq!(Principal::anonymous(vec![]).session_owner(), "anonymous");
+        for p in [&a, &b, &Principal::anonymous(vec![])] {
+            assert!(p.is_session_owner(&p.session_owner()));
+        }
+        assert!(!a.is_session_owner(&b.session_owner()));
+        assert!(!b.is_session_owner(&a.session_owner()));
+        assert!(!a.is_session_owner("bob"));
+        assert!(!Principal::anonymous(vec![]).is_session_owner(&a.session_owner()));
     }
 }

@@ -458,7 +458,15 @@ impl Gateway {
             id: sid,
         };
         let record = store.get(&key).await?.ok_or(ProxyError::SessionNotFound)?;
-        if record.principal.as_deref() != principal(&parts).as_deref() {
+        let owner = match (
+            record.principal.as_deref(),
+            parts.extensions.get::<Principal>(),
+        ) {
+            (Some(owner), Some(caller)) => caller.is_session_owner(owner),
+            (None, None) => true,
+            _ => false,
+        };
+        if !owner {
             return Err(ProxyError::SessionNotFound.into());
         }
         let path = match (&upstream, &record.legacy) {

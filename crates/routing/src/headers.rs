@@ -94,21 +94,26 @@ pub fn identity_to_upstream(
     let (Some(names), Some(p)) = (names, principal) else {
         return;
     };
-    let roles: Vec<String> = p.roles.iter().map(|r| identity_value(r)).collect();
-    for (name, value) in [
-        (&names.user_id, identity_value(&p.subject)),
-        (&names.roles, roles.join(",")),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(&value) {
+    let mut roles = String::new();
+    for (i, role) in p.roles.iter().enumerate() {
+        if i > 0 {
+            roles.push(',');
+        }
+        push_identity_value(&mut roles, role);
+    }
+    let mut subject = String::with_capacity(p.subject.len());
+    push_identity_value(&mut subject, &p.subject);
+    for (name, value) in [(&names.user_id, subject), (&names.roles, roles)] {
+        if let Ok(v) = HeaderValue::try_from(value) {
             headers.insert(name.clone(), v);
         }
     }
 }
 
-/// `value` with `%`, `,` and every byte outside visible ASCII and space percent-encoded.
-fn identity_value(value: &str) -> String {
+/// Appends `value` with `%`, `,` and every byte outside visible ASCII and space
+/// percent-encoded.
+fn push_identity_value(out: &mut String, value: &str) {
     use std::fmt::Write as _;
-    let mut out = String::with_capacity(value.len());
     for b in value.bytes() {
         if (b == b' ' || b.is_ascii_graphic()) && b != b'%' && b != b',' {
             out.push(char::from(b));
@@ -116,7 +121,6 @@ fn identity_value(value: &str) -> String {
             let _ = write!(out, "%{b:02X}");
         }
     }
-    out
 }
 
 /// Total bytes of header names and values.
