@@ -79,6 +79,7 @@ impl AdapterRuntime {
             draining: Vec::new(),
             stopping: Vec::new(),
             generations: HashMap::new(),
+            synced: 0,
         };
         let task = tokio::spawn(reconciler.run());
         let mut runtime = Self {
@@ -288,6 +289,9 @@ struct Reconciler {
     stopping: Vec<JoinHandle<()>>,
     /// Processes started per ordinal, so a replacement never reuses a live replica's id.
     generations: HashMap<u32, u32>,
+    /// The spec generation whose access and upstream headers the view holds: secrets are
+    /// read once per spec, not on every pass of the loop.
+    synced: u64,
 }
 
 impl Reconciler {
@@ -302,7 +306,7 @@ impl Reconciler {
                 break;
             };
             self.converge(&adapter);
-            self.sync_view(&adapter);
+            self.sync_view(&adapter, generation);
             self.view.publish();
             self.processed.send_replace(generation);
             self.stopping.retain(|t| !t.is_finished());
@@ -452,7 +456,7 @@ impl Reconciler {
         }
     }
 
-    fn sync_view(&self, adapter: &Adapter) {
+    fn sync_view(&mut self, adapter: &Adapter, generation: u64) {
         let spec = &adapter.spec;
         let process = |p: &ReplicaProcess, role| Member {
             ordinal: p.ordinal,
@@ -495,14 +499,17 @@ impl Reconciler {
             Transport::Sse => spec.mcp_path().to_owned(),
             _ => "/sse".to_owned(),
         };
-        inner.access = adapter.access();
-        // Checked when the spec was validated; a secret gone since then leaves the header out
-        // (the replica answers as it does without it) rather than stopping the adapter.
-        inner.upstream_headers = crate::secrets::upstream_headers(&spec.upstream_headers)
-            .unwrap_or_else(|e| {
-                tracing::warn!(adapter = %spec.name, error = %e, "upstream header left out");
-                Vec::new()
-            });
+        if self.synced != generation {
+            self.synced = generation;
+            inner.access = adapter.access();
+            // Checked when the spec was validated; a secret gone since then leaves the header
+            // out (the replica answers as it does without it) rather than stopping the adapter.
+            inner.upstream_headers = crate::secrets::upstream_headers(&spec.upstream_headers)
+                .unwrap_or_else(|e| {
+                    tracing::warn!(adapter = %spec.name, error = %e, "upstream header left out");
+                    Vec::new()
+                });
+        }
     }
 
     async fn stop_everything(mut self) {
