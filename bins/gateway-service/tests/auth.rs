@@ -7,7 +7,6 @@
 //! `team-b`), and anonymous (no token).
 
 use std::convert::Infallible;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,20 +23,9 @@ const AUDIENCE: &str = "mcp-gateway";
 const ADMIN_KEY: &str = "mcpgw_test-admin-key-0123456789";
 const CAROL_KEY: &str = "mcpgw_test-carol-key-0123456789";
 
+/// The example server binary, as a command.
 fn example_server() -> String {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
-        PathBuf::from,
-    );
-    let bin = target.join("debug/mcp-example-server");
-    if !bin.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "mcp-example-server"])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building mcp-example-server failed");
-    }
-    bin.canonicalize().unwrap().display().to_string()
+    mcp_gateway_testkit::example_server().display().to_string()
 }
 
 /// An upstream that answers every POST with the request headers it received, as a JSON-RPC

@@ -1,7 +1,6 @@
 //! Standalone mode: the management API and the data plane on one listener, adapters run by
 //! the local runtime, records kept in the data directory.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,21 +9,9 @@ use http::{Method, StatusCode};
 use mcp_gateway_testkit::{Http, McpSession, Reply};
 use serde_json::{Value, json};
 
-/// The example server binary, built if missing.
+/// The example server binary, as a command.
 fn example_server() -> String {
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"),
-        PathBuf::from,
-    );
-    let bin = target.join("debug/mcp-example-server");
-    if !bin.exists() {
-        let status = std::process::Command::new(env!("CARGO"))
-            .args(["build", "-p", "mcp-example-server"])
-            .status()
-            .expect("cargo build");
-        assert!(status.success(), "building mcp-example-server failed");
-    }
-    bin.canonicalize().unwrap().display().to_string()
+    mcp_gateway_testkit::example_server().display().to_string()
 }
 
 async fn standalone(data_dir: &std::path::Path) -> Handle {

@@ -1,6 +1,5 @@
 //! The local runtime against real processes: our example MCP server, run as replicas.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
@@ -17,27 +16,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// `target/debug/mcp-example-server`, built if missing.
-fn example_server() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map_or_else(|| root.join("target"), PathBuf::from);
-            let bin = target.join("debug/mcp-example-server");
-            if !bin.exists() {
-                let status = std::process::Command::new(env!("CARGO"))
-                    .args(["build", "-p", "mcp-example-server"])
-                    .current_dir(&root)
-                    .status()
-                    .expect("cargo runs");
-                assert!(status.success(), "building mcp-example-server failed");
-            }
-            bin.canonicalize().unwrap()
-        })
-        .clone()
-}
+use mcp_gateway_testkit::example_server;
 
 fn options() -> LocalOptions {
     LocalOptions {

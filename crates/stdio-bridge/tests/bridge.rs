@@ -1,8 +1,6 @@
 //! The bridge with real processes: `mcp-example-server --transport stdio`, built from this
 //! workspace, one process per session.
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -16,31 +14,7 @@ use serde_json::{Value, json};
 
 // === fixtures ===
 
-/// `target/debug/mcp-example-server`, built once if it is missing.
-fn example_server() -> &'static PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        // The test binary lives in <target>/debug/deps.
-        let exe = std::env::current_exe().expect("current_exe");
-        let debug = exe
-            .parent()
-            .and_then(|deps| deps.parent())
-            .expect("test binary under target/debug/deps")
-            .to_path_buf();
-        let server = debug.join("mcp-example-server");
-        if !server.is_file() {
-            let target = debug.parent().expect("target dir");
-            let status = std::process::Command::new(env!("CARGO"))
-                .args(["build", "-p", "mcp-example-server", "--target-dir"])
-                .arg(target)
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .status()
-                .expect("run cargo build");
-            assert!(status.success(), "cargo build -p mcp-example-server failed");
-        }
-        server
-    })
-}
+use mcp_gateway_testkit::example_server;
 
 fn config() -> BridgeConfig {
     let mut config =

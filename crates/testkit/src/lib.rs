@@ -104,6 +104,34 @@ impl Reply {
     }
 }
 
+/// The `mcp-example-server` binary beside the running test (`<target>/debug`), built once if
+/// it is missing, for tests that run it as a child process.
+pub fn example_server() -> std::path::PathBuf {
+    static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PATH.get_or_init(|| {
+        // The test binary lives in <target>/debug/deps.
+        let exe = std::env::current_exe().expect("current_exe");
+        let debug = exe
+            .parent()
+            .and_then(|deps| deps.parent())
+            .expect("test binary under <target>/debug/deps")
+            .to_path_buf();
+        let server = debug.join("mcp-example-server");
+        if !server.is_file() {
+            let target = debug.parent().expect("target dir");
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(["build", "-p", "mcp-example-server", "--target-dir"])
+                .arg(target)
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build -p mcp-example-server failed");
+        }
+        server.canonicalize().expect("mcp-example-server path")
+    })
+    .clone()
+}
+
 /// A plain HTTP client over hyper.
 #[derive(Clone)]
 pub struct Http {
