@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use mcp_gateway_auth::{ApiKeyConfig, AuthError, AuthLayer, Authenticator, Reject};
+use mcp_gateway_auth::{AuthError, AuthLayer, Authenticator, KeyFileConfig, Reject};
 use mcp_gateway_routing::{Gateway, ProxyBody};
 
 use crate::config::AuthSettings;
@@ -37,11 +37,13 @@ pub fn authenticator(
     // a key for someone else does not lock the operator out.
     let nothing_configured = tokens.issuers.is_empty() && tokens.api_keys.is_empty();
     if nothing_configured || data_dir.join(ADMIN_KEY_FILE).exists() {
-        let key = admin_key(data_dir)?;
-        tokens.api_keys.push(ApiKeyConfig {
+        // Created (or checked) now; read again on every use, so deleting the file revokes the
+        // key at once.
+        admin_key(data_dir)?;
+        tokens.key_file = Some(KeyFileConfig {
+            path: data_dir.join(ADMIN_KEY_FILE),
             subject: "admin".into(),
             roles: vec![settings.policy.admin_role.clone()],
-            sha256: mcp_gateway_auth::hash_api_key(&key),
         });
     }
     let auth = Authenticator::new(tokens).context("invalid [auth] configuration")?;
@@ -72,8 +74,17 @@ fn admin_key(data_dir: &Path) -> anyhow::Result<String> {
             Ok(key)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(data_dir)
-                .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+            {
+                use std::os::unix::fs::DirBuilderExt as _;
+                // It will hold the admin key and the adapters' records: private.
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(data_dir)
+                    .with_context(|| {
+                        format!("cannot create data directory {}", data_dir.display())
+                    })?;
+            }
             let key = mcp_gateway_auth::generate_api_key();
             // Written whole under a private name, then linked into place: a gateway starting
             // beside this one sees either no key or the complete one, never half of it.

@@ -781,6 +781,61 @@ async fn running_without_auth_is_refused_off_loopback() {
 }
 
 #[tokio::test]
+async fn deleting_admin_key_revokes_it_at_once_and_a_new_file_holds_a_new_key() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::for_tests();
+    config.management = true;
+    config.data_dir = dir.path().join("data");
+    config.auth.tokens = Some(AuthConfig::default());
+    let gw = gateway_service::run(config).await.expect("gateway starts");
+    let data = dir.path().join("data");
+    assert_eq!(
+        std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+        0o700,
+        "the data directory is private"
+    );
+    let key_path = data.join(gateway_service::ADMIN_KEY_FILE);
+    let key = std::fs::read_to_string(&key_path)
+        .unwrap()
+        .trim()
+        .to_owned();
+    let url = format!("http://{}/adapters", gw.data_addr);
+    let status = |key: String| {
+        let url = url.clone();
+        async move {
+            Http::default()
+                .send(
+                    Method::GET,
+                    &url,
+                    &[("authorization", &format!("Bearer {key}"))],
+                    Bytes::new(),
+                )
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(status(key.clone()).await, StatusCode::OK);
+    std::fs::remove_file(&key_path).unwrap();
+    assert_eq!(
+        status(key.clone()).await,
+        StatusCode::UNAUTHORIZED,
+        "revoked without a restart"
+    );
+    // The operator puts a new key in place: it works, the old one stays revoked.
+    let new_key = mcp_gateway_auth::generate_api_key();
+    std::fs::write(&key_path, format!("{new_key}\n")).unwrap();
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(status(new_key.clone()).await, StatusCode::OK);
+    assert_eq!(status(key).await, StatusCode::UNAUTHORIZED);
+    // A key file others may read is refused, as at start.
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(status(new_key).await, StatusCode::UNAUTHORIZED);
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_resource_bound_token_opens_its_adapter_only() {
     let oidc = OidcServer::start().await.unwrap();
     let echo = header_echo().await;

@@ -47,11 +47,28 @@ pub struct AuthConfig {
     /// Time limit of one discovery or JWKS fetch, connection included (default 5 seconds).
     #[serde(deserialize_with = "mcp_gateway_core::deserialize_duration")]
     pub fetch_timeout: Duration,
+    /// A key kept in a file rather than configured (the gateway's `admin.key`). Not part of
+    /// the TOML: the gateway sets it.
+    #[serde(skip)]
+    pub key_file: Option<KeyFileConfig>,
+}
+
+/// An API key read from a file on every use: accepted while the file holds it, so deleting
+/// (or replacing) the file revokes the key at once, without a restart. The file must be
+/// readable by its owner only; otherwise the key is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFileConfig {
+    /// The file; the key is its content, surrounding white space trimmed.
+    pub path: std::path::PathBuf,
+    /// The principal the key authenticates.
+    pub subject: String,
+    pub roles: Vec<String>,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
+            key_file: None,
             issuers: Vec::new(),
             api_keys: Vec::new(),
             jwks_cache_ttl: Duration::from_secs(600),

@@ -90,7 +90,7 @@ use mcp_gateway_core::Principal;
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
-pub use config::{ApiKeyConfig, AuthConfig, IssuerConfig};
+pub use config::{ApiKeyConfig, AuthConfig, IssuerConfig, KeyFileConfig};
 pub use error::{AuthError, ConfigError, TokenError, TokenErrorKind};
 pub use layer::{AuthLayer, AuthService, Reject, Resources};
 
@@ -113,6 +113,7 @@ struct Inner {
     issuers: Vec<(Issuer, IssuerKeys)>,
     by_iss: HashMap<String, usize>,
     api_keys: HashMap<String, ApiKey>,
+    key_file: Option<KeyFileConfig>,
     /// `None` when no issuer is configured.
     fetcher: Option<Fetcher>,
     timing: Timing,
@@ -161,6 +162,7 @@ impl Authenticator {
                     .collect(),
                 by_iss,
                 api_keys: validated.api_keys,
+                key_file: config.key_file.clone(),
                 fetcher,
                 timing: Timing {
                     ttl: config.jwks_cache_ttl,
@@ -173,7 +175,9 @@ impl Authenticator {
 
     /// No issuers and no API keys: nobody can authenticate.
     pub fn is_empty(&self) -> bool {
-        self.inner.issuers.is_empty() && self.inner.api_keys.is_empty()
+        self.inner.issuers.is_empty()
+            && self.inner.api_keys.is_empty()
+            && self.inner.key_file.is_none()
     }
 
     /// The authorization servers to advertise in RFC 9728 protected-resource metadata: each
@@ -225,13 +229,22 @@ impl Authenticator {
     }
 
     fn api_key(&self, key: &str) -> Result<Principal, AuthError> {
-        match self.inner.api_keys.get(&hash_api_key(key)) {
-            Some(k) => Ok(Principal::new(
-                k.subject.clone(),
+        let digest = hash_api_key(key);
+        let principal = |subject: &str, roles: &[String]| {
+            Principal::new(
+                subject,
                 Some(Principal::API_KEY_ISSUER.into()),
-                k.roles.clone(),
-            )),
-            None => Err(AuthError::invalid(Kind::UnknownKey, "unknown API key")),
+                roles.to_vec(),
+            )
+        };
+        if let Some(k) = self.inner.api_keys.get(&digest) {
+            return Ok(principal(&k.subject, &k.roles));
+        }
+        match &self.inner.key_file {
+            Some(file) if key_file_holds(file, &digest) => {
+                Ok(principal(&file.subject, &file.roles))
+            }
+            _ => Err(AuthError::invalid(Kind::UnknownKey, "unknown API key")),
         }
     }
 
@@ -407,6 +420,23 @@ fn principal(issuer: &Issuer, claims: &Value) -> Result<Principal, AuthError> {
 }
 
 // === API keys ===
+
+/// Whether the key file exists, is private to its owner and holds the key of `digest`. Read
+/// on every use (a few bytes, from the page cache), so a deleted file revokes its key at once.
+fn key_file_holds(file: &KeyFileConfig, digest: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(meta) = std::fs::metadata(&file.path) else {
+        return false;
+    };
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(path = %file.path.display(), "key file readable by other users: its key is refused (chmod 600 it)");
+        return false;
+    }
+    std::fs::read_to_string(&file.path).is_ok_and(|text| {
+        let key = text.trim();
+        !key.is_empty() && hash_api_key(key) == digest
+    })
+}
 
 /// Lowercase hex SHA-256 of an API key: what [`ApiKeyConfig::sha256`] holds.
 pub fn hash_api_key(key: &str) -> String {
