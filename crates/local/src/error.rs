@@ -39,7 +39,21 @@ impl LocalError {
 }
 
 impl From<LocalError> for AdapterError {
+    /// The client's words name no host path (an API caller need not learn the gateway's file
+    /// system); the gateway's log gets the whole error.
     fn from(err: LocalError) -> Self {
-        AdapterError::Unavailable(err.to_string())
+        tracing::error!(error = %err, "adapter store failed");
+        AdapterError::Unavailable(match &err {
+            LocalError::Io { action, source, .. } => format!(
+                "the gateway cannot {action} an adapter record in its data directory ({}); its \
+                 log names the file",
+                std::io::Error::from(source.kind())
+            ),
+            LocalError::Record { .. } | LocalError::Misnamed { .. } => {
+                "an adapter record in the gateway's data directory is not valid; its log names \
+                 the file"
+                    .to_owned()
+            }
+        })
     }
 }

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use futures_util::StreamExt;
-use mcp_gateway_core::{AdapterName, LogLine, LogQuery, LogStream, rfc3339};
+use mcp_gateway_core::{LogLine, LogQuery, LogStream, rfc3339};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt};
 use tokio::sync::broadcast;
 
@@ -60,16 +60,14 @@ struct Rings {
 /// restarts and replacements, so the lines before a crash can still be read.
 #[derive(Debug)]
 pub(crate) struct AdapterLogs {
-    adapter: AdapterName,
     capacity: usize,
     rings: Mutex<Rings>,
     new_lines: broadcast::Sender<Entry>,
 }
 
 impl AdapterLogs {
-    pub(crate) fn new(adapter: AdapterName, capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            adapter,
             capacity: capacity.max(1),
             rings: Mutex::default(),
             new_lines: broadcast::channel(FOLLOW_BUFFER).0,
@@ -78,7 +76,8 @@ impl AdapterLogs {
 
     /// Records one line of a replica.
     pub(crate) fn push(&self, replica: u32, source: Source, line: &str) {
-        tracing::debug!(adapter = %self.adapter, replica, stream = source.as_str(), "{line}");
+        // Not to `tracing`: replicas print their environment and requests, secrets included,
+        // and only the adapter's writers may read them (through the logs endpoint).
         let mut rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
         rings.seq += 1;
         let entry = Entry {
@@ -193,7 +192,7 @@ mod tests {
     use std::time::Duration;
 
     fn logs(capacity: usize) -> Arc<AdapterLogs> {
-        Arc::new(AdapterLogs::new(AdapterName::new("a").unwrap(), capacity))
+        Arc::new(AdapterLogs::new(capacity))
     }
 
     async fn collect(logs: &AdapterLogs, query: LogQuery) -> Vec<(u32, String)> {

@@ -207,10 +207,7 @@ impl LocalProvisioner {
                 "stdio adapters are not supported by this runtime yet".into(),
             ));
         };
-        let logs = Arc::new(AdapterLogs::new(
-            adapter.spec.name.clone(),
-            self.options.log_lines,
-        ));
+        let logs = Arc::new(AdapterLogs::new(self.options.log_lines));
         let bridge = launcher
             .launch(adapter, LogSink { logs: logs.clone() })
             .await?;

@@ -41,7 +41,7 @@ impl AdapterRuntime {
         sessions: Option<Arc<dyn SessionStore>>,
     ) -> Self {
         let name = adapter.spec.name.clone();
-        let logs = Arc::new(AdapterLogs::new(name.clone(), options.log_lines));
+        let logs = Arc::new(AdapterLogs::new(options.log_lines));
         let view = Arc::new(View {
             name: name.clone(),
             resolver,

@@ -15,6 +15,10 @@ use crate::LocalError;
 /// written to a temporary file, flushed to disk and renamed over the record, so a crash leaves
 /// either the old record or the new one, never half a file. Changes are serialised by one
 /// lock, so the files always match the memory.
+///
+/// Records hold `environmentVariables` values, often secrets: the directory is kept mode 0700
+/// and each file 0600 (a record or directory others may read is made private again at open,
+/// with a warning).
 #[derive(Debug)]
 pub struct FileAdapterStore {
     dir: PathBuf,
@@ -71,7 +75,13 @@ async fn blocking(
 }
 
 fn load(dir: &Path) -> Result<BTreeMap<AdapterName, Adapter>, LocalError> {
-    std::fs::create_dir_all(dir).map_err(|e| LocalError::io("create", dir, e))?;
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| LocalError::io("create", dir, e))?;
+    make_private(dir, 0o700)?;
     let mut records = BTreeMap::new();
     let entries = std::fs::read_dir(dir).map_err(|e| LocalError::io("read", dir, e))?;
     for entry in entries {
@@ -88,6 +98,7 @@ fn load(dir: &Path) -> Result<BTreeMap<AdapterName, Adapter>, LocalError> {
         let Some(stem) = file_name.strip_suffix(".json") else {
             continue;
         };
+        make_private(&path, 0o600)?;
         let bytes = std::fs::read(&path).map_err(|e| LocalError::io("read", &path, e))?;
         let adapter: Adapter =
             serde_json::from_slice(&bytes).map_err(|source| LocalError::Record {
@@ -105,8 +116,35 @@ fn load(dir: &Path) -> Result<BTreeMap<AdapterName, Adapter>, LocalError> {
     Ok(records)
 }
 
+/// Takes group and other permissions off `path` (to `mode`) if it has any: records hold secrets.
+fn make_private(path: &Path, mode: u32) -> Result<(), LocalError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| LocalError::io("read", path, e))?;
+    if meta.permissions().mode() & 0o077 == 0 {
+        return Ok(());
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| LocalError::io("make private (chmod)", path, e))?;
+    tracing::warn!(path = %path.display(), mode = format!("{mode:o}"),
+        "adapter records hold secrets: other users could read this, it is now private");
+    Ok(())
+}
+
 fn write_atomically(tmp: &Path, path: &Path, bytes: &[u8]) -> Result<(), LocalError> {
-    let mut file = std::fs::File::create(tmp).map_err(|e| LocalError::io("create", tmp, e))?;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // A leftover of a failed write may have other permissions: start from a new file.
+    match std::fs::remove_file(tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(LocalError::io("remove", tmp, e));
+        }
+        _ => {}
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+        .map_err(|e| LocalError::io("create", tmp, e))?;
     file.write_all(bytes)
         .and_then(|()| file.sync_all())
         .map_err(|e| LocalError::io("write", tmp, e))?;
@@ -287,6 +325,36 @@ mod tests {
         let store = FileAdapterStore::open(dir.path()).await.unwrap();
         assert!(store.list().await.unwrap().is_empty());
         assert!(!adapters.join(".half.json.tmp").exists());
+    }
+
+    fn mode(path: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn records_are_private_files_in_a_private_directory_and_are_made_so_at_open() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileAdapterStore::open(dir.path()).await.unwrap();
+        store.create(&adapter("secret", 1)).await.unwrap();
+        let adapters = dir.path().join("adapters");
+        let record = adapters.join("secret.json");
+        assert_eq!(mode(&adapters), 0o700);
+        assert_eq!(mode(&record), 0o600);
+        let mut changed = adapter("secret", 2);
+        changed.last_updated_at = "2026-02-01T00:00:00Z".into();
+        store.update(&changed).await.unwrap();
+        assert_eq!(mode(&record), 0o600, "a replaced record too");
+        drop(store);
+
+        // Made readable by others (an older version, a careless copy): private again at open.
+        std::fs::set_permissions(&adapters, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let store = FileAdapterStore::open(dir.path()).await.unwrap();
+        assert_eq!(mode(&adapters), 0o700);
+        assert_eq!(mode(&record), 0o600);
+        assert_eq!(store.get(&name("secret")).await.unwrap(), Some(changed));
     }
 
     #[tokio::test]

@@ -99,11 +99,8 @@ impl Shared {
             &id,
             spawned.pid,
             LogSource::Bridge,
-            format!(
-                "process started: {} {}",
-                self.config.command,
-                self.config.args.join(" ")
-            ),
+            // Not the arguments: they may hold a token, and this line reaches the gateway's log.
+            format!("process started: {}", self.config.command),
         );
         let max_line = self.config.max_line_bytes;
         tokio::spawn(process::read_stdout(

@@ -1,5 +1,5 @@
-//! Log lines of the bridged processes, handed to the runtime (hook and broadcast) and to
-//! `tracing`.
+//! Log lines of the bridged processes, handed to the runtime (hook and broadcast); the
+//! bridge's own lines also go to `tracing`.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -49,12 +49,11 @@ impl LogSink {
     }
 
     pub(crate) fn emit(&self, session: &Arc<str>, pid: u32, source: LogSource, line: String) {
-        match source {
-            LogSource::Stderr => tracing::debug!(session = %session, pid, "stderr: {line}"),
-            LogSource::Stdout => {
-                tracing::debug!(session = %session, pid, "stdout (not JSON): {line}")
-            }
-            LogSource::Bridge => tracing::info!(session = %session, pid, "{line}"),
+        // What the process prints goes to the hook and the broadcast only, never to `tracing`:
+        // servers print their environment and requests, secrets included, and the gateway's
+        // log is read by more people than the adapter's owner.
+        if source == LogSource::Bridge {
+            tracing::info!(session = %session, pid, "{line}");
         }
         let line = LogLine {
             at: SystemTime::now(),

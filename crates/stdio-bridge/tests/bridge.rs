@@ -499,3 +499,78 @@ async fn stdout_noise_and_stderr_are_logged_and_a_silent_process_times_out() -> 
     bridge.shutdown().await;
     Ok(())
 }
+
+/// Everything `tracing` writes, as one string.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut out) = self.0.lock() {
+            out.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().map(|b| b.clone()).unwrap_or_default()).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn neither_the_arguments_nor_the_output_of_a_process_reach_the_log() -> anyhow::Result<()> {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    // The test's runtime has one thread: every task of the bridge logs through this.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hooked = seen.clone();
+    let config = BridgeConfig::new(
+        "sh",
+        [
+            "-c".to_owned(),
+            "echo printed-on-stderr-s3cret >&2; echo printed-on-stdout-s3cret; exec \"$0\" --transport stdio".to_owned(),
+            example_server().to_string_lossy().into_owned(),
+            "--api-key=arg-s3cret".to_owned(),
+        ],
+    )
+    .on_log(move |line| {
+        if let Ok(mut seen) = hooked.lock() {
+            seen.push(line.line.clone());
+        }
+    });
+    let (bridge, url) = start(config).await?;
+    let mut session = McpSession::open(&url).await?;
+    whoami(&mut session).await?;
+    for _ in 0..100 {
+        if seen.lock().map_err(|_| anyhow!("poisoned"))?.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bridge.shutdown().await;
+    let seen = seen.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    // The hook (the logs endpoint, for the adapter's owner) gets the output...
+    assert!(
+        seen.iter().any(|l| l == "printed-on-stderr-s3cret"),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().any(|l| l == "printed-on-stdout-s3cret"),
+        "{seen:?}"
+    );
+    // ...the gateway's log only that a process started.
+    let log = captured.text();
+    assert!(log.contains("process started: sh"), "{log}");
+    assert!(!log.contains("s3cret"), "{log}");
+    Ok(())
+}
