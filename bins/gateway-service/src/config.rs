@@ -226,9 +226,31 @@ struct AuthSection {
     user_id_header: Option<String>,
     /// Header carrying the caller's roles to replicas (default X-Mcp-Roles; "" for none).
     roles_header: Option<String>,
-    /// Programs a non-admin may set as an adapter's command.
+    /// Programs a non-admin may set as an adapter's command: `"/path/to/server"`, or
+    /// `{ command = "/path/to/server", env = ["GITHUB_TOKEN"] }` to let non-admins set those
+    /// environment variables (and no others) for it.
     #[serde(default)]
-    allowed_commands: Vec<String>,
+    allowed_commands: Vec<AllowedCommandEntry>,
+}
+
+/// One `allowed_commands` entry: a program alone, or with the variables non-admins may set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a program path, or { command = \"…\", env = [\"NAME\", …] }"
+)]
+enum AllowedCommandEntry {
+    Program(String),
+    WithEnv(mcp_gateway_api::AllowedCommand),
+}
+
+impl From<AllowedCommandEntry> for mcp_gateway_api::AllowedCommand {
+    fn from(entry: AllowedCommandEntry) -> Self {
+        match entry {
+            AllowedCommandEntry::Program(command) => Self::new(command),
+            AllowedCommandEntry::WithEnv(allowed) => allowed,
+        }
+    }
 }
 
 /// How callers are authenticated and authorized.
@@ -238,7 +260,8 @@ pub struct AuthSettings {
     /// With no issuers and no keys, the gateway adds the admin key of the data directory.
     pub tokens: Option<mcp_gateway_auth::AuthConfig>,
     pub policy: mcp_gateway_core::RolePolicy,
-    pub allowed_commands: Vec<String>,
+    /// Programs non-admins may run as adapters, each with the variables they may set for it.
+    pub allowed_commands: Vec<mcp_gateway_api::AllowedCommand>,
     /// External base URL, without a trailing '/'.
     pub public_url: Option<String>,
 }
@@ -561,7 +584,11 @@ fn auth_settings(
     Ok(AuthSettings {
         tokens,
         policy,
-        allowed_commands: section.allowed_commands,
+        allowed_commands: section
+            .allowed_commands
+            .into_iter()
+            .map(Into::into)
+            .collect(),
         public_url,
     })
 }
@@ -731,7 +758,7 @@ public_url = "https://mcp.example.com/"
 [auth]
 admin_role = "platform-admin"
 creator_role = "mcp.creator"
-allowed_commands = ["npx"]
+allowed_commands = ["npx", { command = "/opt/gh-server", env = ["GITHUB_TOKEN"] }]
 jwks_cache_ttl = "5m"
 jwks_min_refresh_interval = "1s"
 user_id_header = "X-User"
@@ -759,7 +786,13 @@ upstream_headers = { "X-Token" = { env = "PATH" } }
         );
         assert_eq!(c.auth.policy.admin_role, "platform-admin");
         assert_eq!(c.auth.policy.creator_role.as_deref(), Some("mcp.creator"));
-        assert_eq!(c.auth.allowed_commands, ["npx"]);
+        assert_eq!(
+            c.auth.allowed_commands,
+            [
+                mcp_gateway_api::AllowedCommand::new("npx"),
+                mcp_gateway_api::AllowedCommand::new("/opt/gh-server").with_env(["GITHUB_TOKEN"]),
+            ]
+        );
         let tokens = c.auth.tokens.as_ref().unwrap();
         assert_eq!(tokens.issuers[0].roles_claim, "realm_access.roles");
         assert_eq!(tokens.api_keys[0].subject, "ci-bot");

@@ -99,7 +99,10 @@ impl Env {
             ],
             ..AuthConfig::default()
         });
-        config.auth.allowed_commands = vec![example_server()];
+        config.auth.allowed_commands = vec![
+            mcp_gateway_api::AllowedCommand::new(example_server())
+                .with_env(["API_TOKEN", "LOG_LEVEL"]),
+        ];
         // An adapter of the configuration: fronts the header echo, open to every principal,
         // with a credential the gateway adds from a secret file.
         config.adapters = vec![gateway_service::AdapterConfig {
@@ -391,12 +394,28 @@ async fn the_permission_matrix_holds_on_both_planes() {
             .await;
         assert_eq!(reply.status, S::FORBIDDEN, "{body}: {}", reply.text());
     }
-    let mut loader = spec("mine", &[]);
-    loader["environmentVariables"] = json!({"LD_PRELOAD": "/tmp/evil.so"});
-    let reply = env
-        .api("alice", Method::POST, "/adapters", Some(loader))
-        .await;
-    assert_eq!(reply.status, S::FORBIDDEN, "{}", reply.text());
+    // With an allowed command, only the variables the operator listed for it: any other may
+    // make the program load other code, and no denylist of such names is complete.
+    for (var, value) in [
+        ("LD_PRELOAD", "/tmp/evil.so"),
+        ("JDK_JAVA_OPTIONS", "-XX:OnOutOfMemoryError=/bin/sh"),
+        ("GIT_CONFIG_COUNT", "1"),
+        ("LUA_INIT", "os.execute('id')"),
+        ("HOME", "/tmp"),
+        ("api_token", "lowercase is another name"),
+    ] {
+        let mut loader = spec("mine", &[]);
+        loader["environmentVariables"] = json!({ var: value });
+        let reply = env
+            .api("alice", Method::POST, "/adapters", Some(loader))
+            .await;
+        assert_eq!(reply.status, S::FORBIDDEN, "{var}: {}", reply.text());
+        assert!(
+            reply.text().contains("API_TOKEN, LOG_LEVEL"),
+            "names what is allowed: {}",
+            reply.text()
+        );
+    }
     // Nobody takes over an adapter of the configuration file by creating a namesake, admins
     // included: the name is taken (409) and the configured adapter keeps serving.
     for who in ["alice", "admin"] {

@@ -9,8 +9,10 @@
 //! admins may set them, on create and on update alike:
 //! - `command`: runs a program on the gateway's host (unless listed in
 //!   [`ApiOptions::allowed_commands`](crate::ApiOptions::allowed_commands)); with a command,
-//!   the environment variables that decide which code it loads (`PATH`, `LD_*`,
-//!   `NODE_OPTIONS`, `PYTHON*`…);
+//!   any environment variable its entry does not list. An allowlist, not a denylist of
+//!   "dangerous" names: too many variables make some program load other code
+//!   (`LD_PRELOAD`, `NODE_OPTIONS`, `JDK_JAVA_OPTIONS`, `GIT_CONFIG_*`, `LUA_INIT`, `HOME`…)
+//!   for any list of them to be complete;
 //! - `upstreams`: makes the gateway send requests to any address it can reach;
 //! - `upstreamHeaders`: reads the gateway's secrets;
 //! - `useWorkloadIdentity`: gives replicas the cluster identity.
@@ -75,23 +77,31 @@ impl ApiState {
         if authorizer.is_admin(caller) {
             return Ok(());
         }
-        if spec.command.is_some()
+        let allowed = spec.command.as_ref().and_then(|c| {
+            self.options
+                .allowed_commands
+                .iter()
+                .find(|a| a.command == *c)
+        });
+        if let Some(allowed) = allowed
             && let Some(var) = spec
                 .environment_variables
                 .keys()
-                .find(|k| loader_variable(k))
+                .find(|k| !allowed.env.contains(k))
         {
+            let listed = if allowed.env.is_empty() {
+                "it lists none for this command".to_owned()
+            } else {
+                format!("it lists only {} for this command", allowed.env.join(", "))
+            };
             return Err(ApiError::Forbidden(format!(
-                "{} may not set environmentVariables.{var} for a command: only admins may (it \
-                 decides which code the command loads)",
+                "{} may not set environmentVariables.{var}: with a command, only admins may set \
+                 variables the operator did not allow in allowed_commands ({listed}), since a \
+                 variable can change which code the command loads",
                 caller.subject
             )));
         }
-        let field = if spec
-            .command
-            .as_ref()
-            .is_some_and(|c| !self.options.allowed_commands.iter().any(|a| a == c))
-        {
+        let field = if spec.command.as_ref().is_some_and(|_| allowed.is_none()) {
             Some((
                 "command",
                 "it runs a program on the gateway's host; the operator may allow programs with \
@@ -120,23 +130,4 @@ impl ApiState {
             None => Ok(()),
         }
     }
-}
-
-/// Variables that make a program load other code (search paths, preloads, interpreter
-/// options): set by a non-admin, they would turn an allowed command into any command.
-fn loader_variable(name: &str) -> bool {
-    let upper = name.to_ascii_uppercase();
-    upper == "PATH"
-        || upper.starts_with("LD_")
-        || upper.starts_with("DYLD_")
-        || upper == "NODE_OPTIONS"
-        || upper == "NODE_PATH"
-        || upper.starts_with("PYTHON")
-        || upper == "PERL5OPT"
-        || upper == "PERL5LIB"
-        || upper == "RUBYOPT"
-        || upper == "RUBYLIB"
-        || upper == "JAVA_TOOL_OPTIONS"
-        || upper == "BASH_ENV"
-        || upper == "ENV"
 }

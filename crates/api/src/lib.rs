@@ -54,9 +54,39 @@ pub struct ApiOptions {
     /// Largest accepted request body; larger ones get 413. Default 1 MiB.
     pub max_body_bytes: usize,
     /// Programs a principal without the admin role may set as an adapter's `command` (matched
-    /// against the whole `command` value). Empty (the default): only admins set commands, since
-    /// a command runs on the gateway's host. A listed program is trusted with any `args`.
-    pub allowed_commands: Vec<String>,
+    /// against the whole `command` value), each with the environment variables it may be
+    /// given. Empty (the default): only admins set commands, since a command runs on the
+    /// gateway's host. A listed program is trusted with any `args`.
+    pub allowed_commands: Vec<AllowedCommand>,
+}
+
+/// A program non-admins may run as an adapter, and the only environment variable names they
+/// may set for it (admins may set any).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowedCommand {
+    /// The whole `command` value, e.g. `/opt/mcp/bin/github-server`.
+    pub command: String,
+    /// Variable names (exact, case-sensitive), e.g. `["GITHUB_TOKEN", "LOG_LEVEL"]`. Default:
+    /// none.
+    #[serde(default)]
+    pub env: Vec<String>,
+}
+
+impl AllowedCommand {
+    /// `command`, with no environment variables for non-admins.
+    pub fn new(command: impl Into<String>) -> Self {
+        Self {
+            command: command.into(),
+            env: Vec::new(),
+        }
+    }
+
+    /// With these variable names allowed.
+    pub fn with_env(mut self, names: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.env = names.into_iter().map(Into::into).collect();
+        self
+    }
 }
 
 impl Default for ApiOptions {
