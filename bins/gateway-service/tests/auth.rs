@@ -551,6 +551,52 @@ async fn a_session_belongs_to_the_principal_that_opened_it() {
 }
 
 #[tokio::test]
+async fn readers_who_may_not_write_see_environment_names_but_not_values() {
+    let env = Env::start().await;
+    let mut body = spec("secretive", &["team-a"]);
+    body["environmentVariables"] =
+        json!({"API_TOKEN": "tok-123-secret", "LOG_LEVEL": "chatty-level"});
+    let created = env
+        .api("alice", Method::POST, "/adapters", Some(body))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    assert_eq!(
+        json_of(&created)["environmentVariables"]["API_TOKEN"],
+        "tok-123-secret"
+    );
+    // The creator and admins may change it, so they read it whole.
+    for who in ["alice", "admin"] {
+        let got = json_of(&env.api(who, Method::GET, "/adapters/secretive", None).await);
+        assert_eq!(
+            got["environmentVariables"]["API_TOKEN"], "tok-123-secret",
+            "{who}"
+        );
+    }
+    // bob holds the adapter's role: he may read and use it, not see its secrets.
+    let got = env
+        .api("bob", Method::GET, "/adapters/secretive", None)
+        .await;
+    assert_eq!(got.status, StatusCode::OK);
+    let listed = env.api("bob", Method::GET, "/adapters", None).await;
+    for text in [got.text(), listed.text()] {
+        assert!(!text.contains("tok-123-secret"), "{text}");
+        assert!(!text.contains("chatty-level"), "{text}");
+    }
+    let got = json_of(&got);
+    assert_eq!(
+        got["environmentVariables"],
+        json!({"API_TOKEN": "***", "LOG_LEVEL": "***"})
+    );
+    assert_eq!(
+        json_of(&listed)[0]["environmentVariables"],
+        got["environmentVariables"]
+    );
+    // Only the answer is redacted: the adapter runs (with its values).
+    wait_ready(&env, "secretive").await;
+    env.gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn replicas_see_the_identity_never_the_token() {
     let env = Env::start().await;
     let token = format!("Bearer {}", env.jwt("bob", &["team-a", "ops"]));
@@ -784,22 +830,6 @@ async fn with_no_auth_configured_an_admin_key_is_created_once() {
 }
 
 #[tokio::test]
-async fn running_without_auth_is_refused_off_loopback() {
-    let parse = |argv: &[&str]| {
-        let mut all = vec!["gateway-service"];
-        all.extend_from_slice(argv);
-        Config::resolve(<gateway_service::Args as clap::Parser>::try_parse_from(all).unwrap())
-    };
-    let err = parse(&["--listen", "0.0.0.0:0", "--insecure-no-auth"]).unwrap_err();
-    assert!(format!("{err:#}").contains("loopback"), "{err:#}");
-    assert!(parse(&["--listen", "127.0.0.1:0", "--insecure-no-auth"]).is_ok());
-    assert!(
-        parse(&["--listen", "0.0.0.0:0"]).is_ok(),
-        "with auth, any address"
-    );
-}
-
-#[tokio::test]
 async fn deleting_admin_key_revokes_it_at_once_and_a_new_file_holds_a_new_key() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().unwrap();
@@ -852,6 +882,22 @@ async fn deleting_admin_key_revokes_it_at_once_and_a_new_file_holds_a_new_key() 
     std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
     assert_eq!(status(new_key).await, StatusCode::UNAUTHORIZED);
     gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn running_without_auth_is_refused_off_loopback() {
+    let parse = |argv: &[&str]| {
+        let mut all = vec!["gateway-service"];
+        all.extend_from_slice(argv);
+        Config::resolve(<gateway_service::Args as clap::Parser>::try_parse_from(all).unwrap())
+    };
+    let err = parse(&["--listen", "0.0.0.0:0", "--insecure-no-auth"]).unwrap_err();
+    assert!(format!("{err:#}").contains("loopback"), "{err:#}");
+    assert!(parse(&["--listen", "127.0.0.1:0", "--insecure-no-auth"]).is_ok());
+    assert!(
+        parse(&["--listen", "0.0.0.0:0"]).is_ok(),
+        "with auth, any address"
+    );
 }
 
 #[tokio::test]

@@ -22,6 +22,10 @@ use mcp_gateway_core::{Action, Adapter, AdapterSpec, Principal};
 use crate::ApiState;
 use crate::error::ApiError;
 
+/// What a caller who may read an adapter but not change it sees instead of each
+/// `environmentVariables` value: the names stay, the values (secrets, often) do not.
+pub const REDACTED: &str = "***";
+
 impl ApiState {
     /// Whether `caller` may do `action` with `adapter`.
     pub(crate) fn allows(&self, caller: &Principal, adapter: &Adapter, action: Action) -> bool {
@@ -53,6 +57,18 @@ impl ApiState {
             action.as_str(),
             adapter.spec.name
         )))
+    }
+
+    /// The adapter as `caller` may see it: whole for its creator and admins (who may change
+    /// it, and so already know its secrets), with every `environmentVariables` value replaced
+    /// by [`REDACTED`] for everyone else.
+    pub(crate) fn shown(&self, caller: &Principal, mut adapter: Adapter) -> Adapter {
+        if !self.allows(caller, &adapter, Action::Write) {
+            for value in adapter.spec.environment_variables.values_mut() {
+                REDACTED.clone_into(value);
+            }
+        }
+        adapter
     }
 
     pub(crate) fn require_create(&self, caller: &Principal) -> Result<(), ApiError> {

@@ -104,9 +104,10 @@ impl FromRequest<ApiState> for SpecJson {
                 "the request has no body; send the adapter as a JSON object",
             ));
         }
-        let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        let mut value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
             ApiError::invalid("invalid-json", format!("body is not valid JSON: {e}"))
         })?;
+        drop_server_fields(&mut value)?;
         // The name first, for a message that quotes it (serde's would be less direct).
         if let Some(serde_json::Value::String(name)) = value.get("name")
             && let Err(e) = AdapterName::new(name)
@@ -124,6 +125,36 @@ impl FromRequest<ApiState> for SpecJson {
                     ApiError::field("invalid-adapter", path.clone(), format!("{path}: {msg}"))
                 }
             })
+    }
+}
+
+/// The fields of a returned adapter that the server sets. A client that reads an adapter,
+/// changes a field and sends the object back (as microsoft/mcp-gateway's clients do) sends
+/// them too: they are ignored, not refused, and `id` must name the adapter the body names.
+const SERVER_FIELDS: [&str; 4] = ["createdBy", "createdByIssuer", "createdAt", "lastUpdatedAt"];
+
+fn drop_server_fields(value: &mut serde_json::Value) -> Result<(), ApiError> {
+    let Some(object) = value.as_object_mut() else {
+        return Ok(());
+    };
+    for field in SERVER_FIELDS {
+        object.remove(field);
+    }
+    let Some(id) = object.remove("id") else {
+        return Ok(());
+    };
+    let name = object.get("name").and_then(|n| n.as_str());
+    match (id.as_str(), name) {
+        (Some(id), Some(name)) if id == name => Ok(()),
+        (_, None) => Ok(()),
+        (_, Some(name)) => Err(ApiError::field(
+            "invalid-adapter",
+            "id",
+            format!(
+                "id {id} differs from name \"{name}\": an adapter's id is its name (leave id out, \
+                 or give the name)"
+            ),
+        )),
     }
 }
 

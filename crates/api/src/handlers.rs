@@ -75,7 +75,7 @@ pub async fn create_adapter(
     }
     let location = HeaderValue::try_from(format!("/adapters/{name}"))
         .map_err(|_| ApiError::invalid("invalid-name", "name cannot appear in a URL"))?;
-    let mut response = (StatusCode::CREATED, Json(adapter)).into_response();
+    let mut response = (StatusCode::CREATED, Json(Resource::of(adapter))).into_response();
     response.headers_mut().insert(header::LOCATION, location);
     Ok(response)
 }
@@ -94,10 +94,15 @@ pub async fn create_adapter(
 pub async fn list_adapters(
     State(state): State<ApiState>,
     Caller(caller): Caller,
-) -> Result<Json<Vec<Adapter>>, ApiError> {
-    let mut adapters = state.adapters.list().await?;
-    adapters.retain(|a| state.allows(&caller, a, Action::Read));
-    Ok(Json(adapters))
+) -> Result<Json<Vec<Resource>>, ApiError> {
+    let adapters = state.adapters.list().await?;
+    Ok(Json(
+        adapters
+            .into_iter()
+            .filter(|a| state.allows(&caller, a, Action::Read))
+            .map(|a| Resource::of(state.shown(&caller, a)))
+            .collect(),
+    ))
 }
 
 /// One adapter.
@@ -119,10 +124,10 @@ pub async fn get_adapter(
     State(state): State<ApiState>,
     Caller(caller): Caller,
     AdapterPath(name): AdapterPath,
-) -> Result<Json<Adapter>, ApiError> {
+) -> Result<Json<Resource>, ApiError> {
     let adapter = existing(&state, &name).await?;
     state.require(&caller, &adapter, Action::Read)?;
-    Ok(Json(adapter))
+    Ok(Json(Resource::of(state.shown(&caller, adapter))))
 }
 
 /// Replace an adapter's spec and roll the change out.
@@ -151,7 +156,7 @@ pub async fn update_adapter(
     Caller(caller): Caller,
     AdapterPath(name): AdapterPath,
     SpecJson(spec): SpecJson,
-) -> Result<Json<Adapter>, ApiError> {
+) -> Result<Json<Resource>, ApiError> {
     state.require(&caller, &existing(&state, &name).await?, Action::Write)?;
     state.require_privileged_fields(&caller, &spec)?;
     if spec.name != name {
@@ -188,7 +193,7 @@ pub async fn update_adapter(
         }
         return Err(deploy_error(&name, err));
     }
-    Ok(Json(adapter))
+    Ok(Json(Resource::of(adapter)))
 }
 
 /// Delete an adapter and everything deployed for it.
@@ -327,6 +332,24 @@ pub async fn method_not_allowed(method: http::Method, uri: http::Uri) -> ApiErro
         "{method} is not allowed on {}; see GET /openapi.json for the methods it takes",
         uri.path()
     ))
+}
+
+/// An adapter as the API returns it: `id` (its name: microsoft/mcp-gateway's resources carry
+/// one, and its clients key on it), then the record's fields.
+#[derive(Debug, serde::Serialize)]
+pub struct Resource {
+    id: AdapterName,
+    #[serde(flatten)]
+    adapter: Adapter,
+}
+
+impl Resource {
+    fn of(adapter: Adapter) -> Self {
+        Self {
+            id: adapter.spec.name.clone(),
+            adapter,
+        }
+    }
 }
 
 /// The stored adapter, or 404.

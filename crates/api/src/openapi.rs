@@ -175,6 +175,11 @@ fn adapter_schema(mut spec: Object) -> Object {
         "An adapter as stored and returned by the API: the spec plus server-set fields.".into(),
     );
     for (field, description) in [
+        (
+            "id",
+            "The adapter's name again (microsoft/mcp-gateway's resources carry an `id`). Sent \
+             back on `PUT` it must equal `name`.",
+        ),
         ("createdBy", "Subject of the principal that created it."),
         ("createdAt", "When it was created (RFC 3339, UTC)."),
         (

@@ -83,6 +83,13 @@ async fn create(app: &Router, body: Value) -> Reply {
     send(app, json_req(Method::POST, "/adapters", body.to_string())).await
 }
 
+/// A returned resource as the store keeps it: without the `id` the API adds.
+fn record(mut resource: Value) -> Value {
+    let id = resource.as_object_mut().unwrap().remove("id");
+    assert_eq!(id.as_ref(), resource.get("name"), "id is the name");
+    resource
+}
+
 // === POST /adapters ===
 
 #[tokio::test]
@@ -117,7 +124,7 @@ async fn create_returns_201_with_the_resource_location_and_deploys_it() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(serde_json::to_value(&stored).unwrap(), body);
+    assert_eq!(serde_json::to_value(&stored).unwrap(), record(body));
 }
 
 #[tokio::test]
@@ -222,14 +229,11 @@ async fn unknown_fields_are_400_naming_the_field() {
         "{}",
         p.detail
     );
-    let p = create(&f.app, json!({"name": "a", "createdBy": "mallory"}))
+    // `createdBy` is a server-set field: accepted and ignored (see the anchor-client tests).
+    let p = create(&f.app, json!({"name": "a", "creator": "mallory"}))
         .await
         .problem(400);
-    assert!(
-        p.detail.contains("unknown field `createdBy`"),
-        "{}",
-        p.detail
-    );
+    assert!(p.detail.contains("unknown field `creator`"), "{}", p.detail);
     assert!(f.calls().is_empty());
 }
 
@@ -519,7 +523,7 @@ async fn update_replaces_the_spec_and_keeps_the_creation_fields() {
     assert_eq!(body["createdBy"], "alice");
     assert_eq!(body["createdAt"], created["createdAt"]);
     assert_ne!(body["lastUpdatedAt"], created["lastUpdatedAt"]);
-    assert_eq!(f.stored("a").await, body);
+    assert_eq!(f.stored("a").await, record(body));
     assert_eq!(
         f.calls(),
         ["validate a", "apply a", "validate a", "apply a"]
@@ -582,12 +586,134 @@ async fn a_failed_roll_out_restores_the_previous_spec() {
     .await
     .problem(503);
     assert!(p.detail.contains("replica 1 did not start"), "{}", p.detail);
-    assert_eq!(f.stored("a").await, before);
+    assert_eq!(f.stored("a").await, record(before));
     let applied = f.provisioner.applied("a").unwrap();
     assert_eq!(
         applied.spec.replica_count, 2,
         "the previous spec is applied again"
     );
+}
+
+// === microsoft/mcp-gateway clients ===
+
+#[tokio::test]
+async fn the_resource_carries_its_name_as_id_everywhere_it_is_returned() {
+    let f = Fakes::new();
+    let created = create(&f.app, json!({"name": "a"})).await.json();
+    assert_eq!(created["id"], "a");
+    let got = send(&f.app, req(Method::GET, "/adapters/a")).await.json();
+    assert_eq!(got["id"], "a");
+    let listed = send(&f.app, req(Method::GET, "/adapters")).await.json();
+    assert_eq!(listed[0]["id"], "a");
+    let updated = send(
+        &f.app,
+        json_req(Method::PUT, "/adapters/a", json!({"name": "a"}).to_string()),
+    )
+    .await
+    .json();
+    assert_eq!(updated["id"], "a");
+}
+
+#[tokio::test]
+async fn a_get_then_a_put_of_the_same_object_with_one_change_succeeds() {
+    let f = Fakes::new();
+    let mut r = json_req(
+        Method::POST,
+        "/adapters",
+        json!({"name": "a", "replicaCount": 1, "description": "d"}).to_string(),
+    );
+    r.extensions_mut()
+        .insert(Principal::new("alice", Some("https://idp".into()), vec![]));
+    send(&f.app, r).await;
+    let mut object = send(&f.app, req(Method::GET, "/adapters/a")).await.json();
+    for field in [
+        "id",
+        "createdBy",
+        "createdByIssuer",
+        "createdAt",
+        "lastUpdatedAt",
+    ] {
+        assert!(object.get(field).is_some(), "{field} in {object}");
+    }
+    object["replicaCount"] = json!(3);
+    // A client may send the server-set fields back with other values: they are the server's.
+    object["createdBy"] = json!("mallory");
+    object["createdAt"] = json!("1999-01-01T00:00:00Z");
+    let res = send(
+        &f.app,
+        json_req(Method::PUT, "/adapters/a", object.to_string()),
+    )
+    .await;
+    assert_eq!(res.status, 200, "{}", res.text());
+    let body = res.json();
+    assert_eq!(body["replicaCount"], 3);
+    assert_eq!(body["description"], "d");
+    assert_eq!(body["createdBy"], "alice");
+    assert_eq!(body["createdByIssuer"], "https://idp");
+    assert_ne!(body["createdAt"], "1999-01-01T00:00:00Z");
+    // The same object may also create an adapter of its own name.
+    let mut copy = body.clone();
+    copy["id"] = json!("b");
+    copy["name"] = json!("b");
+    let res = create(&f.app, copy).await;
+    assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
+    assert_eq!(res.json()["createdBy"], "anonymous");
+}
+
+#[tokio::test]
+async fn put_still_refuses_unknown_fields_and_an_id_that_is_not_the_name() {
+    let f = Fakes::new();
+    create(&f.app, json!({"name": "a"})).await;
+    let mut object = send(&f.app, req(Method::GET, "/adapters/a")).await.json();
+    object["replicas"] = json!(2);
+    let p = send(
+        &f.app,
+        json_req(Method::PUT, "/adapters/a", object.to_string()),
+    )
+    .await
+    .problem(400);
+    assert!(
+        p.detail.contains("unknown field `replicas`"),
+        "{}",
+        p.detail
+    );
+    let p = send(
+        &f.app,
+        json_req(
+            Method::PUT,
+            "/adapters/a",
+            json!({"name": "a", "id": "b"}).to_string(),
+        ),
+    )
+    .await
+    .problem(400);
+    assert!(
+        p.detail.contains("id \"b\" differs from name \"a\""),
+        "{}",
+        p.detail
+    );
+    assert_eq!(p.errors[0].field, "id");
+}
+
+#[tokio::test]
+async fn status_answers_in_microsoft_mcp_gateways_shape_too() {
+    let f = Fakes::new();
+    create(&f.app, json!({"name": "a", "replicaCount": 2})).await;
+    let status = send(&f.app, req(Method::GET, "/adapters/a/status"))
+        .await
+        .json();
+    for field in [
+        "readyReplicas",
+        "updatedReplicas",
+        "availableReplicas",
+        "image",
+        "replicaStatus",
+        "replicaCount",
+        "replicas",
+    ] {
+        assert!(status.get(field).is_some(), "{field} in {status}");
+    }
+    assert_eq!(status["replicaStatus"], "Healthy");
 }
 
 // === DELETE /adapters/{name} ===

@@ -43,7 +43,8 @@ pub struct AdapterSpec {
     /// Container image tag (Kubernetes runtime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_version: Option<String>,
-    /// Environment of every replica.
+    /// Environment of every replica. Only its creator and admins read the values back; other
+    /// readers get each value as `***`.
     #[serde(default)]
     pub environment_variables: BTreeMap<String, String>,
     /// Desired replicas (1 to 50).
@@ -218,8 +219,42 @@ pub struct AdapterStatus {
     pub name: AdapterName,
     /// Desired replicas.
     pub replica_count: u32,
+    /// Replicas that serve the latest spec and answer.
     pub ready_replicas: u32,
+    /// Replicas started from the latest spec, ready or not (microsoft/mcp-gateway's field,
+    /// as in a StatefulSet's status).
+    pub updated_replicas: u32,
+    /// Replicas available to new sessions: here the same as `readyReplicas` (microsoft/mcp-gateway's
+    /// field).
+    pub available_replicas: u32,
+    /// What the replicas run: `imageName:imageVersion`, else the command, else `Unknown`
+    /// (microsoft/mcp-gateway's field).
+    pub image: String,
+    /// `Healthy` when `readyReplicas` equals `replicaCount`, else `Degraded: R/N ready`
+    /// (microsoft/mcp-gateway's field and wording).
+    pub replica_status: String,
     pub replicas: Vec<ReplicaStatus>,
+}
+
+impl AdapterStatus {
+    /// `Healthy`, or `Degraded: {ready}/{desired} ready`.
+    pub fn health(ready: u32, desired: u32) -> String {
+        if ready == desired {
+            "Healthy".to_owned()
+        } else {
+            format!("Degraded: {ready}/{desired} ready")
+        }
+    }
+
+    /// The `image` of a spec: `imageName:imageVersion`, else the command, else `Unknown`.
+    pub fn image_of(spec: &AdapterSpec) -> String {
+        match (&spec.image_name, &spec.image_version, &spec.command) {
+            (Some(name), Some(version), _) => format!("{name}:{version}"),
+            (Some(name), None, _) => name.clone(),
+            (None, _, Some(command)) => command.clone(),
+            (None, _, None) => "Unknown".to_owned(),
+        }
+    }
 }
 
 /// Which log lines to return.

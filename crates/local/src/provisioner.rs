@@ -221,10 +221,16 @@ impl LocalProvisioner {
                 draining: false,
             })
             .collect();
+        let ready = u32::try_from(replicas.len()).unwrap_or(u32::MAX);
         let status = AdapterStatus {
             name: adapter.spec.name.clone(),
-            replica_count: adapter.spec.replica_count,
-            ready_replicas: u32::try_from(replicas.len()).unwrap_or(u32::MAX),
+            // The bridge runs a process per session: `replicaCount` does not apply.
+            replica_count: ready,
+            ready_replicas: ready,
+            updated_replicas: ready,
+            available_replicas: ready,
+            image: AdapterStatus::image_of(&adapter.spec),
+            replica_status: AdapterStatus::health(ready, ready),
             replicas: replicas
                 .iter()
                 .map(|r| ReplicaStatus {

@@ -137,6 +137,7 @@ struct ViewInner {
     sse_path: String,
     access: AdapterAccess,
     upstream_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    image: String,
     members: Vec<Member>,
 }
 
@@ -152,6 +153,8 @@ struct Member {
     ordinal: u32,
     id: Arc<str>,
     role: Role,
+    /// Started from the latest spec.
+    updated: bool,
     kind: MemberKind,
 }
 
@@ -251,10 +254,16 @@ impl View {
                     && matches!(r.state, ReplicaState::Ready | ReplicaState::External)
             })
             .count();
+        let ready_replicas = u32::try_from(ready_replicas).unwrap_or(u32::MAX);
+        let updated_replicas = inner.members.iter().filter(|m| m.updated).count();
         AdapterStatus {
             name: self.name.clone(),
             replica_count: inner.replica_count,
-            ready_replicas: u32::try_from(ready_replicas).unwrap_or(u32::MAX),
+            ready_replicas,
+            updated_replicas: u32::try_from(updated_replicas).unwrap_or(u32::MAX),
+            available_replicas: ready_replicas,
+            image: inner.image.clone(),
+            replica_status: AdapterStatus::health(ready_replicas, inner.replica_count),
             replicas,
         }
     }
@@ -458,10 +467,12 @@ impl Reconciler {
 
     fn sync_view(&mut self, adapter: &Adapter, generation: u64) {
         let spec = &adapter.spec;
+        let latest = Launch::of(spec);
         let process = |p: &ReplicaProcess, role| Member {
             ordinal: p.ordinal,
             id: p.id.clone(),
             role,
+            updated: role != Role::Draining && latest.as_ref() == Some(&*p.launch),
             kind: MemberKind::Process(p.watch()),
         };
         let mut members: Vec<Member> = self
@@ -473,6 +484,7 @@ impl Reconciler {
                     ordinal,
                     id: ordinal.to_string().into(),
                     role: Role::Active,
+                    updated: true,
                     kind: MemberKind::External(url.clone()),
                 },
             })
@@ -486,6 +498,7 @@ impl Reconciler {
         members.sort_by_key(|m| (m.ordinal, m.role));
         let mut inner = self.view.inner();
         inner.members = members;
+        inner.image = AdapterStatus::image_of(spec);
         inner.replica_count = if spec.upstreams.is_empty() {
             spec.replica_count
         } else {

@@ -148,6 +148,10 @@ async fn two_replicas_become_ready_serve_mcp_and_leave_no_process_when_removed()
 
     let status = p.status(&name("two")).await.unwrap();
     assert_eq!(status.replica_count, 2);
+    // microsoft/mcp-gateway's status fields, beside ours.
+    assert_eq!((status.updated_replicas, status.available_replicas), (2, 2));
+    assert_eq!(status.replica_status, "Healthy");
+    assert_eq!(status.image, "/bin/sh");
     let states: Vec<_> = status.replicas.iter().map(|r| (r.index, r.state)).collect();
     assert_eq!(states, [(0, ReplicaState::Ready), (1, ReplicaState::Ready)]);
     assert!(
@@ -194,8 +198,11 @@ async fn a_killed_replica_is_reported_crashed_then_restarted() {
     kill(Pid::from_raw(first), Signal::SIGKILL).unwrap();
 
     eventually("crashed with SIGKILL's exit code", || async {
-        let r = &p.status(&name("crash")).await.unwrap().replicas[0];
-        r.state == ReplicaState::Crashed && r.exit_code == Some(137)
+        let status = p.status(&name("crash")).await.unwrap();
+        let r = &status.replicas[0];
+        r.state == ReplicaState::Crashed
+            && r.exit_code == Some(137)
+            && status.replica_status == "Degraded: 0/1 ready"
     })
     .await;
     // A crashed replica takes no requests: its sessions are gone.
@@ -381,6 +388,11 @@ async fn a_changed_environment_rolls_out_replica_by_replica_with_draining() {
     p.apply(&example_adapter("roll", 2, serde_json::json!({"V": "2"})))
         .await
         .unwrap();
+    let status = p.status(&name("roll")).await.unwrap();
+    assert!(
+        status.updated_replicas < 2,
+        "the rollout has only begun: {status:?}"
+    );
     let mut saw_draining = Vec::new();
     let mut never_short = true;
     eventually("both replaced", || {
@@ -400,6 +412,7 @@ async fn a_changed_environment_rolls_out_replica_by_replica_with_draining() {
     assert!(never_short, "two replicas took new sessions all along");
     let status = p.status(&name("roll")).await.unwrap();
     assert_eq!(status.ready_replicas, 2);
+    assert_eq!(status.updated_replicas, 2);
     eventually("old processes gone", || async {
         old.iter().all(|&pid| !alive(pid))
     })

@@ -223,6 +223,10 @@ impl Provisioner for FakeProvisioner {
             name: name.clone(),
             replica_count: n,
             ready_replicas: n,
+            updated_replicas: n,
+            available_replicas: n,
+            image: "Unknown".into(),
+            replica_status: AdapterStatus::health(n, n),
             replicas: (0..n)
                 .map(|index| ReplicaStatus {
                     index,
