@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use http::{HeaderName, HeaderValue};
 use mcp_gateway_core::{
     Adapter, AdapterError, AdapterStore, Authorizer, Provisioner, SessionStore, StaticResolver,
 };
@@ -93,6 +94,11 @@ impl StdioLauncher for BridgeLauncher {
             .filter_map(|k| std::env::var(k).ok().map(|v| (k.clone(), v)))
             .collect();
         config.env.extend(spec.environment_variables.clone());
+        // Only the data plane may reach the bridge: it adds this token to every request.
+        let token = mcp_gateway_stdio::random_token();
+        let token_header = HeaderValue::from_str(&token)
+            .map_err(|_| AdapterError::Unavailable("the bridge's token is not a header".into()))?;
+        config.access_token = Some(token);
         let handle = Bridge::start(config)
             .await
             .map_err(|e| AdapterError::Invalid(format!("cannot start the stdio bridge: {e}")))?;
@@ -100,6 +106,10 @@ impl StdioLauncher for BridgeLauncher {
             base_urls: vec![format!("http://{}", handle.local_addr())],
             mcp_path: "/mcp".into(),
             sse_path: "/sse".into(),
+            upstream_headers: vec![(
+                HeaderName::from_static(mcp_gateway_stdio::ACCESS_TOKEN_HEADER),
+                token_header,
+            )],
             stop: Box::pin(handle.shutdown()),
         })
     }

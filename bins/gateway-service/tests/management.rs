@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gateway_service::{Config, Handle};
 use http::{Method, StatusCode};
-use mcp_gateway_testkit::{Http, McpSession, Reply};
+use mcp_gateway_testkit::{Http, McpSession, Reply, initialize_request};
 use serde_json::{Value, json};
 
 /// The example server binary, as a command.
@@ -194,6 +194,18 @@ async fn stdio_adapters_get_one_process_per_session() {
     );
     assert!(pa.starts_with("pid") && pb.starts_with("pid"));
     assert_ne!(pa, pb, "sessions never share a process");
+    // The bridge itself (its loopback address is in the status) serves the gateway only:
+    // a local user skipping the gateway's auth, roles and session checks gets 403.
+    let status = api(&gw, Method::GET, "/adapters/stdio/status", None).await;
+    let bridge = json_of(&status)["replicas"][0]["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let direct = Http::default()
+        .post_json(&format!("{bridge}/mcp"), &[], &initialize_request(9))
+        .await
+        .unwrap();
+    assert_eq!(direct.status, StatusCode::FORBIDDEN, "{}", direct.text());
     for i in 1..=3 {
         assert!(
             a.call_text("counter_increment", json!({}))

@@ -103,6 +103,9 @@ pub struct StdioBridge {
     pub mcp_path: String,
     /// The bridge's legacy HTTP+SSE path (`/sse`).
     pub sse_path: String,
+    /// Headers the data plane must add to every request it forwards to the bridge (its access
+    /// token): the bridge refuses requests without them, so only the gateway reaches it.
+    pub upstream_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Stops the bridge and every process it runs; awaited on update, remove and shutdown.
     pub stop: BoxFuture<'static, ()>,
 }
@@ -249,7 +252,7 @@ impl LocalProvisioner {
             mcp_path: bridge.mcp_path,
             sse_path: bridge.sse_path,
             access: adapter.access(),
-            upstream_headers: Vec::new(),
+            upstream_headers: bridge.upstream_headers,
         });
         Ok(Deployed::Bridge {
             status,

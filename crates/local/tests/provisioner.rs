@@ -481,6 +481,10 @@ impl StdioLauncher for FakeBridge {
             base_urls: vec!["http://127.0.0.1:7777".into()],
             mcp_path: "/mcp".into(),
             sse_path: "/sse".into(),
+            upstream_headers: vec![(
+                http::HeaderName::from_static("x-mcp-bridge-token"),
+                http::HeaderValue::from_static("t0ken"),
+            )],
             stop: Box::pin(async move { stopped.store(true, Ordering::SeqCst) }),
         })
     }
@@ -503,6 +507,8 @@ async fn stdio_adapters_need_a_bridge_and_run_through_it() {
     p.apply(&stdio).await.unwrap();
     let target = resolver.resolve("io").unwrap();
     assert_eq!(&*target.replicas[0].base_url, "http://127.0.0.1:7777");
+    // The data plane adds the bridge's token to every request it forwards.
+    assert_eq!(target.upstream_headers[0].1, "t0ken");
     assert_eq!(p.status(&name("io")).await.unwrap().ready_replicas, 1);
     p.remove(&name("io")).await.unwrap();
     assert!(stopped.load(Ordering::SeqCst));

@@ -50,6 +50,24 @@ pub struct BridgeConfig {
     /// Called for every log line (stdout noise, stderr, process start and exit); also
     /// available as a broadcast from [`BridgeHandle::logs`](crate::BridgeHandle::logs).
     pub on_log: Option<LogHook>,
+    /// When set, every request must carry it in [`ACCESS_TOKEN_HEADER`]; others get 403.
+    /// The gateway sets a random one per bridge and adds it to the requests it forwards, so
+    /// other local users (and web pages) cannot reach the processes behind the gateway's
+    /// back. Default `None` ([`random_token`] makes one).
+    pub access_token: Option<String>,
+}
+
+/// The request header carrying [`BridgeConfig::access_token`].
+pub const ACCESS_TOKEN_HEADER: &str = "x-mcp-bridge-token";
+
+/// A random token (244 bits from the operating system's source) for
+/// [`BridgeConfig::access_token`].
+pub fn random_token() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 impl BridgeConfig {
@@ -73,6 +91,7 @@ impl BridgeConfig {
             max_line_bytes: 64 * 1024 * 1024,
             backlog: 1000,
             on_log: None,
+            access_token: None,
         }
     }
 
@@ -99,6 +118,7 @@ impl fmt::Debug for BridgeConfig {
             .field("max_line_bytes", &self.max_line_bytes)
             .field("backlog", &self.backlog)
             .field("on_log", &self.on_log.is_some())
+            .field("access_token", &self.access_token.is_some())
             .finish()
     }
 }

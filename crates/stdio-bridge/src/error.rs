@@ -72,6 +72,10 @@ pub enum BridgeError {
     Timeout(Duration),
     #[error("cannot write to the MCP server process: {0}")]
     Stdin(String),
+    /// The caller is not the gateway: no (or a wrong) access token, or a `Host` that is not
+    /// the bridge's loopback address (DNS rebinding).
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
 }
 
 impl BridgeError {
@@ -93,6 +97,7 @@ impl BridgeError {
             StreamAlreadyOpen => StatusCode::CONFLICT,
             MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -105,7 +110,7 @@ impl BridgeError {
             Parse(_) => PARSE_ERROR,
             MissingSession | MissingSessionParam | InvalidMessage(_) | DuplicateId(_)
             | BodyTooLarge(_) | NotAcceptable | StreamAlreadyOpen | MethodNotAllowed(..)
-            | NoRoute(_) => INVALID_REQUEST,
+            | NoRoute(_) | Forbidden(_) => INVALID_REQUEST,
             Bind { .. }
             | Spawn { .. }
             | ProcessLimit(_)

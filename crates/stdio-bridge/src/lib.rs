@@ -62,8 +62,12 @@
 //!   [`BridgeConfig::on_log`] and [`BridgeHandle::logs`] give them to the runtime.
 //!
 //! # What it is not
-//! - Not a proxy: there is no replica choice, auth, `Origin`/`Host` check or session store
-//!   here; it binds loopback and trusts its caller, the gateway's data plane, to do those.
+//! - Not a proxy: there is no replica choice, user authentication, `Origin` check or session
+//!   store here; it binds loopback and trusts its caller, the gateway's data plane, to do
+//!   those. It only makes sure the caller is that data plane: with
+//!   [`BridgeConfig::access_token`] set, a request without the token is 403, and on a
+//!   loopback address a `Host` other than that address (or `localhost`) with the bridge's
+//!   port is 403 too, so a web page cannot reach it through DNS rebinding.
 //! - No resumability: SSE events carry no `id`, so `Last-Event-ID` resumes nothing.
 //! - No JSON-RPC batches (removed in MCP 2025-06-18): `400`.
 //! - Legacy HTTP+SSE requests have no request timeout (their answers go to the stream).
@@ -83,7 +87,7 @@ mod session;
 mod streamable;
 
 pub use bridge::SessionInfo;
-pub use config::{BridgeConfig, LogHook};
+pub use config::{ACCESS_TOKEN_HEADER, BridgeConfig, LogHook, random_token};
 pub use error::{BridgeError, SESSION_NOT_FOUND, SESSION_REVISIONS, UNSUPPORTED_PROTOCOL_VERSION};
 pub use log::{LogLine, LogSource};
 pub use server::{BridgeHandle, StdioBridge};

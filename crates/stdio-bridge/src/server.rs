@@ -140,6 +140,9 @@ fn check_command(config: &BridgeConfig) -> Result<(), BridgeError> {
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, _) = tokio::select! {
@@ -157,7 +160,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
         connections.spawn(async move {
             let service = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, req).await) }
+                async move { Ok::<_, Infallible>(route(&shared, local, req).await) }
             });
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(err) = builder
@@ -180,8 +183,60 @@ async fn reap_loop(shared: Arc<Shared>) {
     }
 }
 
+/// Refuses a request that is not from the gateway: a missing or wrong access token, or, on a
+/// loopback address, a `Host` that is not this address (a browser led here by DNS rebinding
+/// sends the attacker's name).
+fn check_caller<B>(
+    config: &BridgeConfig,
+    local: SocketAddr,
+    req: &Request<B>,
+) -> Result<(), BridgeError> {
+    let headers = req.headers();
+    if let Some(token) = &config.access_token {
+        let given = headers
+            .get(crate::config::ACCESS_TOKEN_HEADER)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
+        if !same_bytes(given, token.as_bytes()) {
+            return Err(BridgeError::Forbidden(
+                "this stdio bridge serves the gateway only; connect through the gateway",
+            ));
+        }
+    }
+    if local.ip().is_loopback() {
+        // HTTP/2 names the host in `:authority`.
+        let host = headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri().authority().map(|a| a.as_str()))
+            .unwrap_or_default();
+        let port = local.port();
+        let ok = [
+            local.ip().to_string(),
+            format!("[{}]", local.ip()),
+            "localhost".to_owned(),
+        ]
+        .iter()
+        .any(|name| host.eq_ignore_ascii_case(&format!("{name}:{port}")));
+        if !ok {
+            return Err(BridgeError::Forbidden(
+                "the Host header must name the bridge's loopback address and port",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Compares in time independent of where the inputs differ.
+fn same_bytes(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// Every route of the bridge.
-async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+async fn route(shared: &Arc<Shared>, local: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    if let Err(err) = check_caller(&shared.config, local, &req) {
+        return err.into_response(None);
+    }
     let path = req.uri().path().to_owned();
     let query = req.uri().query().map(str::to_owned);
     let method = req.method().clone();

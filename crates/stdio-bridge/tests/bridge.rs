@@ -574,3 +574,54 @@ async fn neither_the_arguments_nor_the_output_of_a_process_reach_the_log() -> an
     assert!(!log.contains("s3cret"), "{log}");
     Ok(())
 }
+
+#[tokio::test]
+async fn with_a_token_only_callers_that_send_it_to_the_bridges_own_host_get_through()
+-> anyhow::Result<()> {
+    let mut config = config();
+    config.access_token = Some(mcp_gateway_stdio::random_token());
+    let token = config.access_token.clone().unwrap_or_default();
+    let (bridge, url) = start(config).await?;
+    let port = bridge.local_addr().port();
+    let http = Http::default();
+    let token_header = (mcp_gateway_stdio::ACCESS_TOKEN_HEADER, token.as_str());
+    // Another local user, or a web page's simple POST: no token, or a guessed one.
+    for headers in [
+        vec![],
+        vec![(mcp_gateway_stdio::ACCESS_TOKEN_HEADER, "guess")],
+    ] {
+        let reply = http
+            .post_json(&url, &headers, &initialize_request(1))
+            .await?;
+        assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+        assert!(reply.text().contains("gateway only"), "{}", reply.text());
+    }
+    // DNS rebinding: the right token cannot come from a page, but the Host check stands alone.
+    let rebound = format!("attacker.example:{port}");
+    let reply = http
+        .post_json(
+            &url,
+            &[token_header, ("host", &rebound)],
+            &initialize_request(1),
+        )
+        .await?;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.text());
+    assert_eq!(
+        bridge.live_sessions(),
+        0,
+        "no refused request started a process"
+    );
+    // The gateway: token and the bridge's own address.
+    let localhost = format!("localhost:{port}");
+    for host in [None, Some(localhost.as_str())] {
+        let mut headers = vec![token_header];
+        headers.extend(host.map(|h| ("host", h)));
+        let reply = http
+            .post_json(&url, &headers, &initialize_request(1))
+            .await?;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    assert_eq!(bridge.live_sessions(), 2);
+    bridge.shutdown().await;
+    Ok(())
+}
