@@ -46,9 +46,17 @@ pub struct Args {
     /// Close a response stream silent for this long (default 600s).
     #[arg(long, env = "MCP_GATEWAY_STREAM_IDLE_TIMEOUT", value_parser = parse_duration)]
     pub stream_idle_timeout: Option<Duration>,
-    /// Keep a replica that refused a connection out of placement this long (default 10s).
+    /// Keep a failing replica (connection refused or timed out, or eject_after_5xx 5xx in a
+    /// row) out of placement this long at first (default 10s); doubled for each further
+    /// ejection without a success in between, up to eject_max.
     #[arg(long, env = "MCP_GATEWAY_EJECT_FOR", value_parser = parse_duration)]
     pub eject_for: Option<Duration>,
+    /// Consecutive 5xx answers that eject a replica (default 3).
+    #[arg(long, env = "MCP_GATEWAY_EJECT_AFTER_5XX")]
+    pub eject_after_5xx: Option<u32>,
+    /// The longest ejection (default 5m).
+    #[arg(long, env = "MCP_GATEWAY_EJECT_MAX", value_parser = parse_duration)]
+    pub eject_max: Option<Duration>,
     /// Close a pooled connection to a replica after this long unused (default 4s: below the 5 s
     /// keep-alive of common servers, so no request races a connection being closed).
     #[arg(long, env = "MCP_GATEWAY_UPSTREAM_IDLE_TIMEOUT", value_parser = parse_duration)]
@@ -156,6 +164,12 @@ struct FileConfig {
         deserialize_with = "mcp_gateway_core::deserialize_optional_duration"
     )]
     eject_for: Option<Duration>,
+    eject_after_5xx: Option<u32>,
+    #[serde(
+        default,
+        deserialize_with = "mcp_gateway_core::deserialize_optional_duration"
+    )]
+    eject_max: Option<Duration>,
     #[serde(
         default,
         deserialize_with = "mcp_gateway_core::deserialize_optional_duration"
@@ -388,6 +402,14 @@ impl Config {
                 .eject_for
                 .or(file.eject_for)
                 .unwrap_or(defaults.eject_for),
+            eject_after_5xx: args
+                .eject_after_5xx
+                .or(file.eject_after_5xx)
+                .unwrap_or(defaults.eject_after_5xx),
+            eject_max: args
+                .eject_max
+                .or(file.eject_max)
+                .unwrap_or(defaults.eject_max),
             upstream_idle_timeout: args
                 .upstream_idle_timeout
                 .or(file.upstream_idle_timeout)
@@ -494,6 +516,9 @@ impl Config {
         }
         if self.routing.max_body_bytes == 0 || self.routing.max_sessions == 0 {
             bail!("max_body_bytes and max_sessions must be greater than 0");
+        }
+        if self.routing.eject_after_5xx == 0 {
+            bail!("eject_after_5xx must be at least 1");
         }
         Ok(())
     }

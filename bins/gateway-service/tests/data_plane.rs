@@ -9,8 +9,8 @@ use gateway_service::{AdapterConfig, Config, Handle};
 use http::{Method, StatusCode};
 use mcp_gateway_core::AdapterName;
 use mcp_gateway_testkit::{
-    EventReader, Http, McpSession, Replicas, black_hole, closed_port, initialize_request,
-    result_text, stateless_call,
+    DeadNode, EventReader, Http, McpSession, Replicas, black_hole, closed_port, failing_server,
+    initialize_request, result_text, stateless_call,
 };
 use serde_json::{Value, json};
 
@@ -447,6 +447,130 @@ async fn new_sessions_skip_a_dead_replica_without_failing() {
             .expect("retried on the live replica");
         assert_eq!(s.call_text("whoami", json!({})).await.unwrap(), "r0");
     }
+}
+
+/// Opens `n` sessions one after the other; returns how many failed and the replicas (by
+/// `whoami`) the others landed on.
+async fn open_sessions(url: &str, n: usize) -> (usize, HashMap<String, usize>) {
+    let mut failed = 0;
+    let mut landed: HashMap<String, usize> = HashMap::new();
+    for _ in 0..n {
+        match McpSession::open(url).await {
+            Ok(mut s) => {
+                let who = s.call_text("whoami", json!({})).await.unwrap();
+                *landed.entry(who).or_default() += 1;
+            }
+            Err(_) => failed += 1,
+        }
+    }
+    (failed, landed)
+}
+
+#[tokio::test]
+async fn a_replica_answering_500_to_initialize_gets_no_new_sessions() {
+    // Replica 0 (first in placement order, and always the emptiest) answers every request 500.
+    let (broken, hits, _task) = failing_server(500).await.unwrap();
+    let replicas = Replicas::start(2).await.unwrap();
+    let mut upstreams = vec![format!("http://{broken}")];
+    upstreams.extend(replicas.urls());
+    let gw = gateway(vec![adapter("demo", upstreams)], |_| {}).await;
+    let url = mcp_url(&gw, "demo");
+    let n = 60;
+    let (failed, landed) = open_sessions(&url, n).await;
+    let hits = hits.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!(
+        "new sessions failed: {failed}/{n} ({:.0} %); initialize requests the broken replica saw: \
+         {hits}; sessions per healthy replica: {landed:?}",
+        100.0 * failed as f64 / n as f64
+    );
+    assert_eq!(
+        failed, 0,
+        "a 5xx to initialize is retried on the next replica"
+    );
+    assert_eq!(
+        hits, 3,
+        "ejected after 3 consecutive 5xx, not tried again within the ejection"
+    );
+    assert_eq!(landed.values().sum::<usize>(), n);
+    assert!(landed.values().all(|&k| k >= n / 2 - 1), "{landed:?}");
+}
+
+#[tokio::test]
+async fn an_ejected_replica_is_readmitted_after_its_backoff_and_ejected_longer_if_still_failing() {
+    let (broken, hits, _task) = failing_server(503).await.unwrap();
+    let replicas = Replicas::start(1).await.unwrap();
+    let gw = gateway(
+        vec![adapter(
+            "demo",
+            vec![format!("http://{broken}"), replicas.urls()[0].clone()],
+        )],
+        |c| {
+            c.routing.eject_after_5xx = 1;
+            c.routing.eject_for = Duration::from_millis(300);
+        },
+    )
+    .await;
+    let url = mcp_url(&gw, "demo");
+    let seen = || hits.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(open_sessions(&url, 3).await.0, 0);
+    assert_eq!(seen(), 1, "ejected by its first 503");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(open_sessions(&url, 3).await.0, 0);
+    assert_eq!(
+        seen(),
+        2,
+        "re-admitted after 300 ms: one probe, ejected again"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(open_sessions(&url, 3).await.0, 0);
+    assert_eq!(seen(), 2, "the second ejection lasts 600 ms");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(open_sessions(&url, 1).await.0, 0);
+    assert_eq!(seen(), 3);
+}
+
+#[tokio::test]
+async fn a_connect_timeout_on_a_new_session_is_retried_on_the_next_replica() {
+    let dead = DeadNode::start().unwrap();
+    let replicas = Replicas::start(1).await.unwrap();
+    let gw = gateway(
+        vec![adapter(
+            "demo",
+            vec![format!("http://{}", dead.addr), replicas.urls()[0].clone()],
+        )],
+        |c| c.routing.connect_timeout = Duration::from_millis(300),
+    )
+    .await;
+    let url = mcp_url(&gw, "demo");
+    let started = std::time::Instant::now();
+    let (failed, landed) = open_sessions(&url, 5).await;
+    assert_eq!(failed, 0, "timed out on the dead node, then opened on r0");
+    assert_eq!(landed.get("r0"), Some(&5));
+    // Only the first waited for the timeout: the dead node was ejected by it.
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Legacy SSE sessions too (a GET, nothing to replay), on a gateway that has not yet ejected
+    // the dead node.
+    let upstreams = vec![format!("http://{}", dead.addr), replicas.urls()[0].clone()];
+    let gw = gateway(vec![adapter("demo", upstreams)], |c| {
+        c.routing.connect_timeout = Duration::from_millis(300)
+    })
+    .await;
+    let http = Http::default();
+    let res = http
+        .open(
+            Method::GET,
+            &format!("http://{}/adapters/demo/sse", gw.data_addr),
+            &[("accept", "text/event-stream")],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
 }
 
 #[tokio::test]

@@ -61,6 +61,21 @@ impl ForwardBody {
     }
 }
 
+impl ForwardBody {
+    /// A copy, when the whole body is held (nothing left to read from the client).
+    pub fn try_clone(&self) -> Option<ForwardBody> {
+        if self.rest.is_some() {
+            return None;
+        }
+        Some(ForwardBody {
+            prefix: self.prefix.clone(),
+            rest: None,
+            seen: self.seen,
+            limit: self.limit,
+        })
+    }
+}
+
 impl Body for ForwardBody {
     type Data = Bytes;
     type Error = BoxError;

@@ -5,8 +5,9 @@ use std::time::Duration;
 /// Settings of [`Gateway`](crate::Gateway). `Default` runs on a laptop.
 #[derive(Debug, Clone)]
 pub struct RoutingConfig {
-    /// Time to open a TCP connection to a replica (default 5 s). On expiry: 504, and the
-    /// replica leaves placement for [`eject_for`](Self::eject_for).
+    /// Time to open a TCP connection to a replica (default 5 s). On expiry the replica leaves
+    /// placement (see [`eject_for`](Self::eject_for)) and a new session or stateless request
+    /// is sent to the next replica; with none left, 504.
     pub connect_timeout: Duration,
     /// Time from sending a request to receiving the replica's response headers (default 300 s,
     /// long enough for slow tools answered as JSON). On expiry: 504.
@@ -14,9 +15,15 @@ pub struct RoutingConfig {
     /// A response body (an SSE stream, say) that sends nothing for this long is closed
     /// (default 600 s). MCP servers that keep streams open send pings well within this.
     pub stream_idle_timeout: Duration,
-    /// How long a replica that refused or timed out a connection is left out of placement
-    /// (default 10 s). Sessions it owns are still routed to it.
+    /// How long a failing replica is first left out of placement (default 10 s): one that
+    /// refused or timed out a connection, or answered [`eject_after_5xx`](Self::eject_after_5xx)
+    /// 5xx in a row. Each further ejection without a success in between lasts twice as long,
+    /// up to [`eject_max`](Self::eject_max). Sessions it owns are still routed to it.
     pub eject_for: Duration,
+    /// Consecutive 5xx answers that eject a replica (default 3).
+    pub eject_after_5xx: u32,
+    /// The longest ejection (default 5 min).
+    pub eject_max: Duration,
     /// A pooled connection to a replica unused this long is closed rather than reused (default
     /// 4 s). Shorter than the keep-alive timeout of common servers (5 s for uvicorn, Node.js and
     /// Apache), so the gateway never sends a request on a connection the replica is closing at
@@ -65,6 +72,8 @@ impl Default for RoutingConfig {
             request_timeout: Duration::from_secs(300),
             stream_idle_timeout: Duration::from_secs(600),
             eject_for: Duration::from_secs(10),
+            eject_after_5xx: 3,
+            eject_max: Duration::from_secs(300),
             upstream_idle_timeout: Duration::from_secs(4),
             max_body_bytes: 4 * 1024 * 1024,
             max_header_bytes: 32 * 1024,
@@ -77,6 +86,14 @@ impl Default for RoutingConfig {
 }
 
 impl RoutingConfig {
+    pub(crate) fn ejection(&self) -> crate::placement::Ejection {
+        crate::placement::Ejection {
+            after_5xx: self.eject_after_5xx.max(1),
+            base: self.eject_for,
+            max: self.eject_max.max(self.eject_for),
+        }
+    }
+
     /// The `Host` values a server bound to `ip` should accept by default: loopback names for a
     /// loopback address (what DNS rebinding attacks), anything otherwise (a gateway behind a
     /// load balancer is reached under names it cannot know).

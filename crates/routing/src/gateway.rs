@@ -33,7 +33,7 @@ use crate::body::{
 use crate::error::ProxyError;
 use crate::headers::{self, MCP_METHOD, MCP_NAME, MCP_SESSION_ID};
 use crate::jsonrpc::{self, Envelope, Scan};
-use crate::placement::{self, HealthTable, InFlight, Placing};
+use crate::placement::{self, HealthTable, InFlight, Outcome, Placing, ReplicaHealth};
 use crate::{RoutingConfig, sse};
 
 /// Request extension: the peer address of the client connection, for `X-Forwarded-For`.
@@ -128,11 +128,14 @@ enum UpstreamPath {
 
 /// Why a request could not be sent to a replica.
 enum SendError {
-    /// Nothing listens there (connection refused). The body, if the client never read it,
-    /// comes back for another replica.
-    Refused {
+    /// No connection could be made (refused, or timed out). The body, if the client never read
+    /// it, comes back for another replica.
+    NotConnected {
         err: ProxyError,
         body: Option<ForwardBody>,
+        /// The connection was refused: nothing listens there, so whatever lived there (a
+        /// session) is gone. Not said of a timeout or a DNS failure, which may pass.
+        refused: bool,
     },
     Other(ProxyError),
 }
@@ -140,7 +143,7 @@ enum SendError {
 impl SendError {
     fn into_error(self) -> ProxyError {
         match self {
-            SendError::Refused { err, .. } | SendError::Other(err) => err,
+            SendError::NotConnected { err, .. } | SendError::Other(err) => err,
         }
     }
 }
@@ -337,7 +340,7 @@ impl Gateway {
                         let candidates = self.stateless_candidates(&target);
                         let path = mcp_path(&target, parts.uri.query());
                         let (_, res) = self
-                            .send_any(&target, &candidates, &parts, body, &path)
+                            .send_any(&target, &candidates, &parts, body, &path, false)
                             .await?;
                         Ok(res)
                     }
@@ -399,6 +402,15 @@ impl Gateway {
             "method" => method_label(env.as_ref())
         )
         .increment(1);
+        let initialize = env.as_ref().is_some_and(Envelope::is_initialize);
+        let (prefix, rest) = match rest {
+            // Held whole (it is small), so a replica's 5xx can be retried on the next one.
+            Some(rest) if initialize => {
+                let whole = read_rest(prefix, rest, limit).await;
+                (whole.with_id(&id)?, None)
+            }
+            rest => (prefix, rest),
+        };
         let body = ForwardBody::new(prefix, rest, limit);
         if let Some(sid) = session_id(&parts.headers).with_id(&id)? {
             return self
@@ -406,7 +418,6 @@ impl Gateway {
                 .await
                 .with_id(&id);
         }
-        let initialize = env.as_ref().is_some_and(Envelope::is_initialize);
         let (candidates, _placing) = if initialize {
             self.check_session_limit().await.with_id(&id)?;
             self.session_candidates(&target).await.with_id(&id)?
@@ -415,7 +426,7 @@ impl Gateway {
         };
         let path = mcp_path(&target, parts.uri.query());
         let (replica, res) = self
-            .send_any(&target, &candidates, &parts, body, &path)
+            .send_any(&target, &candidates, &parts, body, &path, initialize)
             .await
             .with_id(&id)?;
         // Any answer that opens a session (normally to `initialize`) is recorded before the
@@ -488,7 +499,9 @@ impl Gateway {
                 }
                 Ok(res)
             }
-            Err(SendError::Refused { err, .. }) => {
+            Err(SendError::NotConnected {
+                err, refused: true, ..
+            }) => {
                 // Nothing listens where the session lived: its state is gone with the process.
                 tracing::info!(adapter = %target.name, replica = %replica.id, error = %err,
                     "session's replica is gone; client must start a new session");
@@ -513,7 +526,7 @@ impl Gateway {
         };
         let body = ForwardBody::new(Vec::new(), None, 0);
         let (replica, res) = self
-            .send_any(&target, &candidates, &parts, body, &path)
+            .send_any(&target, &candidates, &parts, body, &path, true)
             .await?;
         let is_stream = res
             .headers()
@@ -656,8 +669,10 @@ impl Gateway {
         .collect()
     }
 
-    /// Sends to the first candidate that accepts the connection; a refused connection moves on
-    /// to the next (the body was never read, so nothing was half-sent).
+    /// Sends to the first candidate that accepts the connection; a connection refused or timed
+    /// out moves on to the next (the body was never read, so nothing was half-sent). With
+    /// `retry_5xx` (the opening of a new session, whose body is held whole), a 5xx answer moves
+    /// on too: a replica that cannot open sessions does not fail the client's.
     async fn send_any<'r>(
         &self,
         target: &AdapterTarget,
@@ -665,19 +680,39 @@ impl Gateway {
         parts: &http::request::Parts,
         body: ForwardBody,
         path: &str,
+        retry_5xx: bool,
     ) -> Result<(&'r Replica, Response<ProxyBody>), ProxyError> {
         let mut body = Some(body);
         let mut last = None;
-        for replica in candidates {
+        // A 5xx answer passed over, returned should no later candidate answer at all.
+        let mut last_res = None;
+        for (i, replica) in candidates.iter().enumerate() {
             let Some(b) = body.take() else { break };
+            let is_last = i + 1 == candidates.len();
+            let copy = if retry_5xx && !is_last {
+                b.try_clone()
+            } else {
+                None
+            };
             match self.send(target, replica, parts, b, path).await {
+                Ok(res) if res.status().is_server_error() && copy.is_some() => {
+                    tracing::info!(adapter = %target.name, replica = %replica.id,
+                        status = %res.status(), "replica could not open a session; trying the next");
+                    body = copy;
+                    last_res = Some((replica, res));
+                }
                 Ok(res) => return Ok((replica, res)),
-                Err(SendError::Refused { err, body: again }) => {
+                Err(SendError::NotConnected {
+                    err, body: again, ..
+                }) => {
                     last = Some(err);
-                    body = again;
+                    body = again.or(copy);
                 }
                 Err(e) => return Err(e.into_error()),
             }
+        }
+        if let Some(answer) = last_res {
+            return Ok(answer);
         }
         Err(last.unwrap_or_else(|| ProxyError::NoReadyReplica(target.name.to_string())))
     }
@@ -733,7 +768,12 @@ impl Gateway {
             tokio::time::timeout(config.request_timeout, self.shared.client.request(req)).await;
         let err = match sent {
             Ok(Ok(res)) => {
-                health.restore();
+                let outcome = if res.status().is_server_error() {
+                    Outcome::ServerError
+                } else {
+                    Outcome::Success
+                };
+                record_outcome(config, adapter, replica, &health, outcome);
                 return Ok(self.respond(res, in_flight));
             }
             Ok(Err(e)) => e,
@@ -751,36 +791,37 @@ impl Gateway {
         }
         let io_kind = find_source::<std::io::Error>(&err).map(std::io::Error::kind);
         let reason = error_chain(&err);
-        if err.is_connect() {
-            health.eject(config.eject_for);
-            metrics::counter!("mcp_gateway_replica_ejections_total",
-                "adapter" => adapter.to_owned(), "replica" => replica.id.to_string())
-            .increment(1);
+        if !err.is_connect() {
+            upstream_error("io");
+            return Err(SendError::Other(ProxyError::UpstreamUnavailable {
+                adapter: adapter.to_owned(),
+                replica: replica.id.to_string(),
+                reason,
+            }));
         }
-        if err.is_connect() && io_kind == Some(std::io::ErrorKind::TimedOut) {
+        record_outcome(config, adapter, replica, &health, Outcome::ConnectFailure);
+        let err = if io_kind == Some(std::io::ErrorKind::TimedOut) {
             upstream_error("connect_timeout");
-            return Err(SendError::Other(ProxyError::UpstreamTimeout {
+            ProxyError::UpstreamTimeout {
                 adapter: adapter.to_owned(),
                 replica: replica.id.to_string(),
                 after: config.connect_timeout,
-            }));
-        }
-        let unavailable = ProxyError::UpstreamUnavailable {
-            adapter: adapter.to_owned(),
-            replica: replica.id.to_string(),
-            reason,
-        };
-        if err.is_connect() {
-            upstream_error("connect");
-            tracing::warn!(adapter, replica = %replica.id, error = %unavailable, "replica refused the connection; ejected");
-            Err(SendError::Refused {
-                err: unavailable,
-                body: slot.reclaim(),
-            })
+            }
         } else {
-            upstream_error("io");
-            Err(SendError::Other(unavailable))
-        }
+            upstream_error("connect");
+            ProxyError::UpstreamUnavailable {
+                adapter: adapter.to_owned(),
+                replica: replica.id.to_string(),
+                reason,
+            }
+        };
+        tracing::warn!(adapter, replica = %replica.id, error = %err, "no connection to the replica");
+        Err(SendError::NotConnected {
+            err,
+            // No byte of the body was read: the connection never opened.
+            body: slot.reclaim(),
+            refused: io_kind == Some(std::io::ErrorKind::ConnectionRefused),
+        })
     }
 
     fn respond(&self, res: Response<Incoming>, in_flight: InFlight) -> Response<ProxyBody> {
@@ -815,6 +856,23 @@ where
 }
 
 // === helpers ===
+
+/// Feeds one exchange's outcome to the replica's outlier detection.
+fn record_outcome(
+    config: &RoutingConfig,
+    adapter: &str,
+    replica: &Replica,
+    health: &ReplicaHealth,
+    outcome: Outcome,
+) {
+    if let Some(for_) = health.record(outcome, &config.ejection()) {
+        metrics::counter!("mcp_gateway_replica_ejections_total",
+            "adapter" => adapter.to_owned(), "replica" => replica.id.to_string())
+        .increment(1);
+        tracing::warn!(adapter, replica = %replica.id, ?outcome, ejected_for = ?for_,
+            "replica ejected from placement");
+    }
+}
 
 /// The owner a session is bound to: the principal's issuer and subject.
 fn principal(parts: &http::request::Parts) -> Option<String> {
@@ -930,6 +988,29 @@ async fn read_envelope(
             Scan::Invalid(_) => return Ok((vec![buf.freeze()], Some(body), None)),
         }
     }
+}
+
+/// The rest of a body after `prefix`, read to its end (within `limit` in all).
+async fn read_rest(
+    mut prefix: Vec<Bytes>,
+    mut rest: ProxyBody,
+    limit: u64,
+) -> Result<Vec<Bytes>, ProxyError> {
+    let mut seen: u64 = prefix.iter().map(|b| b.len() as u64).sum();
+    while let Some(frame) = rest.frame().await {
+        let Ok(data) = frame
+            .map_err(|_| ProxyError::BadMessage("request body could not be read"))?
+            .into_data()
+        else {
+            continue;
+        };
+        seen += data.len() as u64;
+        if seen > limit {
+            return Err(ProxyError::BodyTooLarge(limit));
+        }
+        prefix.push(data);
+    }
+    Ok(prefix)
 }
 
 fn find_source<'e, T: std::error::Error + 'static>(

@@ -2,7 +2,7 @@
 //! replicas out of the way.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -18,7 +18,34 @@ pub struct ReplicaHealth {
     placing: AtomicU64,
     /// Ejected until `epoch + ejected_until_ms`; 0 when not ejected.
     ejected_until_ms: AtomicU64,
+    /// Failures (5xx answers, connections refused or timed out) since the last success.
+    consecutive_failures: AtomicU32,
+    /// Ejections since the last success: each one lasts twice as long as the one before.
+    ejections: AtomicU32,
     epoch: Instant,
+}
+
+/// When a replica leaves placement (outlier ejection) and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Ejection {
+    /// Consecutive 5xx answers that eject a replica (a refused or timed-out connection ejects
+    /// at once).
+    pub after_5xx: u32,
+    /// The first ejection's length; each further one without a success in between doubles it.
+    pub base: Duration,
+    /// The longest ejection.
+    pub max: Duration,
+}
+
+/// What one exchange with a replica tells about its health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// An answer below 500.
+    Success,
+    /// A 5xx answer.
+    ServerError,
+    /// The connection was refused or timed out.
+    ConnectFailure,
 }
 
 impl ReplicaHealth {
@@ -27,6 +54,8 @@ impl ReplicaHealth {
             in_flight: AtomicU64::new(0),
             placing: AtomicU64::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
             epoch,
         }
     }
@@ -64,6 +93,36 @@ impl ReplicaHealth {
     /// A successful exchange brings an ejected replica back at once.
     pub fn restore(&self) {
         self.ejected_until_ms.store(0, Ordering::Relaxed);
+    }
+
+    /// Records the outcome of one exchange (outlier detection, as Envoy's consecutive-5xx and
+    /// linkerd's failure accrual do). A success resets the failure count and the backoff and
+    /// brings the replica back at once; a refused or timed-out connection ejects it; so do
+    /// `after_5xx` 5xx answers in a row. An ejection lasts `base`, doubled for each ejection
+    /// since the last success, up to `max`. Once it ends the replica is tried again (it then has
+    /// the fewest sessions, so it gets the next new session: the probe); one more failure
+    /// ejects it again, for longer. Returns the length of the ejection it started, if any.
+    pub fn record(&self, outcome: Outcome, policy: &Ejection) -> Option<Duration> {
+        let failures = match outcome {
+            Outcome::Success => {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+                self.ejections.store(0, Ordering::Relaxed);
+                self.restore();
+                return None;
+            }
+            Outcome::ServerError => self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1,
+            Outcome::ConnectFailure => {
+                let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                n.max(policy.after_5xx)
+            }
+        };
+        if failures < policy.after_5xx.max(1) || self.ejected() {
+            return None;
+        }
+        let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+        let for_ = policy.base.saturating_mul(1 << n).min(policy.max);
+        self.eject(for_);
+        Some(for_)
     }
 }
 
@@ -286,6 +345,51 @@ mod tests {
         h.eject(Duration::from_secs(10));
         h.restore();
         assert!(!h.ejected());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_5xx_eject_with_a_doubling_backoff_until_a_success() {
+        let policy = Ejection {
+            after_5xx: 3,
+            base: Duration::from_secs(10),
+            max: Duration::from_secs(35),
+        };
+        let h = HealthTable::default().get("a", &"0".into());
+        assert_eq!(h.record(Outcome::ServerError, &policy), None);
+        assert_eq!(h.record(Outcome::ServerError, &policy), None);
+        assert_eq!(
+            h.record(Outcome::Success, &policy),
+            None,
+            "a success resets the count"
+        );
+        assert_eq!(h.record(Outcome::ServerError, &policy), None);
+        assert_eq!(h.record(Outcome::ServerError, &policy), None);
+        assert_eq!(
+            h.record(Outcome::ServerError, &policy),
+            Some(Duration::from_secs(10))
+        );
+        assert!(h.ejected());
+        // Failures while ejected (sessions it owns still reach it) do not extend it.
+        assert_eq!(h.record(Outcome::ServerError, &policy), None);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(!h.ejected(), "re-admitted once the ejection ends");
+        // The probe fails: ejected again at once, for twice as long, then capped.
+        assert_eq!(
+            h.record(Outcome::ServerError, &policy),
+            Some(Duration::from_secs(20))
+        );
+        tokio::time::advance(Duration::from_secs(21)).await;
+        assert_eq!(
+            h.record(Outcome::ServerError, &policy),
+            Some(Duration::from_secs(35))
+        );
+        // A success brings it back at once, and the next ejection is short again.
+        h.record(Outcome::Success, &policy);
+        assert!(!h.ejected());
+        assert_eq!(
+            h.record(Outcome::ConnectFailure, &policy),
+            Some(Duration::from_secs(10))
+        );
     }
 
     #[tokio::test]

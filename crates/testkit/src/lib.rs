@@ -470,6 +470,72 @@ pub async fn black_hole() -> anyhow::Result<(SocketAddr, tokio::task::JoinHandle
     Ok((addr, task))
 }
 
+/// An HTTP server that answers every request with `status` (a broken replica: a crashed
+/// dependency behind it, a full disk): what a gateway must route around. Counts the requests it
+/// answered.
+pub async fn failing_server(
+    status: u16,
+) -> anyhow::Result<(
+    SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |_req: Request<Incoming>| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    async move {
+                        let body = r#"{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"internal error"}}"#;
+                        http::Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json")
+                            .body(Full::new(Bytes::from_static(body.as_bytes())))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok((addr, hits, task))
+}
+
+/// A loopback port where connections time out instead of opening, as to a dead node behind a
+/// firewall: the listener's accept queue is full and never drained, so the kernel drops further
+/// SYNs. Connections time out while this lives.
+pub struct DeadNode {
+    pub addr: SocketAddr,
+    _listener: tokio::net::TcpListener,
+    _filler: std::net::TcpStream,
+}
+
+impl DeadNode {
+    pub fn start() -> anyhow::Result<Self> {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind("127.0.0.1:0".parse()?)?;
+        let listener = socket.listen(0)?;
+        let addr = listener.local_addr()?;
+        // Fills the accept queue (of length one with a backlog of 0).
+        let filler = std::net::TcpStream::connect(addr)?;
+        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok() {
+            bail!("the kernel accepted a connection beyond the listen backlog: no dead node");
+        }
+        Ok(Self {
+            addr,
+            _listener: listener,
+            _filler: filler,
+        })
+    }
+}
+
 /// A loopback port with nothing listening on it.
 pub fn closed_port() -> anyhow::Result<SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0")?;
