@@ -103,7 +103,7 @@ class Balanced:
 
 def gateway_config(listen: int, admin: int, redis_url: str, upstreams: dict[str, list[str]], key_entry: str) -> str:
     lines = [f'listen = "127.0.0.1:{listen}"', f'admin_listen = "127.0.0.1:{admin}"',
-             f'session_store = "{redis_url}"', 'shutdown_grace = "2s"']
+             f'session_store = "{redis_url}"', 'management = false', 'shutdown_grace = "2s"']
     for name, urls in upstreams.items():
         lines += ["", "[[adapters]]", f'name = "{name}"', "upstreams = [" + ", ".join(f'"{u}"' for u in urls) + "]"]
     lines += ["", key_entry]

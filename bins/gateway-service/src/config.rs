@@ -520,6 +520,22 @@ impl Config {
         if self.routing.eject_after_5xx == 0 {
             bail!("eject_after_5xx must be at least 1");
         }
+        if self.management
+            && self.data_plane
+            && matches!(self.session_store, SessionStoreConfig::Redis { .. })
+        {
+            // The local runtime's replicas are processes of this gateway, named by ids only it
+            // can resolve: another gateway sharing the store would send the session to its own
+            // process of that name (someone else's program, possibly), which answers 404, and
+            // the session would then be deleted for every gateway.
+            bail!(
+                "session_store = \"redis://…\" shares sessions between gateways, but adapters of \
+                 the management API run as processes of one gateway (the local runtime) that the \
+                 others cannot reach. Set management = false (MCP_GATEWAY_MANAGEMENT=false) on \
+                 every gateway sharing the store and declare the adapters' upstreams in \
+                 [[adapters]], or keep session_store = \"memory\" on a single gateway"
+            );
+        }
         Ok(())
     }
 }
@@ -773,6 +789,16 @@ sse_path = "/sse"
         );
         assert!(err("[[adapters]]\nname = \"a\"\nupstreams = [\"ftp://a:1\"]").contains("http://"));
         assert!(err("request_timeout = \"5 parsecs\"").contains("duration"));
+    }
+
+    #[test]
+    fn a_shared_redis_store_is_refused_with_the_local_runtime() {
+        let redis = "session_store = \"redis://127.0.0.1:6379/0\"\n";
+        let err = format!("{:#}", from_toml(redis, &[]).unwrap_err());
+        assert!(err.contains("management = false"), "{err}");
+        let c = from_toml(&format!("{redis}management = false\n"), &[]).unwrap();
+        assert!(matches!(c.session_store, SessionStoreConfig::Redis { .. }));
+        assert!(from_toml(redis, &["--management", "false"]).is_ok());
     }
 
     #[test]
