@@ -225,3 +225,56 @@ async fn a_redis_outage_neither_loses_known_sessions_nor_causes_5xx() {
             .ends_with(":5")
     );
 }
+
+#[tokio::test]
+async fn a_redis_restart_loses_no_session_across_gateways() {
+    let mut redis = RedisServer::start().unwrap();
+    let replicas = Replicas::start(2).await.unwrap();
+    let (a, b) = (
+        gateway(&redis, &replicas).await,
+        gateway(&redis, &replicas).await,
+    );
+    let mut sessions = Vec::new();
+    for _ in 0..6 {
+        let mut s = McpSession::open(&url(&a)).await.unwrap();
+        s.call_text("counter_increment", json!({})).await.unwrap();
+        sessions.push(s);
+    }
+    // One more, opened through B and known to A too.
+    let mut on_b = McpSession::open(&url(&b)).await.unwrap();
+    on_b.call_text("counter_increment", json!({}))
+        .await
+        .unwrap();
+    through(&on_b, &a)
+        .call_text("counter_increment", json!({}))
+        .await
+        .unwrap();
+
+    // Redis restarts empty, with traffic on both gateways meanwhile.
+    redis.restart().unwrap();
+    for s in &mut sessions {
+        s.call_text("counter_increment", json!({})).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for s in &sessions {
+        let mut via_b = through(s, &b);
+        let text = via_b
+            .call_text("counter_increment", json!({}))
+            .await
+            .unwrap();
+        assert!(text.ends_with(":3"), "session state kept: {text}");
+    }
+    // B knew `on_b` only as a cached session: written back as well, so A keeps routing it even
+    // after its own cache entry is dropped.
+    a.shutdown().await;
+    let c = gateway(&redis, &replicas).await;
+    let text = through(&on_b, &c)
+        .call_text("counter_increment", json!({}))
+        .await
+        .unwrap();
+    assert!(text.ends_with(":3"), "{text}");
+    // Placement counts were rebuilt too: r0 holds 4 sessions, r1 3, so r1 gets the next one
+    // (with counts lost, the tie would go to r0).
+    let mut s = McpSession::open(&url(&c)).await.unwrap();
+    assert_eq!(s.call_text("whoami", json!({})).await.unwrap(), "r1");
+}

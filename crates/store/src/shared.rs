@@ -8,6 +8,7 @@
 //! | `{p}:r:{adapter}:{replica}` | sorted set | session ids of a replica, scored by expiry (ms) | members trimmed when counted |
 //! | `{p}:replicas:{adapter}` | set | replica ids that have had sessions | none (tiny) |
 //! | `{p}:invalidate` | pub/sub channel | `{adapter}\n{session}` of every removed session | |
+//! | `{p}:gw:{uuid}` | string | one per running gateway: present while Redis holds its writes | 30 s, renewed every second |
 //!
 //! # Costs
 //!
@@ -29,9 +30,12 @@
 //! # Outages
 //!
 //! While Redis is unreachable, sessions in the cache keep working; new sessions are placed on
-//! local counts, kept in the cache and queued; removals are queued too. A background task pings
-//! Redis every second and, once it answers, writes back every session this gateway knows (Redis
-//! may have restarted empty) and the queued removals.
+//! local counts, kept in the cache and queued; removals are queued too. A background task
+//! renews this gateway's marker key every second; once Redis answers it writes the queue.
+//! Whenever the marker is gone, Redis lost this gateway's writes (restarted empty, flushed,
+//! failed over), whether or not an outage was noticed: every session this gateway knows is then
+//! written back. Until then a refresh that finds a record gone keeps it cached, and a gateway
+//! that looks up a session it has not cached answers 503 (retry), not 404.
 //! Only a session this gateway has never seen fails (503: the store is needed to find it).
 //! Errors are counted (`mcp_gateway_store_errors_total{op}`) and logged at most once per
 //! 10 seconds.
@@ -109,6 +113,14 @@ pub struct RedisStore {
     last_error: Mutex<Option<String>>,
     count_script: redis::Script,
     delete_script: redis::Script,
+    refresh_script: redis::Script,
+    get_script: redis::Script,
+    /// This gateway's marker key: present while Redis holds what this gateway wrote. Gone
+    /// means Redis lost its data (restarted empty, flushed, failed over to a replica that
+    /// lacked the writes): every session this gateway knows is then written back.
+    marker: String,
+    /// Whether the marker was set once: until then its absence says nothing.
+    marker_set: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -130,18 +142,74 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 "#;
 
-/// Counts live sessions per replica of an adapter, trimming expired members on the way.
+/// Counts live sessions per replica of an adapter, trimming expired members on the way and
+/// forgetting replicas left with none (so the set does not grow with every replica id ever).
 /// KEYS[1] = replicas set; ARGV[1] = now (ms); ARGV[2] = replica key prefix.
 const COUNT_SCRIPT: &str = r#"
 local out = {}
 for _, replica in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   local key = ARGV[2] .. replica
   redis.call('ZREMRANGEBYSCORE', key, '-inf', ARGV[1])
-  table.insert(out, replica)
-  table.insert(out, redis.call('ZCARD', key))
+  local n = redis.call('ZCARD', key)
+  if n == 0 then
+    redis.call('SREM', KEYS[1], replica)
+  else
+    table.insert(out, replica)
+    table.insert(out, n)
+  end
 end
 return out
 "#;
+
+/// Slides a cached session's TTL and its replica-count entry, only if the record still exists
+/// (a count entry re-added for a removed record would count a phantom session).
+/// KEYS[1] = record, KEYS[2] = replica count set, KEYS[3] = this gateway's marker;
+/// ARGV = TTL (ms), new count score, session id.
+/// Returns 1 (slid), 0 (the record is gone: removed or expired), -1 (gone because Redis lost
+/// its data: the marker is gone too).
+const REFRESH_SCRIPT: &str = r#"
+if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 1 then
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+  return 1
+end
+if redis.call('EXISTS', KEYS[3]) == 0 then
+  return -1
+end
+return 0
+"#;
+
+/// Reads a record for a gateway that has not cached it, sliding its TTL (capped at the
+/// remaining lifetime) and its replica-count entry alike.
+/// KEYS[1] = record, KEYS[2] = this gateway's marker;
+/// ARGV = now (ms), idle TTL (ms), max lifetime (ms), replica key prefix, session id.
+/// Returns the record, nil when there is none, or -1 when there is none because Redis lost
+/// its data (the marker is gone too).
+const GET_SCRIPT: &str = r#"
+local v = redis.call('GET', KEYS[1])
+if not v then
+  if redis.call('EXISTS', KEYS[2]) == 0 then
+    return -1
+  end
+  return false
+end
+local now = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
+local ok, record = pcall(cjson.decode, v)
+if ok and type(record.created_ms) == 'number' then
+  local left = record.created_ms + tonumber(ARGV[3]) - now
+  if left < ttl then ttl = left end
+end
+if ttl < 1 then ttl = 1 end
+redis.call('PEXPIRE', KEYS[1], ttl)
+if ok and type(record.replica) == 'string' then
+  redis.call('ZADD', ARGV[4] .. record.replica, now + ttl, ARGV[5])
+end
+return v
+"#;
+
+/// How long this gateway's marker lives without being renewed (it is renewed every second):
+/// a gateway cut off from Redis for longer writes everything back when it returns.
+const MARKER_TTL_MS: u64 = 30_000;
 
 impl RedisStore {
     /// Connects lazily: the gateway starts even while Redis is down (degraded until it answers).
@@ -169,7 +237,6 @@ impl RedisStore {
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let store = Arc::new_cyclic(|me| Self {
             me: me.clone(),
-            config,
             conn,
             client,
             cache: Mutex::default(),
@@ -180,6 +247,11 @@ impl RedisStore {
             last_error: Mutex::default(),
             count_script: redis::Script::new(COUNT_SCRIPT),
             delete_script: redis::Script::new(DELETE_SCRIPT),
+            refresh_script: redis::Script::new(REFRESH_SCRIPT),
+            get_script: redis::Script::new(GET_SCRIPT),
+            marker: format!("{}:gw:{}", config.prefix, uuid::Uuid::new_v4()),
+            marker_set: AtomicBool::new(false),
+            config,
         });
         Ok(store)
     }
@@ -298,29 +370,36 @@ impl RedisStore {
             .await
     }
 
-    /// Slides a session's TTL in Redis; drops it from the cache if Redis no longer has it.
+    /// Slides a session's TTL in Redis; drops it from the cache if Redis no longer has it
+    /// (unless Redis lost its data, in which case the session is written back).
     async fn refresh(self: Arc<Self>, record: SessionRecord) {
         let now = unix_millis();
         let ttl = self.ttl_ms(&record, now).max(1);
         let mut conn = self.conn.clone();
-        let result: Result<(bool, ()), _> = redis::pipe()
-            .pexpire(self.session_key(&record.key), ttl as i64)
-            .zadd(
-                format!(
-                    "{}{}",
-                    self.replica_prefix(&record.key.adapter),
-                    record.replica
-                ),
-                record.key.id.as_str(),
-                now + ttl,
-            )
-            .ignore()
-            .query_async::<(bool,)>(&mut conn)
-            .await
-            .map(|(exists,)| (exists, ()));
+        let marker_set = self.marker_set.load(Ordering::Relaxed);
+        let result: Result<i64, _> = self
+            .refresh_script
+            .key(self.session_key(&record.key))
+            .key(format!(
+                "{}{}",
+                self.replica_prefix(&record.key.adapter),
+                record.replica
+            ))
+            .key(&self.marker)
+            .arg(ttl)
+            .arg(now + ttl)
+            .arg(record.key.id.as_str())
+            .invoke_async(&mut conn)
+            .await;
         match result {
-            Ok((true, ())) => self.recovered(),
-            Ok((false, ())) => {
+            Ok(1) => self.recovered(),
+            Ok(-1) if marker_set => {
+                // Redis lost its data; the recovery task writes back every cached session
+                // (this one included) within a second.
+                self.recovered();
+                tracing::debug!(session = %record.key.id, "cached session gone with Redis' data; kept");
+            }
+            Ok(_) => {
                 // Removed or expired elsewhere (and the invalidation was missed), unless this
                 // gateway still has to write it after an outage.
                 self.recovered();
@@ -333,6 +412,27 @@ impl RedisStore {
                 self.failed("refresh", &e);
             }
         }
+    }
+
+    /// Renews this gateway's marker; `false` when it was gone (Redis lost its data).
+    async fn renew_marker(&self) -> Result<bool, redis::RedisError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PEXPIRE")
+            .arg(&self.marker)
+            .arg(MARKER_TTL_MS)
+            .query_async::<bool>(&mut conn)
+            .await
+    }
+
+    async fn set_marker(&self) -> Result<(), redis::RedisError> {
+        let mut conn = self.conn.clone();
+        redis::cmd("SET")
+            .arg(&self.marker)
+            .arg(1)
+            .arg("PX")
+            .arg(MARKER_TTL_MS)
+            .query_async::<()>(&mut conn)
+            .await
     }
 
     /// Queues every cached session for writing.
@@ -366,10 +466,16 @@ impl RedisStore {
         }
         let now = unix_millis();
         for mut record in puts {
-            // A session used locally during the outage is as fresh as its cache entry.
-            if let Some(c) = lock(&self.cache).get(&record.key) {
-                record.last_seen_ms = c.record.last_seen_ms;
-            }
+            // A session used locally during the outage is as fresh as its cache entry; one
+            // no longer cached was removed meanwhile and must not be written back.
+            let cached = lock(&self.cache)
+                .get(&record.key)
+                .map(|c| c.record.last_seen_ms);
+            let Some(last_seen_ms) = cached else {
+                lock(&self.queue).puts.remove(&record.key);
+                continue;
+            };
+            record.last_seen_ms = last_seen_ms;
             if !self.expired(&record, now) && self.write(&record).await.is_err() {
                 return false;
             }
@@ -415,15 +521,36 @@ impl SessionStore for RedisStore {
 
         // First seen here: one round trip.
         let mut conn = self.conn.clone();
-        let ttl = self.config.idle_ttl.as_millis() as i64;
-        let (json, _): (Option<String>, bool) = redis::pipe()
-            .get(self.session_key(key))
-            .pexpire(self.session_key(key), ttl)
-            .query_async(&mut conn)
+        // Read before the query: a marker set while it runs says nothing of what it found.
+        let marker_set = self.marker_set.load(Ordering::Relaxed);
+        let found: redis::Value = self
+            .get_script
+            .key(self.session_key(key))
+            .key(&self.marker)
+            .arg(now)
+            .arg(self.config.idle_ttl.as_millis() as u64)
+            .arg(self.config.max_lifetime.as_millis() as u64)
+            .arg(self.replica_prefix(&key.adapter))
+            .arg(key.id.as_str())
+            .invoke_async(&mut conn)
             .await
             .map_err(|e| self.failed("get", &e))?;
         self.recovered();
-        let Some(json) = json else { return Ok(None) };
+        let json: String = match found {
+            redis::Value::Nil => return Ok(None),
+            // Not "no such session" (404, and the client would drop it) but "ask again": the
+            // gateways that know the session write it back within a second.
+            redis::Value::Int(_) if !marker_set => return Ok(None),
+            redis::Value::Int(_) => {
+                return Err(StoreError::Unavailable(
+                    "Redis lost its data (restarted empty?); sessions are being written back, \
+                     retry"
+                        .into(),
+                ));
+            }
+            v => redis::from_redis_value(v)
+                .map_err(|e| StoreError::Unavailable(format!("unexpected Redis reply: {e}")))?,
+        };
         let mut record: SessionRecord = serde_json::from_str(&json)
             .map_err(|e| StoreError::Unavailable(format!("corrupt session record: {e}")))?;
         if now.saturating_sub(record.created_ms) >= self.config.max_lifetime.as_millis() as u64 {
@@ -591,25 +718,46 @@ async fn subscribe(store: Weak<RedisStore>) {
     }
 }
 
-/// While degraded: ping every second; once Redis answers, write the queue.
+/// Every second: renews this gateway's marker. If it is gone, Redis lost its data (a restart
+/// without persistence, a flush, a failover to a replica that lacked the writes), whether or
+/// not any command of this gateway failed meanwhile: every session this gateway knows is
+/// written back, then the marker set again. While degraded, the same tick writes the queue
+/// once Redis answers.
 async fn recover(store: Weak<RedisStore>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
     loop {
         tick.tick().await;
         let Some(s) = store.upgrade() else { return };
-        if s.up.load(Ordering::Relaxed) && s.queued() == 0 {
-            continue;
-        }
-        let mut conn = s.conn.clone();
-        match redis::cmd("PING").query_async::<String>(&mut conn).await {
-            Ok(_) => {
-                if !s.up.load(Ordering::Relaxed) {
-                    // Redis may have lost its data (a restart without persistence): write back
-                    // every session this gateway knows, so none is lost with it.
-                    s.requeue_cache();
-                }
-                if s.flush().await {
+        match s.renew_marker().await {
+            Ok(true) => {
+                if s.queued() == 0 || s.flush().await {
                     s.recovered();
+                }
+            }
+            Ok(false) => {
+                let known = lock(&s.cache).len();
+                if !first {
+                    tracing::warn!(
+                        sessions = known,
+                        "Redis lost this gateway's sessions (restarted empty, flushed or failed \
+                         over?): writing back every session this gateway knows"
+                    );
+                }
+                metrics::counter!("mcp_gateway_store_resyncs_total").increment(1);
+                s.requeue_cache();
+                if s.flush().await {
+                    match s.set_marker().await {
+                        Ok(()) => {
+                            first = false;
+                            s.marker_set.store(true, Ordering::Relaxed);
+                            s.recovered();
+                        }
+                        Err(e) => {
+                            s.failed("marker", &e);
+                        }
+                    }
                 }
             }
             Err(e) => {

@@ -191,3 +191,136 @@ async fn a_password_in_the_url_is_refused() {
         "{err}"
     );
 }
+
+/// A store whose background tasks do not run: it misses every invalidation message, as a
+/// gateway whose subscription is down does.
+fn deaf_store(redis: &RedisServer, tweak: impl FnOnce(&mut RedisConfig)) -> Arc<RedisStore> {
+    let mut config = RedisConfig::new(redis.url());
+    config.timeout = Duration::from_millis(200);
+    tweak(&mut config);
+    RedisStore::connect(config).unwrap()
+}
+
+#[tokio::test]
+async fn a_redis_restart_loses_no_session_a_gateway_knows_even_with_traffic_meanwhile() {
+    let mut redis = RedisServer::start().unwrap();
+    let (a, b) = (store(&redis, |_| {}), store(&redis, |_| {}));
+    for i in 0..5 {
+        a.put(record(&format!("a{i}"), "0")).await.unwrap();
+    }
+    b.put(record("b0", "1")).await.unwrap();
+
+    redis.stop();
+    assert!(a.get(&key("b0")).await.is_err(), "A notices the outage");
+    redis.restart().unwrap();
+    // The race of the review: a cache-miss read succeeds before A's recovery tick runs.
+    let _ = a.get(&key("b0")).await;
+
+    eventually("every session is written back", async || {
+        let c = store(&redis, |_| {});
+        let mut all = true;
+        for id in ["a0", "a1", "a2", "a3", "a4", "b0"] {
+            all &= c.get(&key(id)).await.unwrap().is_some();
+        }
+        all
+    })
+    .await;
+    let counts = b
+        .live_sessions(&AdapterName::new("demo").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(counts.get("0"), Some(&5), "counts rebuilt too");
+    assert_eq!(counts.get("1"), Some(&1));
+}
+
+#[tokio::test]
+async fn a_quick_redis_restart_no_gateway_noticed_loses_no_session() {
+    let mut redis = RedisServer::start().unwrap();
+    let a = store(&redis, |_| {});
+    a.put(record("s1", "0")).await.unwrap();
+    // Redis restarts empty between two commands of this gateway: no command ever failed.
+    redis.restart().unwrap();
+    eventually("the session is written back", async || {
+        store(&redis, |_| {})
+            .get(&key("s1"))
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cached_session_is_not_dropped_when_redis_lost_its_data() {
+    let mut redis = RedisServer::start().unwrap();
+    let a = store(&redis, |c| c.refresh_after = Duration::from_millis(50));
+    a.put(record("s1", "0")).await.unwrap();
+    redis.restart().unwrap();
+    // A refresh finds the record gone; it must not take Redis' loss for a removal.
+    for _ in 0..10 {
+        assert!(a.get(&key("s1")).await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    eventually("written back", async || {
+        store(&redis, |_| {})
+            .get(&key("s1"))
+            .await
+            .unwrap()
+            .is_some()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_refresh_after_a_missed_removal_does_not_count_a_phantom_session() {
+    let redis = RedisServer::start().unwrap();
+    let a = deaf_store(&redis, |c| c.refresh_after = Duration::from_millis(50));
+    let b = store(&redis, |_| {});
+    let demo = AdapterName::new("demo").unwrap();
+    a.put(record("s1", "0")).await.unwrap();
+    b.remove(&key("s1")).await.unwrap();
+    assert_eq!(
+        b.live_sessions(&demo)
+            .await
+            .unwrap()
+            .get("0")
+            .copied()
+            .unwrap_or(0),
+        0
+    );
+    // A missed the invalidation: its next use of the session refreshes it in the background.
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let _ = a.get(&key("s1")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        b.live_sessions(&demo)
+            .await
+            .unwrap()
+            .get("0")
+            .copied()
+            .unwrap_or(0),
+        0,
+        "no phantom member re-added for a record that is gone"
+    );
+}
+
+#[tokio::test]
+async fn a_session_read_through_another_gateway_keeps_counting() {
+    let redis = RedisServer::start().unwrap();
+    let ttl = Duration::from_millis(1500);
+    let a = store(&redis, |c| c.idle_ttl = ttl);
+    let b = store(&redis, |c| c.idle_ttl = ttl);
+    let demo = AdapterName::new("demo").unwrap();
+    a.put(record("s1", "0")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // First use through B (a cache miss): slides the record's TTL, and must slide its count too.
+    assert!(b.get(&key("s1")).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let c = store(&redis, |c| c.idle_ttl = ttl);
+    assert!(c.get(&key("s1")).await.unwrap().is_some(), "still alive");
+    assert_eq!(
+        c.live_sessions(&demo).await.unwrap().get("0").copied(),
+        Some(1),
+        "a live session is counted"
+    );
+}
