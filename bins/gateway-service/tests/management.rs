@@ -229,6 +229,132 @@ async fn stdio_adapters_get_one_process_per_session() {
     gw.shutdown().await;
 }
 
+fn example_spec(name: &str, args: &[&str]) -> Value {
+    json!({"name": name, "command": example_server(), "args": args})
+}
+
+const GOOD_ARGS: [&str; 4] = ["--transport", "all", "--port", "{port}"];
+
+#[tokio::test]
+async fn a_put_of_a_spec_that_does_not_run_is_refused_and_the_previous_spec_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = standalone(dir.path()).await;
+    let created = api(
+        &gw,
+        Method::POST,
+        "/adapters",
+        Some(example_spec("flaky", &GOOD_ARGS)),
+    )
+    .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    wait_ready(&gw, "flaky", 1).await;
+    // The example server exits with code 2 on an unknown argument.
+    let reply = api(
+        &gw,
+        Method::PUT,
+        "/adapters/flaky",
+        Some(example_spec("flaky", &["--no-such-flag"])),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    let detail = json_of(&reply)["detail"].as_str().unwrap().to_owned();
+    assert!(
+        detail.contains("exited with code 2") && detail.contains("previous spec"),
+        "{detail}"
+    );
+    let got = json_of(&api(&gw, Method::GET, "/adapters/flaky", None).await);
+    assert_eq!(
+        got["args"],
+        json!(GOOD_ARGS),
+        "the record is the previous one"
+    );
+    let status = wait_ready(&gw, "flaky", 1).await;
+    assert_eq!(status["replicaStatus"], "Healthy");
+    gw.shutdown().await;
+    // After a restart the previous spec runs, not the broken one.
+    let gw = standalone(dir.path()).await;
+    wait_ready(&gw, "flaky", 1).await;
+    let url = format!("http://{}/adapters/flaky/mcp", gw.data_addr);
+    assert!(McpSession::open(&url).await.is_ok());
+    gw.shutdown().await;
+}
+
+/// Sends a request on a raw connection and hangs up before any answer (as `curl -m 1`).
+async fn hang_up_during(gw: &Handle, method: &str, path: &str, body: &Value) {
+    use tokio::io::AsyncWriteExt as _;
+    let body = body.to_string();
+    let mut stream = tokio::net::TcpStream::connect(gw.data_addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        gw.data_addr,
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    drop(stream);
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_during_a_put_does_not_take_the_adapter_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = standalone(dir.path()).await;
+    api(
+        &gw,
+        Method::POST,
+        "/adapters",
+        Some(example_spec("hangup", &GOOD_ARGS)),
+    )
+    .await;
+    wait_ready(&gw, "hangup", 1).await;
+    let url = format!("http://{}/adapters/hangup/mcp", gw.data_addr);
+
+    // A good change: rolled out to the end although nobody waits for the answer.
+    let mut changed = example_spec("hangup", &GOOD_ARGS);
+    changed["description"] = json!("v2");
+    changed["environmentVariables"] = json!({"V": "2"});
+    hang_up_during(&gw, "PUT", "/adapters/hangup", &changed).await;
+    let mut rolled_out = false;
+    for _ in 0..100 {
+        let status = json_of(&api(&gw, Method::GET, "/adapters/hangup/status", None).await);
+        let got = json_of(&api(&gw, Method::GET, "/adapters/hangup", None).await);
+        if got["description"] == "v2"
+            && status["readyReplicas"] == 1
+            && status["updatedReplicas"] == 1
+            && status["replicas"].as_array().unwrap().len() == 1
+        {
+            rolled_out = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rolled_out, "the change was rolled out");
+    assert!(McpSession::open(&url).await.is_ok());
+
+    // A broken change: rolled back although nobody waits for the answer.
+    hang_up_during(
+        &gw,
+        "PUT",
+        "/adapters/hangup",
+        &example_spec("hangup", &["--no-such-flag"]),
+    )
+    .await;
+    let mut rolled_back = false;
+    for _ in 0..200 {
+        let got = json_of(&api(&gw, Method::GET, "/adapters/hangup", None).await);
+        if got["args"] == json!(GOOD_ARGS) && got["description"] == "v2" {
+            rolled_back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rolled_back, "the previous spec was put back");
+    let status = wait_ready(&gw, "hangup", 1).await;
+    assert_eq!(status["replicaStatus"], "Healthy");
+    assert!(McpSession::open(&url).await.is_ok());
+    gw.shutdown().await;
+}
+
 #[tokio::test]
 async fn bad_requests_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();

@@ -53,26 +53,31 @@ pub async fn create_adapter(
     check_spec(&spec)?;
     state.provisioner.validate(&spec)?;
     let name = spec.name.clone();
-    let _guard = state.locks.lock(&name).await;
-    let now = rfc3339(SystemTime::now());
-    let adapter = Adapter {
-        spec,
-        created_by: caller.subject,
-        created_by_issuer: caller.issuer,
-        created_at: now.clone(),
-        last_updated_at: now,
-    };
-    state.adapters.create(&adapter).await?;
-    if let Err(err) = state.provisioner.apply(&adapter).await {
-        tracing::warn!(adapter = %name, error = %err, "deploying a new adapter failed; removing it");
-        if let Err(e) = state.provisioner.remove(&name).await {
-            tracing::warn!(adapter = %name, error = %e, "cleaning up a failed deployment failed");
+    let adapter = to_completion(async move {
+        let _guard = state.locks.lock(&name).await;
+        let now = rfc3339(SystemTime::now());
+        let adapter = Adapter {
+            spec,
+            created_by: caller.subject,
+            created_by_issuer: caller.issuer,
+            created_at: now.clone(),
+            last_updated_at: now,
+        };
+        state.adapters.create(&adapter).await?;
+        if let Err(err) = state.provisioner.apply(&adapter).await {
+            tracing::warn!(adapter = %name, error = %err, "deploying a new adapter failed; removing it");
+            if let Err(e) = state.provisioner.remove(&name).await {
+                tracing::warn!(adapter = %name, error = %e, "cleaning up a failed deployment failed");
+            }
+            if let Err(e) = state.adapters.delete(&name).await {
+                tracing::error!(adapter = %name, error = %e, "deleting the record of a failed deployment failed");
+            }
+            return Err(deploy_error(&name, err));
         }
-        if let Err(e) = state.adapters.delete(&name).await {
-            tracing::error!(adapter = %name, error = %e, "deleting the record of a failed deployment failed");
-        }
-        return Err(deploy_error(&name, err));
-    }
+        Ok(adapter)
+    })
+    .await?;
+    let name = &adapter.spec.name;
     let location = HeaderValue::try_from(format!("/adapters/{name}"))
         .map_err(|_| ApiError::invalid("invalid-name", "name cannot appear in a URL"))?;
     let mut response = (StatusCode::CREATED, Json(Resource::of(adapter))).into_response();
@@ -133,7 +138,10 @@ pub async fn get_adapter(
 /// Replace an adapter's spec and roll the change out.
 ///
 /// `createdBy` and `createdAt` are kept, `lastUpdatedAt` is set. The body's `name` must be the
-/// path's. If the roll-out fails, the previous spec is stored and applied again.
+/// path's. Answers once the roll-out is done (the new spec's replicas are ready); if it fails
+/// (a new replica keeps crashing, or is not ready in time), the previous spec is stored and
+/// applied again and the answer says why. The change runs to its end even if the client
+/// hangs up.
 #[utoipa::path(
     put,
     path = "/adapters/{name}",
@@ -142,13 +150,13 @@ pub async fn get_adapter(
     params(("name" = String, Path, description = "Adapter name (DNS-1123 label)")),
     request_body(content = mcp_gateway_core::AdapterSpec, content_type = "application/json"),
     responses(
-        (status = 200, description = "Updated and rolled out", body = Adapter),
-        (status = 400, description = "Malformed JSON, unknown field, an invalid value, or a `name` other than the path's", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "Updated and rolled out: the new spec's replicas are ready", body = Adapter),
+        (status = 400, description = "Malformed JSON, unknown field, an invalid value, a `name` other than the path's, or a spec whose replicas keep crashing (the previous spec is back)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The caller may not do this", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such adapter", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body larger than the configured limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not `application/json`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The store or the runtime failed; the previous spec stays", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The store or the runtime failed, or the new replicas were not ready in time; the previous spec is back", body = Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn update_adapter(
@@ -171,29 +179,32 @@ pub async fn update_adapter(
     }
     check_spec(&spec)?;
     state.provisioner.validate(&spec)?;
-    let _guard = state.locks.lock(&name).await;
-    let previous = existing(&state, &name).await?;
-    // Checked again under the lock: the record may have changed hands meanwhile.
-    state.require(&caller, &previous, Action::Write)?;
-    let adapter = Adapter {
-        spec,
-        created_by: previous.created_by.clone(),
-        created_by_issuer: previous.created_by_issuer.clone(),
-        created_at: previous.created_at.clone(),
-        last_updated_at: rfc3339(SystemTime::now()),
-    };
-    state.adapters.update(&adapter).await?;
-    if let Err(err) = state.provisioner.apply(&adapter).await {
-        tracing::warn!(adapter = %name, error = %err, "rolling out an update failed; restoring the previous spec");
-        if let Err(e) = state.adapters.update(&previous).await {
-            tracing::error!(adapter = %name, error = %e, "restoring the previous record failed");
+    to_completion(async move {
+        let _guard = state.locks.lock(&name).await;
+        let previous = existing(&state, &name).await?;
+        // Checked again under the lock: the record may have changed hands meanwhile.
+        state.require(&caller, &previous, Action::Write)?;
+        let adapter = Adapter {
+            spec,
+            created_by: previous.created_by.clone(),
+            created_by_issuer: previous.created_by_issuer.clone(),
+            created_at: previous.created_at.clone(),
+            last_updated_at: rfc3339(SystemTime::now()),
+        };
+        state.adapters.update(&adapter).await?;
+        if let Err(err) = state.provisioner.apply(&adapter).await {
+            tracing::warn!(adapter = %name, error = %err, "rolling out an update failed; restoring the previous spec");
+            if let Err(e) = state.adapters.update(&previous).await {
+                tracing::error!(adapter = %name, error = %e, "restoring the previous record failed");
+            }
+            if let Err(e) = state.provisioner.apply(&previous).await {
+                tracing::error!(adapter = %name, error = %e, "re-applying the previous spec failed");
+            }
+            return Err(rollout_error(&name, err));
         }
-        if let Err(e) = state.provisioner.apply(&previous).await {
-            tracing::error!(adapter = %name, error = %e, "re-applying the previous spec failed");
-        }
-        return Err(deploy_error(&name, err));
-    }
-    Ok(Json(Resource::of(adapter)))
+        Ok(Json(Resource::of(adapter)))
+    })
+    .await
 }
 
 /// Delete an adapter and everything deployed for it.
@@ -216,15 +227,18 @@ pub async fn delete_adapter(
     Caller(caller): Caller,
     AdapterPath(name): AdapterPath,
 ) -> Result<StatusCode, ApiError> {
-    let _guard = state.locks.lock(&name).await;
-    state.require(&caller, &existing(&state, &name).await?, Action::Write)?;
-    // Stop first: if that fails the record stays, so the DELETE can be retried.
-    match state.provisioner.remove(&name).await {
-        Ok(()) | Err(AdapterError::NotFound(_)) => {}
-        Err(err) => return Err(err.into()),
-    }
-    state.adapters.delete(&name).await?;
-    Ok(StatusCode::NO_CONTENT)
+    to_completion(async move {
+        let _guard = state.locks.lock(&name).await;
+        state.require(&caller, &existing(&state, &name).await?, Action::Write)?;
+        // Stop first: if that fails the record stays, so the DELETE can be retried.
+        match state.provisioner.remove(&name).await {
+            Ok(()) | Err(AdapterError::NotFound(_)) => {}
+            Err(err) => return Err(err.into()),
+        }
+        state.adapters.delete(&name).await?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
 }
 
 /// Desired and ready replicas, each replica's state and live sessions.
@@ -359,6 +373,35 @@ async fn existing(state: &ApiState, name: &AdapterName) -> Result<Adapter, ApiEr
         .get(name)
         .await?
         .ok_or_else(|| AdapterError::NotFound(name.clone()).into())
+}
+
+/// Runs a change (store, deploy, and the compensation of a failure) to its end in a task of
+/// its own. Hyper drops a handler whose client went away; a change dropped halfway (record
+/// stored, deployment taken down and not replaced, rollback never run) would leave the
+/// adapter broken, so the handler only waits for the task.
+async fn to_completion<T: Send + 'static>(
+    change: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(change)
+        .await
+        .unwrap_or_else(|e| Err(ApiError::Unavailable(format!("the change failed: {e}"))))
+}
+
+/// A failed roll-out as the client sees it: the runtime's words; the previous spec is back.
+fn rollout_error(name: &AdapterName, err: AdapterError) -> ApiError {
+    match err {
+        AdapterError::Invalid(detail) => ApiError::invalid(
+            "invalid-adapter",
+            format!(
+                "adapter \"{name}\" was not changed: {detail}; the previous spec is stored and \
+                 running again"
+            ),
+        ),
+        other => ApiError::Unavailable(format!(
+            "adapter \"{name}\" was not changed: {other}; the previous spec is stored and \
+             running again"
+        )),
+    }
 }
 
 /// A deployment failure as the client sees it: the runtime's own words, saying nothing changed.

@@ -288,8 +288,10 @@ pub type LogStream = Pin<Box<dyn futures_core::Stream<Item = LogLine> + Send>>;
 
 /// Port: deploys adapters and reports on them (local processes; Kubernetes).
 ///
-/// `apply` is idempotent: called with a new adapter it deploys it, with a changed one it rolls
-/// the change out replica by replica; `remove` stops everything deployed for it. A runtime
+/// `apply` is idempotent: called with a new adapter it deploys it (and returns once it is
+/// started), with a changed one it rolls the change out replica by replica and returns once the
+/// roll-out is done, with an error when it fails or takes too long (the caller then applies
+/// the previous adapter again); `remove` stops everything deployed for it. A runtime
 /// keeps the data plane's [`ReplicaResolver`](crate::ReplicaResolver) current itself.
 #[async_trait::async_trait]
 pub trait Provisioner: Send + Sync + 'static {

@@ -42,6 +42,10 @@ pub struct LocalOptions {
     /// `environmentVariables` and `PORT` are added. Default: `PATH`, `HOME`, `USER`,
     /// `LOGNAME`, `SHELL`, `LANG`, `LC_ALL`, `TZ`, `TMPDIR`.
     pub pass_env: Vec<String>,
+    /// How long `apply` of a changed spec waits for its roll-out: until `replicaCount`
+    /// replicas of the new spec are ready. Beyond it (or once a new replica crashed 3 times in
+    /// a row) `apply` fails, and the API puts the previous spec back. Default 2 minutes.
+    pub rollout_timeout: Duration,
     /// Names this runtime must not deploy: adapters the gateway serves from its configuration
     /// file. A record with such a name is refused (409), so nobody can take over a configured
     /// adapter's route by creating a namesake. Default: none.
@@ -59,6 +63,7 @@ impl Default for LocalOptions {
             probe_timeout: Duration::from_secs(1),
             restart_backoff: Duration::from_secs(1),
             restart_backoff_max: Duration::from_secs(30),
+            rollout_timeout: Duration::from_secs(120),
             pass_env: [
                 "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "TZ", "TMPDIR",
             ]
@@ -309,8 +314,17 @@ impl Provisioner for LocalProvisioner {
         match slot.take() {
             Some(Deployed::Processes(mut runtime)) if !stdio => {
                 runtime.update(adapter).await;
+                let view = runtime.view.clone();
                 *slot = Some(Deployed::Processes(runtime));
-                return Ok(());
+                // Waited for without the locks: status and other adapters stay available.
+                drop(slot);
+                drop(_ops);
+                return crate::runtime::wait_rolled_out(
+                    &view,
+                    self.options.rollout_timeout,
+                    self.options.probe_interval,
+                )
+                .await;
             }
             Some(old) => undeploy(&self.resolver, old).await,
             None => {}

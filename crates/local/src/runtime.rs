@@ -268,9 +268,83 @@ impl View {
         }
     }
 
+    /// Where the roll-out of the latest spec stands: done once `replicaCount` replicas of it
+    /// serve and answer; failed once one of them crashed [`CRASHES_BEFORE_FAILED`] times in a
+    /// row (or the adapter was removed meanwhile).
+    pub(crate) fn rollout(&self) -> Rollout {
+        let inner = self.inner();
+        if inner.retired {
+            return Rollout::Failed("the adapter was removed meanwhile".to_owned());
+        }
+        let mut ready = 0;
+        for m in inner.members.iter().filter(|m| m.updated) {
+            match &m.kind {
+                MemberKind::External(_) => ready += u32::from(m.role == Role::Active),
+                MemberKind::Process(rx) => {
+                    let s = rx.borrow();
+                    if s.state == ReplicaState::Crashed && s.restarts + 1 >= CRASHES_BEFORE_FAILED {
+                        let how = s.exit_code.map_or_else(
+                            || "could not be started".to_owned(),
+                            |c| format!("exited with code {c}"),
+                        );
+                        return Rollout::Failed(format!(
+                            "replica {} of the new spec {how} {} times in a row (its logs say \
+                             why)",
+                            m.ordinal,
+                            s.restarts + 1
+                        ));
+                    }
+                    ready += u32::from(m.role == Role::Active && s.state == ReplicaState::Ready);
+                }
+            }
+        }
+        if ready >= inner.replica_count {
+            Rollout::Done
+        } else {
+            Rollout::InProgress
+        }
+    }
+
     /// The ordinals that exist now.
     pub(crate) fn has_ordinal(&self, ordinal: u32) -> bool {
         self.inner().members.iter().any(|m| m.ordinal == ordinal)
+    }
+}
+
+/// Crashes of a replica of a new spec, one after the other, after which its roll-out has
+/// failed (rather than waiting for the timeout).
+pub(crate) const CRASHES_BEFORE_FAILED: u32 = 3;
+
+/// See [`View::rollout`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Rollout {
+    Done,
+    InProgress,
+    Failed(String),
+}
+
+/// Waits until the roll-out of the latest spec is done, has failed, or `timeout` passed.
+pub(crate) async fn wait_rolled_out(
+    view: &View,
+    timeout: std::time::Duration,
+    poll: std::time::Duration,
+) -> Result<(), mcp_gateway_core::AdapterError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match view.rollout() {
+            Rollout::Done => return Ok(()),
+            Rollout::Failed(why) => {
+                return Err(mcp_gateway_core::AdapterError::Invalid(format!(
+                    "the new spec does not run: {why}"
+                )));
+            }
+            Rollout::InProgress if Instant::now() >= deadline => {
+                return Err(mcp_gateway_core::AdapterError::Unavailable(format!(
+                    "the replicas of the new spec were not all ready within {timeout:?}"
+                )));
+            }
+            Rollout::InProgress => tokio::time::sleep(poll).await,
+        }
     }
 }
 

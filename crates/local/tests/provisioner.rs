@@ -385,17 +385,11 @@ async fn a_changed_environment_rolls_out_replica_by_replica_with_draining() {
     eventually("2 ready", || async { ready_count(&p, "roll").await == 2 }).await;
     let old = [pids(&p, "roll", 0).await[0], pids(&p, "roll", 1).await[0]];
 
-    p.apply(&example_adapter("roll", 2, serde_json::json!({"V": "2"})))
-        .await
-        .unwrap();
-    let status = p.status(&name("roll")).await.unwrap();
-    assert!(
-        status.updated_replicas < 2,
-        "the rollout has only begun: {status:?}"
-    );
+    // `apply` returns once the roll-out is done; watched meanwhile.
+    let v2 = example_adapter("roll", 2, serde_json::json!({"V": "2"}));
     let mut saw_draining = Vec::new();
     let mut never_short = true;
-    eventually("both replaced", || {
+    let watch = eventually("both replaced", || {
         let target = resolver.resolve("roll").unwrap();
         let placeable = target.replicas.iter().filter(|r| r.placeable()).count();
         never_short &= placeable >= 2;
@@ -406,8 +400,9 @@ async fn a_changed_environment_rolls_out_replica_by_replica_with_draining() {
         }
         let ids: Vec<_> = target.replicas.iter().map(|r| r.id.to_string()).collect();
         async move { ids == ["0.1", "1.1"] }
-    })
-    .await;
+    });
+    let (applied, ()) = tokio::join!(p.apply(&v2), watch);
+    applied.unwrap();
     assert_eq!(saw_draining, ["0", "1"], "the old replicas drained in turn");
     assert!(never_short, "two replicas took new sessions all along");
     let status = p.status(&name("roll")).await.unwrap();
@@ -428,6 +423,64 @@ async fn a_changed_environment_rolls_out_replica_by_replica_with_draining() {
     assert_eq!(pids(&p, "roll", 0).await.len(), 2);
     p.shutdown().await;
     assert!(new.iter().all(|p| !alive(p[1])));
+}
+
+#[tokio::test]
+async fn a_rollout_whose_new_replica_never_becomes_ready_fails_and_the_old_one_keeps_serving() {
+    let (resolver, p) = setup();
+    p.apply(&example_adapter("stuck", 1, serde_json::json!({})))
+        .await
+        .unwrap();
+    eventually("ready", || async { ready_count(&p, "stuck").await == 1 }).await;
+    let old = pids(&p, "stuck", 0).await[0];
+    let broken = adapter(serde_json::json!({
+        "name": "stuck",
+        "command": "/bin/sh",
+        "args": ["-c", "echo bad config >&2; exit 3"],
+    }));
+    let started = std::time::Instant::now();
+    let err = p.apply(&broken).await.unwrap_err();
+    assert!(
+        matches!(&err, AdapterError::Invalid(m) if m.contains("exited with code 3 3 times")),
+        "{err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "failed fast");
+    // Meanwhile the old replica kept serving: a rollout replaces a ready replica only once its
+    // successor is ready.
+    assert!(alive(old));
+    assert!(resolver.resolve("stuck").unwrap().replicas[0].placeable());
+    // What the API does next: the previous spec again, done at once.
+    p.apply(&example_adapter("stuck", 1, serde_json::json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        pids(&p, "stuck", 0).await,
+        [old],
+        "the old replica is still the one"
+    );
+
+    // A new replica that starts but never answers: the roll-out times out.
+    let slow = LocalProvisioner::new(
+        resolver.clone(),
+        LocalOptions {
+            rollout_timeout: Duration::from_secs(1),
+            ..options()
+        },
+    );
+    slow.apply(&example_adapter("mute", 1, serde_json::json!({})))
+        .await
+        .unwrap();
+    eventually("ready", || async { ready_count(&slow, "mute").await == 1 }).await;
+    let mute = adapter(serde_json::json!({
+        "name": "mute", "command": "/bin/sh", "args": ["-c", "exec sleep 30"],
+    }));
+    let err = slow.apply(&mute).await.unwrap_err();
+    assert!(
+        matches!(&err, AdapterError::Unavailable(m) if m.contains("not all ready within 1s")),
+        "{err}"
+    );
+    p.shutdown().await;
+    slow.shutdown().await;
 }
 
 #[tokio::test]
