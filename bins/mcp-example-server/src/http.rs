@@ -101,6 +101,8 @@ async fn route(
         },
         (_, "/sse") if legacy => method_not_allowed("GET"),
         (_, "/messages" | "/messages/") if legacy => method_not_allowed("POST"),
+        // For readiness probes (Kubernetes `httpGet`): answers once the server accepts requests.
+        (&Method::GET, "/healthz") => empty(StatusCode::OK),
         _ => empty(StatusCode::NOT_FOUND),
     };
     tracing::debug!(method = %parts.method, path = parts.uri.path(), status = response.status().as_u16(), "request");

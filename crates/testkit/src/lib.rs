@@ -5,7 +5,16 @@
 //!   codes, headers and stream timing that a full SDK client hides. The end-to-end tests use the
 //!   official Python SDK client instead (`tests/e2e`).
 //! - [`sse_events`]: splits an SSE body into events.
+//! - With the `cluster` feature: [`cluster::TestCluster`], a real Kubernetes control plane
+//!   built from source, [`kubelet::TestKubelet`], a node that runs pods as local processes, and
+//!   [`netns::run`], which runs a test in a network namespace of its own.
 
+#[cfg(feature = "cluster")]
+pub mod cluster;
+#[cfg(feature = "cluster")]
+pub mod kubelet;
+#[cfg(feature = "cluster")]
+pub mod netns;
 pub mod oidc;
 
 use std::net::SocketAddr;
