@@ -5,8 +5,10 @@
 //!     cargo xtask bench [ARGS]  benchmarks
 //!     cargo xtask openapi [--check]  write (or check) openapi/mcp-gateway.openapi.json
 //!     cargo xtask demo          the quick start: two example replicas behind a gateway
+//!     cargo xtask cluster build|up|exec   the Kubernetes control plane of the tests
 
 mod bench;
+mod cluster;
 mod demo;
 mod e2e;
 mod openapi;
@@ -24,7 +26,8 @@ use clap::Parser;
     about = "Developer commands of the MCP gateway workspace"
 )]
 enum Cli {
-    /// `cargo test --workspace --all-targets`, the doc tests, then `cargo xtask e2e`.
+    /// Builds (or reuses) the tests' Kubernetes control plane, then `cargo test --workspace
+    /// --all-targets`, the doc tests, then `cargo xtask e2e`.
     Test,
     /// Build the release binaries, install the e2e tools under target/e2e (tests/e2e/setup.sh)
     /// and run the end-to-end suite (tests/e2e, pytest); ARGS go to pytest, e.g. `-k sse`.
@@ -43,6 +46,13 @@ enum Cli {
         #[arg(long)]
         check: bool,
     },
+    /// The tests' Kubernetes control plane (built from source with Go, no Docker): `build` it
+    /// under target/testenv, run it `up` until Ctrl-C (printing a kubeconfig for kubectl), or
+    /// `exec -- CMD` in its network namespace, where pods are reachable.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Benchmarks; ARGS go to the benchmark runner.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -50,15 +60,40 @@ enum Cli {
     },
 }
 
+#[derive(clap::Subcommand)]
+enum ClusterCommand {
+    /// Build (or reuse) etcd, kube-apiserver, kube-controller-manager and kubectl.
+    Build,
+    /// Start the control plane and the test kubelet; runs until Ctrl-C.
+    Up,
+    /// Run a command in the running cluster's network namespace (KUBECONFIG set).
+    Exec {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
+}
+
 fn main() {
     let result = match Cli::parse() {
-        Cli::Test => run_step(cargo().args(["test", "--workspace", "--all-targets"]))
+        Cli::Test => cluster::build()
+            .and_then(|bin| {
+                run_step(
+                    cargo()
+                        .args(["test", "--workspace", "--all-targets"])
+                        .env("MCP_GATEWAY_TESTENV_BIN", bin),
+                )
+            })
             .and_then(|()| run_step(cargo().args(["test", "--workspace", "--doc"])))
             .and_then(|()| e2e::run(Vec::new())),
         Cli::E2e { args } => e2e::run(args),
         Cli::Bench { args } => bench::run(args),
         Cli::Demo { port } => demo::run(port),
         Cli::Openapi { check } => openapi::run(check),
+        Cli::Cluster { command } => match command {
+            ClusterCommand::Build => cluster::build().map(drop),
+            ClusterCommand::Up => cluster::up(),
+            ClusterCommand::Exec { args } => cluster::exec(args),
+        },
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

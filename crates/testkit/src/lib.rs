@@ -114,10 +114,14 @@ impl Reply {
 }
 
 /// The `mcp-example-server` binary beside the running test (`<target>/debug`), built once if
-/// it is missing, for tests that run it as a child process.
+/// it is missing, for tests that run it as a child process (`MCP_EXAMPLE_SERVER` names
+/// another).
 pub fn example_server() -> std::path::PathBuf {
     static PATH: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
     PATH.get_or_init(|| {
+        if let Some(path) = std::env::var_os("MCP_EXAMPLE_SERVER") {
+            return path.into();
+        }
         // The test binary lives in <target>/debug/deps.
         let exe = std::env::current_exe().expect("current_exe");
         let debug = exe

@@ -42,6 +42,7 @@ pub fn inside() -> bool {
 ///     });
 /// }
 /// ```
+#[allow(clippy::print_stdout)] // the child's output, for libtest to capture
 pub fn run<F, Fut>(body: F)
 where
     F: FnOnce() -> Fut,

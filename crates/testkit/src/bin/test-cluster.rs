@@ -63,19 +63,24 @@ fn main() -> anyhow::Result<()> {
         &Credentials::Token(info["token"].as_str().context("token")?.to_owned()),
     )?;
     std::fs::write(state.join("pid"), pid.to_string())?;
-    println!();
-    println!(
+    eprintln!();
+    eprintln!(
         "Test cluster ready: Kubernetes v1.37.2, one node (test-node) running pods as processes."
     );
-    println!(
+    eprintln!(
         "  kubectl --kubeconfig {} get nodes",
         host_kubeconfig.display()
     );
-    println!(
+    eprintln!(
         "  cargo xtask cluster exec -- CMD   (inside the cluster's network, where pods are reachable)"
     );
-    println!("  images: mcp-example-server:test (the example MCP server)");
-    println!("Ctrl-C stops it.");
+    eprintln!("  images: mcp-example-server:test (the example MCP server)");
+    eprintln!("Ctrl-C stops it.");
+    // When the cluster ends (Ctrl-C reaches both processes), so does the forwarder.
+    std::thread::spawn(move || {
+        let status = child.wait();
+        std::process::exit(i32::from(!status.is_ok_and(|s| s.success())));
+    });
     std::thread::scope(|s| -> anyhow::Result<()> {
         for conn in listener.incoming() {
             let Ok(client) = conn else { continue };
@@ -103,7 +108,6 @@ fn main() -> anyhow::Result<()> {
         }
         Ok(())
     })?;
-    let _ = child.wait();
     Ok(())
 }
 

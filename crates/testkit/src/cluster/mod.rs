@@ -63,10 +63,18 @@ pub fn binaries() -> PathBuf {
     .clone()
 }
 
-/// `<target>` of the running test binary (`<target>/debug/deps/<test>`).
+/// `<target>` of the running binary (`<target>/debug/deps/<test>`, `<target>/debug/<bin>`).
 fn target_dir() -> Option<PathBuf> {
     let exe = std::env::current_exe().ok()?;
-    Some(exe.parent()?.parent()?.parent()?.to_path_buf())
+    exe.ancestors()
+        .find(|d| {
+            matches!(
+                d.file_name().and_then(|n| n.to_str()),
+                Some("debug" | "release")
+            )
+        })
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
 }
 
 /// A kubeconfig user: a bearer token or a client certificate.

@@ -154,7 +154,7 @@ impl LogStore {
         &self,
         k: &Key,
         q: &LogQuery,
-    ) -> Result<(Vec<Line>, Option<broadcast::Receiver<Line>>), (StatusCode, String)> {
+    ) -> Result<Selection, (StatusCode, String)> {
         let store = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let (ns, pod, container) = k;
         let log = store.logs.get(k);
@@ -202,6 +202,9 @@ impl LogStore {
         Ok((lines, rx))
     }
 }
+
+/// The lines a query selects now, and a receiver of later ones when it follows.
+type Selection = (Vec<Line>, Option<broadcast::Receiver<Line>>);
 
 /// Writes the lines of one running instance; ends the instance's followers when dropped.
 pub struct InstanceWriter {
@@ -308,11 +311,11 @@ pub async fn serve(store: LogStore, req: Request<Incoming>) -> Response<Body> {
     for l in &lines {
         head.push_str(&format_line(l, q.timestamps));
     }
-    if let Some(limit) = q.limit_bytes {
-        if head.len() >= limit {
-            head.truncate(limit);
-            return text(StatusCode::OK, head);
-        }
+    if let Some(limit) = q.limit_bytes
+        && head.len() >= limit
+    {
+        head.truncate(limit);
+        return text(StatusCode::OK, head);
     }
     let Some(rx) = rx else {
         return text(StatusCode::OK, head);
