@@ -150,11 +150,7 @@ impl LogStore {
 
     /// The lines a query selects, and a receiver of later lines when it follows a running
     /// instance.
-    fn select(
-        &self,
-        k: &Key,
-        q: &LogQuery,
-    ) -> Result<Selection, (StatusCode, String)> {
+    fn select(&self, k: &Key, q: &LogQuery) -> Result<Selection, (StatusCode, String)> {
         let store = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let (ns, pod, container) = k;
         let log = store.logs.get(k);
