@@ -70,6 +70,10 @@ pub struct Args {
     /// Live sessions this gateway accepts (default 10000).
     #[arg(long, env = "MCP_GATEWAY_MAX_SESSIONS")]
     pub max_sessions: Option<u64>,
+    /// Live sessions one caller (principal) may hold across all adapters (default 100); a new
+    /// session beyond gets 429 with Retry-After.
+    #[arg(long, env = "MCP_GATEWAY_MAX_SESSIONS_PER_PRINCIPAL")]
+    pub max_sessions_per_principal: Option<u64>,
     /// Allowed Host values (comma-separated; "*" for any). Default: loopback names when
     /// listening on loopback, any otherwise.
     #[arg(long, env = "MCP_GATEWAY_ALLOWED_HOSTS", value_delimiter = ',')]
@@ -178,6 +182,7 @@ struct FileConfig {
     max_body_bytes: Option<u64>,
     max_header_bytes: Option<usize>,
     max_sessions: Option<u64>,
+    max_sessions_per_principal: Option<u64>,
     allowed_hosts: Option<Vec<String>>,
     allowed_origins: Option<Vec<String>>,
     #[serde(
@@ -426,6 +431,10 @@ impl Config {
                 .max_sessions
                 .or(file.max_sessions)
                 .unwrap_or(defaults.max_sessions),
+            max_sessions_per_principal: args
+                .max_sessions_per_principal
+                .or(file.max_sessions_per_principal)
+                .unwrap_or(defaults.max_sessions_per_principal),
             allowed_hosts: args
                 .allowed_hosts
                 .or(file.allowed_hosts)
@@ -516,6 +525,9 @@ impl Config {
         }
         if self.routing.max_body_bytes == 0 || self.routing.max_sessions == 0 {
             bail!("max_body_bytes and max_sessions must be greater than 0");
+        }
+        if self.routing.max_sessions_per_principal == 0 {
+            bail!("max_sessions_per_principal must be greater than 0");
         }
         if self.routing.eject_after_5xx == 0 {
             bail!("eject_after_5xx must be at least 1");

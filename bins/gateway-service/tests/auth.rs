@@ -948,3 +948,96 @@ async fn a_resource_bound_token_opens_its_adapter_only() {
     assert_eq!(call("jira", whole).await, StatusCode::OK);
     gw.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_caller_cannot_take_every_session_quota_429_with_retry_after() {
+    const ALICE: &str = "mcpgw_test-alice-key-0123456789";
+    const BOB: &str = "mcpgw_test-bob-key-012345678901";
+    let replicas = mcp_gateway_testkit::Replicas::start(1).await.unwrap();
+    let mut config = Config::for_tests();
+    config.routing.max_sessions = 6;
+    config.routing.max_sessions_per_principal = 3;
+    config.auth.tokens = Some(AuthConfig {
+        api_keys: [("alice", ALICE), ("bob", BOB)]
+            .into_iter()
+            .map(|(subject, key)| ApiKeyConfig {
+                subject: subject.into(),
+                roles: Vec::new(),
+                sha256: hash_api_key(key),
+            })
+            .collect(),
+        ..AuthConfig::default()
+    });
+    config.adapters = vec![gateway_service::AdapterConfig {
+        name: mcp_gateway_core::AdapterName::new("demo").unwrap(),
+        upstreams: replicas.urls(),
+        mcp_path: "/mcp".into(),
+        sse_path: "/sse".into(),
+        required_roles: Vec::new(),
+        upstream_headers: Default::default(),
+    }];
+    let gw = gateway_service::run(config).await.expect("gateway starts");
+    let url = format!("http://{}/adapters/demo/mcp", gw.data_addr);
+    let (alice, bob) = (format!("Bearer {ALICE}"), format!("Bearer {BOB}"));
+    let as_alice = [("authorization", alice.as_str())];
+
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(McpSession::open_with(&url, &as_alice).await.unwrap());
+    }
+    let refused = Http::default()
+        .post_json(&url, &as_alice, &initialize_request(7))
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "{}",
+        refused.text()
+    );
+    let retry: u64 = refused.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (3000..=3600).contains(&retry),
+        "until the oldest idle session expires: {retry}"
+    );
+    let body = json_of(&refused);
+    assert_eq!(body["id"], 7);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("alice holds 3 live sessions"),
+        "{body}"
+    );
+    // The legacy transport counts against the same quota.
+    let sse = Http::default()
+        .send(
+            Method::GET,
+            &format!("http://{}/adapters/demo/sse", gw.data_addr),
+            &[("authorization", alice.as_str())],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sse.status, StatusCode::TOO_MANY_REQUESTS);
+
+    // Everyone else still gets sessions.
+    let mut bobs = McpSession::open_with(&url, &[("authorization", bob.as_str())])
+        .await
+        .expect("another caller is not affected");
+    assert_eq!(bobs.call_text("whoami", json!({})).await.unwrap(), "r0");
+    // Ending one of alice's sessions frees a place.
+    assert!(
+        held.pop()
+            .unwrap()
+            .delete()
+            .await
+            .unwrap()
+            .status
+            .is_success()
+    );
+    McpSession::open_with(&url, &as_alice)
+        .await
+        .expect("back under the quota");
+    gw.shutdown().await;
+}

@@ -21,5 +21,5 @@ pub use duration::{deserialize_duration, deserialize_optional_duration, parse_du
 pub use names::{AdapterName, InvalidName, InvalidSessionId, MAX_SESSION_ID_LEN, SessionId};
 pub use replica::{AdapterTarget, Replica, ReplicaResolver, StaticResolver};
 pub use session::{
-    LegacyEndpoint, SessionKey, SessionRecord, SessionStore, StoreError, unix_millis,
+    LegacyEndpoint, OwnerSessions, SessionKey, SessionRecord, SessionStore, StoreError, unix_millis,
 };

@@ -59,6 +59,15 @@ impl SessionRecord {
     }
 }
 
+/// The live sessions of one principal (an owner, as [`SessionRecord::principal`] holds it),
+/// for per-caller quotas.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OwnerSessions {
+    pub live: u64,
+    /// When the earliest of them expires if unused (unix ms), when known.
+    pub next_expiry_ms: Option<u64>,
+}
+
 /// Errors of a session store backend. The data plane treats them as "store unavailable".
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -96,6 +105,13 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Live sessions across all adapters (for the per-gateway session limit).
     async fn total_sessions(&self) -> Result<u64, StoreError>;
 
+    /// Live sessions of `owner` across all adapters (for the per-principal session quota).
+    /// `None` from a store that does not count them: no quota is then enforced.
+    async fn owner_sessions(&self, owner: &str) -> Result<Option<OwnerSessions>, StoreError> {
+        let _ = owner;
+        Ok(None)
+    }
+
     /// The idle TTL of records: a session unused for this long expires.
     fn idle_ttl(&self) -> Duration;
 
@@ -125,6 +141,9 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
     }
     async fn total_sessions(&self) -> Result<u64, StoreError> {
         (**self).total_sessions().await
+    }
+    async fn owner_sessions(&self, owner: &str) -> Result<Option<OwnerSessions>, StoreError> {
+        (**self).owner_sessions(owner).await
     }
     fn idle_ttl(&self) -> Duration {
         (**self).idle_ttl()

@@ -35,6 +35,11 @@ pub struct RoutingConfig {
     pub max_header_bytes: usize,
     /// Live sessions this gateway accepts (default 10 000); a new session beyond it gets 503.
     pub max_sessions: u64,
+    /// Live sessions one principal (issuer and subject) may hold across all adapters (default
+    /// 100), so one caller cannot take the whole of `max_sessions` from everyone else; a new
+    /// session beyond it gets 429 with `Retry-After`. Counted by the session store (across
+    /// gateways with Redis). Not applied to the anonymous caller of `--insecure-no-auth`.
+    pub max_sessions_per_principal: u64,
     /// Allowed `Host` values (host or host:port, case-insensitive). Empty: any host.
     pub allowed_hosts: Vec<String>,
     /// Allowed `Origin` values (`scheme://host[:port]`; `*` allows any). Requests with no
@@ -78,6 +83,7 @@ impl Default for RoutingConfig {
             max_body_bytes: 4 * 1024 * 1024,
             max_header_bytes: 32 * 1024,
             max_sessions: 10_000,
+            max_sessions_per_principal: 100,
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
             identity_headers: Some(IdentityHeaders::default()),

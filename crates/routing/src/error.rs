@@ -52,6 +52,16 @@ pub enum ProxyError {
     OriginNotAllowed(String),
     #[error("the gateway's limit of {0} live sessions is reached; try again later")]
     TooManySessions(u64),
+    #[error(
+        "{owner} holds {limit} live sessions, the most one caller may; end one (DELETE with its \
+         Mcp-Session-Id) or retry after {} s, when the oldest unused one expires",
+        retry_after.as_secs()
+    )]
+    TooManySessionsForCaller {
+        owner: String,
+        limit: u64,
+        retry_after: std::time::Duration,
+    },
     #[error("{0}")]
     Forbidden(String),
     #[error("adapter {0:?} has no ready replica")]
@@ -91,6 +101,7 @@ impl ProxyError {
             HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             HostNotAllowed(_) | OriginNotAllowed(_) | Forbidden(_) => StatusCode::FORBIDDEN,
             TooManySessions(_) | NoReadyReplica(_) | Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            TooManySessionsForCaller { .. } => StatusCode::TOO_MANY_REQUESTS,
             UpstreamUnavailable { .. } | BadUpstreamResponse { .. } => StatusCode::BAD_GATEWAY,
             UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -127,6 +138,7 @@ impl ProxyError {
             OriginNotAllowed(_) => "origin_not_allowed",
             Forbidden(_) => "forbidden",
             TooManySessions(_) => "too_many_sessions",
+            TooManySessionsForCaller { .. } => "too_many_sessions_for_caller",
             NoReadyReplica(_) => "no_ready_replica",
             UpstreamUnavailable { .. } => "upstream_unavailable",
             UpstreamTimeout { .. } => "upstream_timeout",
@@ -139,9 +151,18 @@ impl ProxyError {
     /// answers the request's `id` when it is known.
     pub fn into_response(self, id: Option<Value>) -> Response<ProxyBody> {
         let mut res = json_rpc_error(self.status(), self.code(), &self.to_string(), id);
-        if let ProxyError::MethodNotAllowed(_, allow) = self {
-            res.headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        match self {
+            ProxyError::MethodNotAllowed(_, allow) => {
+                res.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ProxyError::TooManySessionsForCaller { retry_after, .. } => {
+                res.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.as_secs()),
+                );
+            }
+            _ => {}
         }
         res
     }

@@ -183,6 +183,7 @@ fn status_label(status: StatusCode) -> metrics::SharedString {
         404 => "404",
         405 => "405",
         413 => "413",
+        429 => "429",
         431 => "431",
         500 => "500",
         502 => "502",
@@ -419,7 +420,7 @@ impl Gateway {
                 .with_id(&id);
         }
         let (candidates, _placing) = if initialize {
-            self.check_session_limit().await.with_id(&id)?;
+            self.check_session_limit(&parts).await.with_id(&id)?;
             self.session_candidates(&target).await.with_id(&id)?
         } else {
             (self.stateless_candidates(&target), None)
@@ -518,7 +519,7 @@ impl Gateway {
         target: Arc<AdapterTarget>,
         parts: http::request::Parts,
     ) -> Result<Response<ProxyBody>, Fail> {
-        self.check_session_limit().await?;
+        self.check_session_limit(&parts).await?;
         let (candidates, placing) = self.session_candidates(&target).await?;
         let path = match parts.uri.query() {
             Some(q) => format!("{}?{q}", target.sse_path),
@@ -624,12 +625,41 @@ impl Gateway {
         Ok(limit)
     }
 
-    async fn check_session_limit(&self) -> Result<(), ProxyError> {
-        let max = self.shared.config.max_sessions;
-        if self.shared.store.total_sessions().await? >= max {
+    /// The gateway's session limit, then the caller's quota.
+    async fn check_session_limit(&self, parts: &http::request::Parts) -> Result<(), ProxyError> {
+        let config = &self.shared.config;
+        let store = &self.shared.store;
+        let max = config.max_sessions;
+        if store.total_sessions().await? >= max {
             return Err(ProxyError::TooManySessions(max));
         }
-        Ok(())
+        let Some(caller) = parts.extensions.get::<Principal>() else {
+            return Ok(());
+        };
+        if caller.issuer.is_none() && caller.subject == Principal::ANONYMOUS {
+            // Authentication is off: every caller is this one.
+            return Ok(());
+        }
+        let owner = caller.session_owner();
+        let limit = config.max_sessions_per_principal;
+        let Some(held) = store.owner_sessions(&owner).await? else {
+            return Ok(());
+        };
+        if held.live < limit {
+            return Ok(());
+        }
+        let now = mcp_gateway_core::unix_millis();
+        let wait_ms = held
+            .next_expiry_ms
+            .map_or(store.idle_ttl().as_millis() as u64, |at| {
+                at.saturating_sub(now)
+            });
+        tracing::info!(principal = %caller, live = held.live, limit, "per-caller session quota reached");
+        Err(ProxyError::TooManySessionsForCaller {
+            owner: caller.subject.clone(),
+            limit,
+            retry_after: std::time::Duration::from_secs(wait_ms.div_ceil(1000).max(1)),
+        })
     }
 
     /// Candidates for a new session, best first, and a guard that counts the session on the

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use mcp_gateway_core::{
-    AdapterName, SessionKey, SessionRecord, SessionStore, StoreError, unix_millis,
+    AdapterName, OwnerSessions, SessionKey, SessionRecord, SessionStore, StoreError, unix_millis,
 };
 
 /// Lifetimes of session records.
@@ -170,6 +170,23 @@ impl SessionStore for MemoryStore {
 
     async fn total_sessions(&self) -> Result<u64, StoreError> {
         Ok(self.state().records.len() as u64)
+    }
+
+    /// A scan of every record (called only when a session is opened, not per request).
+    async fn owner_sessions(&self, owner: &str) -> Result<Option<OwnerSessions>, StoreError> {
+        let now = unix_millis();
+        let idle = self.config.idle_ttl.as_millis() as u64;
+        let life = self.config.max_lifetime.as_millis() as u64;
+        let mut out = OwnerSessions::default();
+        for r in self.state().records.values() {
+            if r.principal.as_deref() != Some(owner) || self.expired(r, now) {
+                continue;
+            }
+            out.live += 1;
+            let expiry = (r.last_seen_ms + idle).min(r.created_ms + life);
+            out.next_expiry_ms = Some(out.next_expiry_ms.map_or(expiry, |e| e.min(expiry)));
+        }
+        Ok(Some(out))
     }
 
     fn idle_ttl(&self) -> Duration {

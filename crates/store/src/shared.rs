@@ -6,6 +6,7 @@
 //! |---|---|---|---|
 //! | `{p}:s:{adapter}:{session}` | string | the [`SessionRecord`] as JSON | idle TTL, refreshed |
 //! | `{p}:r:{adapter}:{replica}` | sorted set | session ids of a replica, scored by expiry (ms) | members trimmed when counted |
+//! | `{p}:o:{owner}` | sorted set | `{adapter}:{session}` of an owner's sessions, scored by expiry (ms) | members trimmed when counted |
 //! | `{p}:replicas:{adapter}` | set | replica ids that have had sessions | none (tiny) |
 //! | `{p}:invalidate` | pub/sub channel | `{adapter}\n{session}` of every removed session | |
 //! | `{p}:gw:{uuid}` | string | one per running gateway: present while Redis holds its writes | 30 s, renewed every second |
@@ -47,7 +48,8 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use mcp_gateway_core::{
-    AdapterName, SessionId, SessionKey, SessionRecord, SessionStore, StoreError, unix_millis,
+    AdapterName, OwnerSessions, SessionId, SessionKey, SessionRecord, SessionStore, StoreError,
+    unix_millis,
 };
 use redis::IntoConnectionInfo;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -115,26 +117,35 @@ pub struct RedisStore {
     delete_script: redis::Script,
     refresh_script: redis::Script,
     get_script: redis::Script,
+    owner_script: redis::Script,
     /// This gateway's marker key: present while Redis holds what this gateway wrote. Gone
     /// means Redis lost its data (restarted empty, flushed, failed over to a replica that
     /// lacked the writes): every session this gateway knows is then written back.
     marker: String,
     /// Whether the marker was set once: until then its absence says nothing.
     marker_set: AtomicBool,
+    /// After Redis lost its data, until when (unix ms) a session not found is answered "retry"
+    /// rather than "no such session": other gateways may still be writing theirs back.
+    recovering_until_ms: AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Deletes a session record, removes it from its replica's count and publishes the removal.
-/// KEYS[1] = record; ARGV = replica key prefix, session id, channel, message.
+/// Deletes a session record, removes it from its replica's and its owner's counts and
+/// publishes the removal.
+/// KEYS[1] = record; ARGV = replica key prefix, session id, channel, message, owner key prefix,
+/// owner-set member.
 const DELETE_SCRIPT: &str = r#"
 local v = redis.call('GET', KEYS[1])
 if v then
   local ok, record = pcall(cjson.decode, v)
   if ok and record.replica then
     redis.call('ZREM', ARGV[1] .. record.replica, ARGV[2])
+  end
+  if ok and type(record.principal) == 'string' then
+    redis.call('ZREM', ARGV[5] .. record.principal, ARGV[6])
   end
   redis.call('DEL', KEYS[1])
 end
@@ -164,12 +175,15 @@ return out
 /// Slides a cached session's TTL and its replica-count entry, only if the record still exists
 /// (a count entry re-added for a removed record would count a phantom session).
 /// KEYS[1] = record, KEYS[2] = replica count set, KEYS[3] = this gateway's marker;
-/// ARGV = TTL (ms), new count score, session id.
+/// ARGV = TTL (ms), new count score, session id, owner set ("" for none), owner-set member.
 /// Returns 1 (slid), 0 (the record is gone: removed or expired), -1 (gone because Redis lost
 /// its data: the marker is gone too).
 const REFRESH_SCRIPT: &str = r#"
 if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 1 then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+  if ARGV[4] ~= '' then
+    redis.call('ZADD', ARGV[4], ARGV[2], ARGV[5])
+  end
   return 1
 end
 if redis.call('EXISTS', KEYS[3]) == 0 then
@@ -181,7 +195,8 @@ return 0
 /// Reads a record for a gateway that has not cached it, sliding its TTL (capped at the
 /// remaining lifetime) and its replica-count entry alike.
 /// KEYS[1] = record, KEYS[2] = this gateway's marker;
-/// ARGV = now (ms), idle TTL (ms), max lifetime (ms), replica key prefix, session id.
+/// ARGV = now (ms), idle TTL (ms), max lifetime (ms), replica key prefix, session id, owner key
+/// prefix, owner-set member.
 /// Returns the record, nil when there is none, or -1 when there is none because Redis lost
 /// its data (the marker is gone too).
 const GET_SCRIPT: &str = r#"
@@ -204,12 +219,28 @@ redis.call('PEXPIRE', KEYS[1], ttl)
 if ok and type(record.replica) == 'string' then
   redis.call('ZADD', ARGV[4] .. record.replica, now + ttl, ARGV[5])
 end
+if ok and type(record.principal) == 'string' then
+  redis.call('ZADD', ARGV[6] .. record.principal, now + ttl, ARGV[7])
+end
 return v
+"#;
+
+/// Counts an owner's live sessions, trimming expired members: `{count, earliest expiry}`.
+/// KEYS[1] = owner set; ARGV[1] = now (ms).
+const OWNER_SCRIPT: &str = r#"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {redis.call('ZCARD', KEYS[1]), first[2] or false}
 "#;
 
 /// How long this gateway's marker lives without being renewed (it is renewed every second):
 /// a gateway cut off from Redis for longer writes everything back when it returns.
 const MARKER_TTL_MS: u64 = 30_000;
+
+/// After this gateway wrote its sessions back, how long a session it does not know is still
+/// answered "retry" (503) rather than "no such session" (404): the time other gateways get to
+/// write back theirs (each detects the loss within a second).
+const RECOVERY_GRACE_MS: u64 = 3_000;
 
 impl RedisStore {
     /// Connects lazily: the gateway starts even while Redis is down (degraded until it answers).
@@ -249,8 +280,10 @@ impl RedisStore {
             delete_script: redis::Script::new(DELETE_SCRIPT),
             refresh_script: redis::Script::new(REFRESH_SCRIPT),
             get_script: redis::Script::new(GET_SCRIPT),
+            owner_script: redis::Script::new(OWNER_SCRIPT),
             marker: format!("{}:gw:{}", config.prefix, uuid::Uuid::new_v4()),
             marker_set: AtomicBool::new(false),
+            recovering_until_ms: AtomicU64::new(0),
             config,
         });
         Ok(store)
@@ -284,6 +317,15 @@ impl RedisStore {
 
     fn replicas_key(&self, adapter: &AdapterName) -> String {
         format!("{}:replicas:{}", self.config.prefix, adapter)
+    }
+
+    fn owner_prefix(&self) -> String {
+        format!("{}:o:", self.config.prefix)
+    }
+
+    /// The owner set's member of a session: adapter names hold no `:`, so this is unambiguous.
+    fn owner_member(key: &SessionKey) -> String {
+        format!("{}:{}", key.adapter, key.id)
     }
 
     fn channel(&self) -> String {
@@ -337,8 +379,16 @@ impl RedisStore {
         })?;
         let adapter = &record.key.adapter;
         let mut conn = self.conn.clone();
-        redis::pipe()
-            .atomic()
+        let mut pipe = redis::pipe();
+        if let Some(owner) = &record.principal {
+            pipe.zadd(
+                format!("{}{owner}", self.owner_prefix()),
+                Self::owner_member(&record.key),
+                now + ttl,
+            )
+            .ignore();
+        }
+        pipe.atomic()
             .set_options(
                 self.session_key(&record.key),
                 json,
@@ -366,6 +416,8 @@ impl RedisStore {
             .arg(key.id.as_str())
             .arg(self.channel())
             .arg(format!("{}\n{}", key.adapter, key.id))
+            .arg(self.owner_prefix())
+            .arg(Self::owner_member(key))
             .invoke_async::<()>(&mut conn)
             .await
     }
@@ -389,6 +441,13 @@ impl RedisStore {
             .arg(ttl)
             .arg(now + ttl)
             .arg(record.key.id.as_str())
+            .arg(
+                record
+                    .principal
+                    .as_ref()
+                    .map_or_else(String::new, |o| format!("{}{o}", self.owner_prefix())),
+            )
+            .arg(Self::owner_member(&record.key))
             .invoke_async(&mut conn)
             .await;
         match result {
@@ -532,11 +591,22 @@ impl SessionStore for RedisStore {
             .arg(self.config.max_lifetime.as_millis() as u64)
             .arg(self.replica_prefix(&key.adapter))
             .arg(key.id.as_str())
+            .arg(self.owner_prefix())
+            .arg(Self::owner_member(key))
             .invoke_async(&mut conn)
             .await
             .map_err(|e| self.failed("get", &e))?;
         self.recovered();
         let json: String = match found {
+            redis::Value::Nil
+                if unix_millis() < self.recovering_until_ms.load(Ordering::Relaxed) =>
+            {
+                return Err(StoreError::Unavailable(
+                    "Redis lost its data moments ago; gateways are writing their sessions back, \
+                     retry"
+                        .into(),
+                ));
+            }
             redis::Value::Nil => return Ok(None),
             // Not "no such session" (404, and the client would drop it) but "ask again": the
             // gateways that know the session write it back within a second.
@@ -655,6 +725,41 @@ impl SessionStore for RedisStore {
         Ok(lock(&self.cache).len() as u64)
     }
 
+    /// Counted in Redis across every gateway; while degraded, what this gateway knows.
+    async fn owner_sessions(&self, owner: &str) -> Result<Option<OwnerSessions>, StoreError> {
+        if self.up.load(Ordering::Relaxed) {
+            let mut conn = self.conn.clone();
+            let result: Result<(u64, Option<f64>), _> = self
+                .owner_script
+                .key(format!("{}{owner}", self.owner_prefix()))
+                .arg(unix_millis())
+                .invoke_async(&mut conn)
+                .await;
+            match result {
+                Ok((live, first)) => {
+                    self.recovered();
+                    return Ok(Some(OwnerSessions {
+                        live,
+                        next_expiry_ms: first.map(|ms| ms as u64),
+                    }));
+                }
+                Err(e) => {
+                    self.failed("owner_count", &e);
+                }
+            }
+        }
+        let now = unix_millis();
+        let mut out = OwnerSessions::default();
+        for c in lock(&self.cache).values() {
+            if c.record.principal.as_deref() == Some(owner) && !self.expired(&c.record, now) {
+                out.live += 1;
+                let expiry = c.record.last_seen_ms + self.config.idle_ttl.as_millis() as u64;
+                out.next_expiry_ms = Some(out.next_expiry_ms.map_or(expiry, |e| e.min(expiry)));
+            }
+        }
+        Ok(Some(out))
+    }
+
     fn idle_ttl(&self) -> Duration {
         self.config.idle_ttl
     }
@@ -724,16 +829,25 @@ async fn subscribe(store: Weak<RedisStore>) {
 /// written back, then the marker set again. While degraded, the same tick writes the queue
 /// once Redis answers.
 async fn recover(store: Weak<RedisStore>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = true;
+    // After a failure, retry sooner a few times: the first command on a connection Redis
+    // dropped fails, and the reconnection is quick.
+    let mut failures = 0u32;
+    let mut wait = Duration::ZERO;
     loop {
-        tick.tick().await;
+        tokio::time::sleep(wait).await;
+        failures += 1;
+        wait = if failures <= 5 {
+            Duration::from_millis(100)
+        } else {
+            Duration::from_secs(1)
+        };
         let Some(s) = store.upgrade() else { return };
         match s.renew_marker().await {
             Ok(true) => {
                 if s.queued() == 0 || s.flush().await {
                     s.recovered();
+                    (failures, wait) = (0, Duration::from_secs(1));
                 }
             }
             Ok(false) => {
@@ -746,13 +860,22 @@ async fn recover(store: Weak<RedisStore>) {
                     );
                 }
                 metrics::counter!("mcp_gateway_store_resyncs_total").increment(1);
+                let grace = |s: &RedisStore| {
+                    if s.marker_set.load(Ordering::Relaxed) {
+                        s.recovering_until_ms
+                            .store(unix_millis() + RECOVERY_GRACE_MS, Ordering::Relaxed);
+                    }
+                };
+                grace(&s);
                 s.requeue_cache();
                 if s.flush().await {
                     match s.set_marker().await {
                         Ok(()) => {
                             first = false;
+                            grace(&s);
                             s.marker_set.store(true, Ordering::Relaxed);
                             s.recovered();
+                            (failures, wait) = (0, Duration::from_secs(1));
                         }
                         Err(e) => {
                             s.failed("marker", &e);

@@ -324,3 +324,24 @@ async fn a_session_read_through_another_gateway_keeps_counting() {
         "a live session is counted"
     );
 }
+
+#[tokio::test]
+async fn an_owner_s_sessions_are_counted_across_gateways() {
+    let redis = RedisServer::start().unwrap();
+    let (a, b) = (store(&redis, |_| {}), store(&redis, |_| {}));
+    a.put(record("s1", "0")).await.unwrap();
+    b.put(record("s2", "1")).await.unwrap();
+    let mut other = record("s3", "0");
+    other.principal = Some("bob".into());
+    b.put(other).await.unwrap();
+    let alice = a.owner_sessions("alice").await.unwrap().unwrap();
+    assert_eq!(alice.live, 2);
+    let next = alice.next_expiry_ms.expect("earliest expiry");
+    let idle = 3600 * 1000;
+    let now = mcp_gateway_core::unix_millis();
+    assert!(next > now + idle - 5000 && next <= now + idle, "{next}");
+    assert_eq!(b.owner_sessions("bob").await.unwrap().unwrap().live, 1);
+    b.remove(&key("s1")).await.unwrap();
+    assert_eq!(a.owner_sessions("alice").await.unwrap().unwrap().live, 1);
+    assert_eq!(a.owner_sessions("nobody").await.unwrap().unwrap().live, 0);
+}
