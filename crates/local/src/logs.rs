@@ -74,8 +74,10 @@ impl AdapterLogs {
         }
     }
 
-    /// Records one line of a replica.
+    /// Records one line of a replica, cut to [`MAX_LINE`] bytes (whoever wrote it: the pump
+    /// splits long output, but a stdio bridge hands whole lines over).
     pub(crate) fn push(&self, replica: u32, source: Source, line: &str) {
+        let line = capped(line);
         // Not to `tracing`: replicas print their environment and requests, secrets included,
         // and only the adapter's writers may read them (through the logs endpoint).
         let mut rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
@@ -143,6 +145,18 @@ impl AdapterLogs {
     }
 }
 
+/// `line`, or its first [`MAX_LINE`] bytes (at a character boundary) and how much was cut.
+fn capped(line: &str) -> std::borrow::Cow<'_, str> {
+    if line.len() <= MAX_LINE {
+        return line.into();
+    }
+    let mut end = MAX_LINE;
+    while !line.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} [{} more bytes cut]", &line[..end], line.len() - end).into()
+}
+
 /// Reads `reader` line by line into `logs` until end of file.
 pub(crate) async fn pump(
     mut reader: impl AsyncBufRead + Unpin,
@@ -193,6 +207,24 @@ mod tests {
 
     fn logs(capacity: usize) -> Arc<AdapterLogs> {
         Arc::new(AdapterLogs::new(capacity))
+    }
+
+    #[tokio::test]
+    async fn a_long_line_handed_over_whole_is_cut_to_the_cap() {
+        let logs = logs(10);
+        let huge = "é".repeat(MAX_LINE); // 2 bytes each: twice the cap
+        logs.push(0, Source::Stderr, &huge);
+        logs.push(0, Source::Stderr, "short");
+        let lines = collect(&logs, LogQuery::default()).await;
+        assert!(lines[0].1.len() < MAX_LINE + 64, "{}", lines[0].1.len());
+        assert!(
+            lines[0]
+                .1
+                .ends_with(&format!(" [{} more bytes cut]", MAX_LINE)),
+            "{}",
+            &lines[0].1[MAX_LINE - 10..]
+        );
+        assert_eq!(lines[1].1, "short");
     }
 
     async fn collect(logs: &AdapterLogs, query: LogQuery) -> Vec<(u32, String)> {

@@ -103,17 +103,20 @@ impl Shared {
             format!("process started: {}", self.config.command),
         );
         let max_line = self.config.max_line_bytes;
+        let max_log_line = self.config.max_log_line_bytes;
         tokio::spawn(process::read_stdout(
             spawned.stdout,
             session.clone(),
             self.logs.clone(),
             max_line,
+            max_log_line,
         ));
+        // Stderr is only ever logged: read with the log's cap.
         tokio::spawn(process::read_stderr(
             spawned.stderr,
             session.clone(),
             self.logs.clone(),
-            max_line,
+            max_log_line,
         ));
         let shared = self.clone();
         let supervised = session.clone();

@@ -44,6 +44,10 @@ pub struct BridgeConfig {
     /// Longest line the process may write on stdout or stderr; longer lines are dropped and
     /// logged. Default 64 MiB.
     pub max_line_bytes: usize,
+    /// Longest log line: a longer stderr line is dropped (and said so), a longer stdout line
+    /// that is not JSON-RPC is cut. Default 64 KiB, so a process printing huge lines cannot
+    /// fill the gateway's memory through its log.
+    pub max_log_line_bytes: usize,
     /// Messages kept for a session's `GET /mcp` stream while none is open (oldest dropped).
     /// Default 1000.
     pub backlog: usize,
@@ -89,6 +93,7 @@ impl BridgeConfig {
             stop_grace: Duration::from_secs(5),
             max_body_bytes: 4 * 1024 * 1024,
             max_line_bytes: 64 * 1024 * 1024,
+            max_log_line_bytes: 64 * 1024,
             backlog: 1000,
             on_log: None,
             access_token: None,
@@ -116,6 +121,7 @@ impl fmt::Debug for BridgeConfig {
             .field("stop_grace", &self.stop_grace)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_line_bytes", &self.max_line_bytes)
+            .field("max_log_line_bytes", &self.max_log_line_bytes)
             .field("backlog", &self.backlog)
             .field("on_log", &self.on_log.is_some())
             .field("access_token", &self.access_token.is_some())

@@ -133,6 +133,7 @@ pub(crate) async fn read_stdout(
     session: Arc<Session>,
     logs: LogSink,
     max_line: usize,
+    max_log_line: usize,
 ) {
     let mut reader = BufReader::new(stdout);
     let mut line = Vec::new();
@@ -152,12 +153,14 @@ pub(crate) async fn read_stdout(
                 let message = serde_json::from_slice::<Value>(&line).ok();
                 match message.as_ref().and_then(classify_child) {
                     Some(kind) => session.deliver(message.unwrap_or_default(), kind).await,
-                    None => logs.emit(
-                        &session.id,
-                        session.pid,
-                        LogSource::Stdout,
-                        String::from_utf8_lossy(&line).trim_end().to_owned(),
-                    ),
+                    None => {
+                        let cut = line.len().min(max_log_line);
+                        let mut text = String::from_utf8_lossy(&line[..cut]).trim_end().to_owned();
+                        if cut < line.len() {
+                            text.push_str(&format!(" [{} more bytes cut]", line.len() - cut));
+                        }
+                        logs.emit(&session.id, session.pid, LogSource::Stdout, text);
+                    }
                 }
             }
             Err(err) => {

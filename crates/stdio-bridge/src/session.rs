@@ -229,10 +229,12 @@ impl Session {
     }
 
     /// How long the session has been idle: `None` while a request waits or a stream is open.
+    /// A request nobody waits for any more (its client went away) does not count.
     pub(crate) fn idle_for(&self) -> Option<Duration> {
         let state = self.state();
         let streaming = state.stream.as_ref().is_some_and(|s| !s.is_closed());
-        (state.pending.is_empty() && !streaming).then(|| state.last_active.elapsed())
+        let waiting = state.pending.values().any(|p| !p.tx.is_closed());
+        (!waiting && !streaming).then(|| state.last_active.elapsed())
     }
 
     // === process → client ===
@@ -315,8 +317,13 @@ impl Session {
 
     /// Asks the supervisor to stop the process; resolves once it has ended.
     pub(crate) async fn stop(&self) {
-        let _ = self.stop_tx.send(true);
+        self.request_stop();
         self.ended().await;
+    }
+
+    /// Asks the supervisor to stop the process, without waiting (for drop guards).
+    pub(crate) fn request_stop(&self) {
+        let _ = self.stop_tx.send(true);
     }
 
     /// Resolves once the session has ended.

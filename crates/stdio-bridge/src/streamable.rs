@@ -97,6 +97,9 @@ async fn initialize(
     progress_token: Option<String>,
 ) -> Result<Response<Body>, BridgeError> {
     let session = shared.open(Transport::StreamableHttp)?;
+    // Until the client has its session id, nobody else can use the process: if this handler
+    // is dropped (the client gave up on a slow first start), the process is stopped.
+    let mut unclaimed = StopOnDrop(Some(session.clone()));
     let sse = accepts_sse(headers);
     let rx = match session.request(message, id, progress_token, sse).await {
         Ok(rx) => rx,
@@ -109,19 +112,46 @@ async fn initialize(
     // An SSE answer cannot be judged before it ends; a JSON one can.
     let accepted = matches!(&response, Ok(r) if r.status() == StatusCode::OK
         && r.extensions().get::<RpcError>().is_none());
-    match (&mut response, accepted) {
-        (Ok(res), true) => {
-            if let Ok(value) = HeaderValue::from_str(&session.id) {
-                res.headers_mut().insert(SESSION_ID, value);
-            }
-        }
-        _ => {
-            // No session came of it: the process has nothing more to do.
-            let session = session.clone();
-            tokio::spawn(async move { session.stop().await });
+    if let (Ok(res), true) = (&mut response, accepted)
+        && let Ok(value) = HeaderValue::from_str(&session.id)
+    {
+        res.headers_mut().insert(SESSION_ID, value);
+        unclaimed.0 = None;
+    }
+    // Otherwise no session came of it: `unclaimed` stops the process as it goes.
+    response
+}
+
+/// Stops the session's process when dropped, unless emptied first.
+struct StopOnDrop(Option<Arc<Session>>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        if let Some(session) = self.0.take() {
+            session.request_stop();
         }
     }
-    response
+}
+
+/// Armed while a handler waits for the process's answer: if the handler is dropped (its client,
+/// or the gateway, went away), the request is forgotten and the process told to stop working on
+/// it, so an abandoned request keeps neither the session nor its process busy.
+struct Abandoned {
+    session: Arc<Session>,
+    id: Option<Value>,
+}
+
+impl Drop for Abandoned {
+    fn drop(&mut self) {
+        let Some(id) = self.id.take() else {
+            return;
+        };
+        self.session.forget(&id_key(&id));
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let session = self.session.clone();
+            runtime.spawn(async move { cancel(&session, &id, "the client went away").await });
+        }
+    }
 }
 
 /// Marks a JSON answer that carries a JSON-RPC error.
@@ -139,7 +169,13 @@ async fn answer(
 ) -> Result<Response<Body>, BridgeError> {
     let timeout = shared.config.request_timeout;
     let deadline = Instant::now() + timeout;
-    let first = match tokio::time::timeout_at(deadline, rx.recv()).await {
+    let mut abandoned = Abandoned {
+        session: session.clone(),
+        id: Some(id.clone()),
+    };
+    let first = tokio::time::timeout_at(deadline, rx.recv()).await;
+    abandoned.id = None;
+    let first = match first {
         Err(_) => {
             give_up(&session, &id).await;
             return Err(BridgeError::Timeout(timeout));
@@ -210,10 +246,15 @@ async fn answer(
 /// The request timed out: stop waiting and tell the process to stop working on it.
 async fn give_up(session: &Session, id: &Value) {
     session.forget(&id_key(id));
+    cancel(session, id, "request timed out at the gateway").await;
+}
+
+/// Tells the process to stop working on request `id`.
+async fn cancel(session: &Session, id: &Value, reason: &str) {
     let cancel = json!({
         "jsonrpc": "2.0",
         "method": "notifications/cancelled",
-        "params": { "requestId": id, "reason": "request timed out at the gateway" }
+        "params": { "requestId": id, "reason": reason }
     });
     let _ = session.write(&cancel).await;
 }

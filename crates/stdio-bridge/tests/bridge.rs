@@ -625,3 +625,90 @@ async fn with_a_token_only_callers_that_send_it_to_the_bridges_own_host_get_thro
     bridge.shutdown().await;
     Ok(())
 }
+
+async fn until_no_session(bridge: &BridgeHandle, within: Duration) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + within;
+    while bridge.live_sessions() > 0 {
+        if tokio::time::Instant::now() > deadline {
+            bail!("{} sessions still live", bridge.live_sessions());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_initialize_the_client_gives_up_on_does_not_keep_its_process() -> anyhow::Result<()> {
+    // A first start slower than the client's patience (`npx` downloading a package).
+    let config = BridgeConfig::new("sh", ["-c", "exec sleep 60"]);
+    let (bridge, url) = start(config).await?;
+    for _ in 0..3 {
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(300),
+            Http::default().post_json(&url, &[], &initialize_request(1)),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the process never answers");
+    }
+    // The request timeout (5 minutes) is far: the processes go because nobody waits.
+    until_no_session(&bridge, Duration::from_secs(5)).await?;
+    bridge.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_abandoned_request_does_not_keep_its_session_from_being_reaped() -> anyhow::Result<()> {
+    let mut config = config();
+    config.idle_timeout = Duration::from_millis(500);
+    let (bridge, url) = start(config).await?;
+    let session = McpSession::open(&url).await?;
+    let call = json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+                      "params": {"name": "slow", "arguments": {"ms": 30000, "steps": 1}}});
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), session.post(&call)).await;
+    assert!(gave_up.is_err(), "the call takes 30 s");
+    // Idle once the request is abandoned: reaped after the idle timeout, not after 30 s.
+    until_no_session(&bridge, Duration::from_secs(5)).await?;
+    bridge.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn log_lines_are_capped_whatever_the_process_prints() -> anyhow::Result<()> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hooked = seen.clone();
+    let script = "head -c 1000000 /dev/zero | tr '\\0' e >&2; echo >&2; \
+                  head -c 1000000 /dev/zero | tr '\\0' o; echo; echo done >&2; exec sleep 30";
+    let mut config = BridgeConfig::new("sh", ["-c", script]).on_log(move |line| {
+        if let Ok(mut seen) = hooked.lock() {
+            seen.push((line.source, line.line.clone()));
+        }
+    });
+    config.request_timeout = Duration::from_millis(1500);
+    let (bridge, url) = start(config).await?;
+    let reply = Http::default()
+        .post_json(&url, &[], &initialize_request(1))
+        .await?;
+    assert_eq!(reply.status, StatusCode::GATEWAY_TIMEOUT);
+    let seen = seen.lock().map_err(|_| anyhow!("poisoned"))?.clone();
+    assert!(
+        seen.iter().all(|(_, l)| l.len() <= 64 * 1024 + 64),
+        "a line over the cap"
+    );
+    assert!(
+        seen.iter()
+            .any(|(s, l)| *s == LogSource::Bridge && l.contains("stderr line longer than 65536")),
+        "{:?}",
+        seen.iter()
+            .map(|(s, l)| (s, &l[..l.len().min(80)]))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        seen.iter().any(|(s, l)| *s == LogSource::Stdout
+            && l.starts_with("ooo")
+            && l.ends_with(&format!(" [{} more bytes cut]", 1_000_000 - 64 * 1024))),
+        "the stdout line is cut"
+    );
+    assert!(seen.contains(&(LogSource::Stderr, "done".into())));
+    bridge.shutdown().await;
+    Ok(())
+}
