@@ -6,6 +6,7 @@
 //! framework, Redis or Kubernetes crate.
 
 mod adapter;
+mod audit;
 mod auth;
 mod duration;
 mod names;
@@ -16,6 +17,7 @@ pub use adapter::{
     Adapter, AdapterError, AdapterSpec, AdapterStatus, AdapterStore, LogLine, LogQuery, LogStream,
     Provisioner, ReplicaState, ReplicaStatus, SecretRef, Transport, rfc3339,
 };
+pub use audit::{AuditEvent, AuditPrincipal, AuditSink};
 pub use auth::{Action, AdapterAccess, Authorizer, Principal, RolePolicy};
 pub use duration::{deserialize_duration, deserialize_optional_duration, parse_duration};
 pub use names::{AdapterName, InvalidName, InvalidSessionId, MAX_SESSION_ID_LEN, SessionId};

@@ -20,7 +20,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mcp_gateway_core::{
-    Action, AdapterName, AdapterTarget, Authorizer, LegacyEndpoint, Principal, Replica,
+    Action, AdapterName, AdapterTarget, AuditSink, Authorizer, LegacyEndpoint, Principal, Replica,
     ReplicaResolver, SessionId, SessionKey, SessionRecord, SessionStore,
 };
 use serde_json::Value;
@@ -33,6 +33,7 @@ use crate::body::{
 use crate::error::ProxyError;
 use crate::headers::{self, MCP_METHOD, MCP_NAME, MCP_SESSION_ID};
 use crate::jsonrpc::{self, Envelope, Scan};
+use crate::observe::{self, Observer, Probe, TracePropagator};
 use crate::placement::{self, HealthTable, InFlight, Outcome, Placing, ReplicaHealth};
 use crate::{RoutingConfig, sse};
 
@@ -45,6 +46,7 @@ pub struct ClientAddr(pub SocketAddr);
 pub struct Gateway {
     shared: Arc<Shared>,
     authorizer: Option<Arc<dyn Authorizer>>,
+    observer: Arc<Observer>,
 }
 
 struct Shared {
@@ -230,7 +232,34 @@ impl Gateway {
                 health: HealthTable::default(),
             }),
             authorizer: None,
+            observer: Arc::default(),
         }
+    }
+
+    /// Traces every MCP message: a SERVER span per message and a CLIENT span per attempt on a
+    /// replica (see [`observe`](crate::observe)), linked to the client's and the replica's
+    /// trace context through `propagator`.
+    pub fn with_tracing(mut self, propagator: Arc<dyn TracePropagator>) -> Self {
+        self.observer = Arc::new(Observer {
+            propagator: Some(propagator),
+            audit: self.observer.audit.clone(),
+            audit_arguments: self.observer.audit_arguments,
+            ..Observer::default()
+        });
+        self
+    }
+
+    /// Writes an audit record per `tools/call`, `resources/read` and `prompts/get`, allowed or
+    /// refused, with the SHA-256 of its arguments; the arguments themselves only when
+    /// `include_arguments`.
+    pub fn with_audit(mut self, sink: Arc<dyn AuditSink>, include_arguments: bool) -> Self {
+        self.observer = Arc::new(Observer {
+            propagator: self.observer.propagator.clone(),
+            audit: Some(sink),
+            audit_arguments: include_arguments,
+            ..Observer::default()
+        });
+        self
     }
 
     /// Checks every request against `authorizer`: the request's [`Principal`] extension (set
@@ -253,7 +282,7 @@ impl Gateway {
 
     /// Routes one request. Never fails: refusals and upstream failures become responses with
     /// a JSON-RPC error body.
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<ProxyBody>
+    pub async fn handle<B>(&self, mut req: Request<B>) -> Response<ProxyBody>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -261,9 +290,20 @@ impl Gateway {
         let started = Instant::now();
         let route = parse_route(req.uri().path()).map_or("none", |(_, k)| k.label());
         let mut adapter: Option<AdapterName> = None;
+        let probe = Probe::default();
+        req.extensions_mut().insert(probe.clone());
+        let caller = self
+            .observer
+            .audits()
+            .then(|| req.extensions().get::<Principal>().cloned())
+            .flatten();
+        let mut refused = None;
         let res = match self.dispatch(req, &mut adapter).await {
             Ok(res) => res,
             Err(Fail { err, id }) => {
+                if !matches!(err.status().as_u16(), 502 | 504) {
+                    refused = Some(err.kind());
+                }
                 let level_warn = err.status().is_server_error();
                 if level_warn {
                     tracing::warn!(error = %err, route, "request failed");
@@ -275,6 +315,15 @@ impl Gateway {
                 err.into_response(id)
             }
         };
+        let res = observe::observe_response(
+            &self.observer,
+            probe,
+            adapter.as_ref().map(AdapterName::shared),
+            caller.as_ref(),
+            started,
+            refused,
+            res,
+        );
         let adapter: Arc<str> = adapter.map_or_else(|| Arc::from("unknown"), |a| a.shared());
         metrics::counter!(
             "mcp_gateway_requests_total",
@@ -323,7 +372,24 @@ impl Gateway {
             .resolve(name)
             .ok_or_else(|| ProxyError::UnknownAdapter(name.chars().take(80).collect()))?;
         *adapter = Some(target.name.clone());
-        self.authorize(&target, req.extensions().get::<Principal>())?;
+        if let Err(e) = self.authorize(&target, req.extensions().get::<Principal>()) {
+            if self.observer.audits() && kind == Kind::Mcp && req.method() == Method::POST {
+                // The refusal is audited with the operation it refused.
+                let (parts, body) = req.into_parts();
+                let body = body.map_err(Into::into).boxed_unsync();
+                if let Ok((_, _, env)) = read_envelope(body, config.max_body_bytes).await {
+                    let probe = parts.extensions.get::<Probe>();
+                    observe::on_envelope(
+                        &self.observer,
+                        probe,
+                        env.as_ref(),
+                        &parts.headers,
+                        target.name.as_str(),
+                    );
+                }
+            }
+            return Err(e.into());
+        }
 
         let (parts, body) = req.into_parts();
         let body = body.map_err(Into::into).boxed_unsync();
@@ -396,6 +462,15 @@ impl Gateway {
         let limit = self.body_limit(&parts.headers)?;
         let (prefix, rest, env) = read_envelope(body, limit).await?;
         let id = env.as_ref().and_then(|e| e.id.clone());
+        let probe = parts.extensions.get::<Probe>();
+        observe::on_envelope(
+            &self.observer,
+            probe,
+            env.as_ref(),
+            &parts.headers,
+            target.name.as_str(),
+        );
+        let rest = observe::digest_arguments(&self.observer, probe, &prefix, rest);
         check_mcp_headers(&parts.headers, env.as_ref()).with_id(&id)?;
         metrics::counter!(
             "mcp_gateway_mcp_requests_total",
@@ -488,6 +563,7 @@ impl Gateway {
             _ => return Err(ProxyError::SessionNotFound.into()),
         };
         let Some(replica) = target.replica(&record.replica) else {
+            observe::session_ended(&record, Some("replica_gone"));
             store.remove(&key).await?;
             return Err(ProxyError::SessionNotFound.into());
         };
@@ -496,6 +572,8 @@ impl Gateway {
                 let ended = res.status() == StatusCode::NOT_FOUND
                     || (parts.method == Method::DELETE && res.status().is_success());
                 if ended {
+                    let deleted = parts.method == Method::DELETE;
+                    observe::session_ended(&record, (!deleted).then_some("session_not_found"));
                     store.remove(&key).await?;
                 }
                 Ok(res)
@@ -506,6 +584,7 @@ impl Gateway {
                 // Nothing listens where the session lived: its state is gone with the process.
                 tracing::info!(adapter = %target.name, replica = %replica.id, error = %err,
                     "session's replica is gone; client must start a new session");
+                observe::session_ended(&record, Some("replica_gone"));
                 store.remove(&key).await?;
                 Err(ProxyError::SessionNotFound.into())
             }
@@ -792,6 +871,9 @@ impl Gateway {
             &target.upstream_headers,
         );
 
+        let probe = parts.extensions.get::<Probe>();
+        let attempt = observe::client_attempt(&self.observer, probe, replica, req.headers_mut());
+
         let health = self.shared.health.get(adapter, &replica.id);
         let in_flight = health.start();
         let sent =
@@ -804,10 +886,13 @@ impl Gateway {
                     Outcome::Success
                 };
                 record_outcome(config, adapter, replica, &health, outcome);
-                return Ok(self.respond(res, in_flight));
+                let mut res = self.respond(res, in_flight);
+                attempt.attach(&mut res);
+                return Ok(res);
             }
             Ok(Err(e)) => e,
             Err(_) => {
+                observe::client_failed(probe, adapter, &self.observer, attempt, "timeout");
                 upstream_error("timeout");
                 return Err(SendError::Other(ProxyError::UpstreamTimeout {
                     adapter: adapter.to_owned(),
@@ -817,9 +902,16 @@ impl Gateway {
             }
         };
         if let Some(limit) = find_source::<BodyTooLarge>(&err) {
+            observe::client_failed(probe, adapter, &self.observer, attempt, "body_too_large");
             return Err(SendError::Other(ProxyError::BodyTooLarge(limit.0)));
         }
         let io_kind = find_source::<std::io::Error>(&err).map(std::io::Error::kind);
+        let error_type = match (err.is_connect(), io_kind) {
+            (true, Some(std::io::ErrorKind::TimedOut)) => "connect_timeout",
+            (true, _) => "connect_error",
+            _ => "io_error",
+        };
+        observe::client_failed(probe, adapter, &self.observer, attempt, error_type);
         let reason = error_chain(&err);
         if !err.is_connect() {
             upstream_error("io");
@@ -1090,7 +1182,7 @@ mod tests {
             method: Some(method.into()),
             id: Some(Value::from(1)),
             name: name.map(Into::into),
-            batch: false,
+            ..Envelope::default()
         }
     }
 

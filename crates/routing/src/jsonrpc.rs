@@ -17,6 +17,10 @@ pub struct Envelope {
     pub name: Option<String>,
     /// The body is a JSON array (a batch, allowed by 2025-03-26 only).
     pub batch: bool,
+    /// W3C trace context in `params._meta` (SEP-414), when it comes before what routing needs
+    /// (the SDKs write `_meta` first).
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
 }
 
 impl Envelope {
@@ -117,6 +121,21 @@ impl Scanner<'_> {
             "params" if self.peek()? == b'{' => {
                 self.pos += 1;
                 self.object(|s, key| match key {
+                    "_meta" if s.peek()? == b'{' => {
+                        s.pos += 1;
+                        s.object(|s, key| match key {
+                            "traceparent" | "tracestate" if s.peek()? == b'"' => {
+                                let v = s.string()?;
+                                if key == "traceparent" {
+                                    s.env.traceparent = Some(v);
+                                } else {
+                                    s.env.tracestate = Some(v);
+                                }
+                                Ok(())
+                            }
+                            _ => s.skip_value(),
+                        })
+                    }
                     "name" | "uri" if s.peek()? == b'"' => {
                         let v = s.string()?;
                         // `name` wins over `uri` if (oddly) both are present.
@@ -355,6 +374,19 @@ mod tests {
         assert!(matches!(scan(b"{\"a\" 1}", true), Scan::Invalid(_)));
         assert!(matches!(scan(b"{1:2}", true), Scan::Invalid(_)));
         assert!(matches!(scan(b"", true), Scan::Invalid(_)));
+    }
+
+    #[test]
+    fn trace_context_is_read_from_meta() {
+        let e = done(
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"_meta":{"progressToken":1,"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","tracestate":"rojo=1"},"name":"echo","arguments":{}}}"#,
+        );
+        assert_eq!(
+            e.traceparent.as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+        );
+        assert_eq!(e.tracestate.as_deref(), Some("rojo=1"));
+        assert_eq!(e.name.as_deref(), Some("echo"));
     }
 
     #[test]

@@ -104,6 +104,8 @@ mod error;
 mod gateway;
 mod headers;
 pub mod jsonrpc;
+mod jsonwalk;
+pub mod observe;
 mod placement;
 pub mod sse;
 
@@ -115,3 +117,4 @@ pub use error::{
 pub use gateway::{ClientAddr, Gateway};
 pub use headers::{STATELESS_REVISION, check_host_and_origin, is_stateless, strip_hop_by_hop};
 pub use mcp_gateway_core::Principal;
+pub use observe::TracePropagator;
