@@ -23,6 +23,7 @@
 //! ```
 
 mod access;
+pub mod audit;
 mod error;
 mod extract;
 mod handlers;
@@ -110,6 +111,8 @@ pub struct ApiState {
     pub options: ApiOptions,
     /// Who may do what; `None`: everyone may do everything (a gateway without auth).
     pub authorizer: Option<Arc<dyn Authorizer>>,
+    /// Where management changes are recorded; `None`: nowhere.
+    pub audit: Option<Arc<dyn mcp_gateway_core::AuditSink>>,
     locks: locks::NameLocks,
 }
 
@@ -126,6 +129,7 @@ impl ApiState {
             sessions,
             options: ApiOptions::default(),
             authorizer: None,
+            audit: None,
             locks: locks::NameLocks::default(),
         }
     }
@@ -133,6 +137,12 @@ impl ApiState {
     /// Checks every request against `authorizer` (see [`access`] for the rules).
     pub fn with_authorizer(mut self, authorizer: Arc<dyn Authorizer>) -> Self {
         self.authorizer = Some(authorizer);
+        self
+    }
+
+    /// Records every create, update and delete, allowed or refused (see [`audit`]).
+    pub fn with_audit(mut self, sink: Arc<dyn mcp_gateway_core::AuditSink>) -> Self {
+        self.audit = Some(sink);
         self
     }
 
@@ -150,6 +160,10 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(handlers::method_not_allowed)
         .fallback(handlers::not_found)
         .layer(DefaultBodyLimit::max(state.options.max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
+        ))
         .with_state(state)
 }
 
