@@ -19,5 +19,6 @@ async fn main() -> anyhow::Result<()> {
     let mut config = Config::resolve(args)?;
     config.management = true;
     config.data_plane = false;
+    config.tracing.service_name = "gateway-management".into();
     gateway_service::serve_until_signal(config).await
 }

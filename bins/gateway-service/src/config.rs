@@ -122,6 +122,25 @@ pub struct Args {
     /// resource metadata and `WWW-Authenticate`. Default: http:// and the request's Host.
     #[arg(long, env = "MCP_GATEWAY_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// OpenTelemetry collector receiving traces, e.g. http://otel-collector:4318 (OTLP/HTTP;
+    /// /v1/traces is appended) or http://otel-collector:4317 with --otlp-protocol grpc.
+    /// Default: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT; with none
+    /// of them set, no traces are made.
+    #[arg(long, env = "MCP_GATEWAY_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// http/protobuf or grpc (default: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf).
+    #[arg(long, env = "MCP_GATEWAY_OTLP_PROTOCOL")]
+    pub otlp_protocol: Option<mcp_gateway_telemetry::OtlpProtocol>,
+    /// Share of new traces kept, 0.0 to 1.0 (default 1.0); a client's sampled flag is followed.
+    #[arg(long, env = "MCP_GATEWAY_TRACE_SAMPLE_RATIO")]
+    pub trace_sample_ratio: Option<f64>,
+    /// Audit trail of tool calls, resource reads, prompt gets and management changes, as JSON
+    /// lines: "stdout" or a file path (appended to). Default: none.
+    #[arg(long, env = "MCP_GATEWAY_AUDIT")]
+    pub audit: Option<String>,
+    /// Put tool and prompt arguments in audit lines (default false: only their SHA-256).
+    #[arg(long, env = "MCP_GATEWAY_AUDIT_ARGUMENTS")]
+    pub audit_arguments: Option<bool>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -146,6 +165,11 @@ pub enum Command {
 struct FileConfig {
     listen: Option<SocketAddr>,
     admin_listen: Option<SocketAddr>,
+    otlp_endpoint: Option<String>,
+    otlp_protocol: Option<mcp_gateway_telemetry::OtlpProtocol>,
+    trace_sample_ratio: Option<f64>,
+    audit: Option<String>,
+    audit_arguments: Option<bool>,
     log: Option<String>,
     log_format: Option<LogFormat>,
     #[serde(
@@ -364,6 +388,15 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub adapters: Vec<AdapterConfig>,
     pub auth: AuthSettings,
+    /// Trace export; off unless an endpoint is configured here or in `OTEL_EXPORTER_OTLP_*`.
+    pub tracing: mcp_gateway_telemetry::TracingConfig,
+    /// Where audit lines go; `None`: no audit trail.
+    pub audit: Option<mcp_gateway_telemetry::AuditTarget>,
+    /// Whether audit lines carry tool and prompt arguments (not only their hash).
+    pub audit_arguments: bool,
+    /// With the Redis store, how often `mcp_gateway_sessions_live` is read back from Redis
+    /// (15 s; not a file key: tests shorten it).
+    pub live_sessions_every: Duration,
 }
 
 impl Config {
@@ -453,6 +486,31 @@ impl Config {
             args.public_url.or(file.public_url),
             listen,
         )?;
+        let sample_ratio = args
+            .trace_sample_ratio
+            .or(file.trace_sample_ratio)
+            .unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&sample_ratio) {
+            bail!("trace_sample_ratio is {sample_ratio}: use a share between 0.0 and 1.0");
+        }
+        let tracing = mcp_gateway_telemetry::TracingConfig {
+            endpoint: args.otlp_endpoint.or(file.otlp_endpoint),
+            protocol: args.otlp_protocol.or(file.otlp_protocol),
+            sample_ratio,
+            ..mcp_gateway_telemetry::TracingConfig::new("gateway-service")
+        };
+        let audit = match args.audit.or(file.audit) {
+            Some(target) => Some(
+                target
+                    .parse()
+                    .map_err(|e: String| anyhow::anyhow!("audit: {e}"))?,
+            ),
+            None => None,
+        };
+        let audit_arguments = args
+            .audit_arguments
+            .or(file.audit_arguments)
+            .unwrap_or(false);
         let mut adapters = file.adapters;
         for spec in &args.adapters {
             let adapter = parse_adapter_flag(spec)?;
@@ -495,6 +553,10 @@ impl Config {
                 .unwrap_or_else(default_data_dir),
             adapters,
             auth,
+            tracing,
+            audit,
+            audit_arguments,
+            live_sessions_every: Duration::from_secs(15),
         };
         config.validate()?;
         Ok(config)

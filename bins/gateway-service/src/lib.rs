@@ -37,6 +37,7 @@ pub struct Handle {
     pub admin_addr: std::net::SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    audit: Option<Arc<mcp_gateway_telemetry::AuditLog>>,
 }
 
 impl Handle {
@@ -46,6 +47,10 @@ impl Handle {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             let _ = task.await;
+        }
+        // Every request has ended: the last audit lines are queued, and written now.
+        if let Some(audit) = self.audit {
+            audit.close();
         }
     }
 }
@@ -127,12 +132,34 @@ pub fn new_api_key(subject: &str, roles: &[String]) -> anyhow::Result<String> {
 /// Binds both listeners and starts serving.
 pub async fn run(config: Config) -> anyhow::Result<Handle> {
     let metrics = mcp_gateway_telemetry::metrics()?;
-    let (store, store_tasks) = session_store(&config)?;
+    let (store, mut store_tasks) = session_store(&config)?;
     let resolver = Arc::new(StaticResolver::new(targets(&config.adapters)?));
+    if matches!(config.session_store, SessionStoreConfig::Redis { .. }) {
+        // The memory store keeps the live-sessions gauge itself; Redis is shared by every
+        // gateway, so each one reads the counts for its own /metrics.
+        store_tasks.push(spawn_live_sessions_gauge(
+            resolver.clone(),
+            store.clone(),
+            config.live_sessions_every,
+        ));
+    }
     let authenticator = auth::authenticator(&config.auth, &config.data_dir)?;
     let policy: Arc<dyn Authorizer> = Arc::new(config.auth.policy.clone());
-    let gateway = Gateway::new(config.routing.clone(), resolver.clone(), store.clone())
+    let audit = match &config.audit {
+        Some(target) => Some(Arc::new(mcp_gateway_telemetry::AuditLog::open(target)?)),
+        None => None,
+    };
+    let audit_sink = audit
+        .clone()
+        .map(|a| a as Arc<dyn mcp_gateway_core::AuditSink>);
+    let mut gateway = Gateway::new(config.routing.clone(), resolver.clone(), store.clone())
         .with_authorizer(policy.clone());
+    if config.tracing.enabled() {
+        gateway = gateway.with_tracing(mcp_gateway_telemetry::trace::propagator());
+    }
+    if let Some(sink) = &audit_sink {
+        gateway = gateway.with_audit(sink.clone(), config.audit_arguments);
+    }
     let management = if config.management {
         let options = mcp_gateway_api::ApiOptions {
             allowed_commands: config.auth.allowed_commands.clone(),
@@ -147,6 +174,7 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
                 policy,
                 options,
                 configured,
+                audit_sink.clone(),
             )
             .await?,
         )
@@ -223,6 +251,7 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
         admin_addr,
         shutdown,
         tasks: vec![data_task, admin_task],
+        audit,
     })
 }
 
@@ -351,6 +380,40 @@ fn session_store(config: &Config) -> anyhow::Result<(Arc<dyn SessionStore>, Back
     }
 }
 
+/// Sets `mcp_gateway_sessions_live{adapter,replica}` from the session store every `every`,
+/// for every replica of every adapter (0 for a replica without sessions).
+fn spawn_live_sessions_gauge(
+    resolver: Arc<StaticResolver>,
+    store: Arc<dyn SessionStore>,
+    every: std::time::Duration,
+) -> JoinHandle<()> {
+    use mcp_gateway_core::ReplicaResolver as _;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            for name in resolver.names() {
+                let Some(target) = resolver.resolve(name.as_str()) else {
+                    continue;
+                };
+                let counts = match store.live_sessions(&name).await {
+                    Ok(counts) => counts,
+                    Err(e) => {
+                        tracing::debug!(adapter = %name, error = %e, "live sessions unknown");
+                        continue;
+                    }
+                };
+                for replica in &target.replicas {
+                    let n = counts.get(&replica.id).copied().unwrap_or(0);
+                    metrics::gauge!("mcp_gateway_sessions_live",
+                        "adapter" => name.to_string(), "replica" => replica.id.to_string())
+                    .set(n as f64);
+                }
+            }
+        }
+    })
+}
+
 /// `/readyz` stays 200 while the session store is degraded (sessions this gateway knows keep
 /// working, and taking every gateway out of service over a Redis outage would be worse); the
 /// body says so.
@@ -401,11 +464,20 @@ fn admin_response(
 
 /// What both binaries do once configured: log, run until SIGTERM or SIGINT, shut down.
 pub async fn serve_until_signal(config: Config) -> anyhow::Result<()> {
-    mcp_gateway_telemetry::init_logging(&config.log, config.log_format)?;
+    let tracing = if config.tracing.enabled() {
+        Some(mcp_gateway_telemetry::Tracing::start(&config.tracing)?)
+    } else {
+        None
+    };
+    mcp_gateway_telemetry::init(&config.log, config.log_format, tracing.as_ref())?;
     let handle = run(config).await?;
     shutdown_signal().await;
     tracing::info!("shutting down");
     handle.shutdown().await;
+    if let Some(tracing) = tracing {
+        // The spans of the last requests go out before the process ends.
+        tracing.shutdown();
+    }
     Ok(())
 }
 

@@ -27,6 +27,7 @@ pub async fn start(
     authorizer: Arc<dyn Authorizer>,
     options: mcp_gateway_api::ApiOptions,
     configured: Vec<mcp_gateway_core::AdapterName>,
+    audit: Option<Arc<dyn mcp_gateway_core::AuditSink>>,
 ) -> anyhow::Result<Management> {
     let adapters = Arc::new(
         FileAdapterStore::open(data_dir)
@@ -52,9 +53,12 @@ pub async fn start(
         }
     }
     tracing::info!(adapters = stored.len(), dir = %data_dir.display(), "management API enabled (local runtime)");
-    let state = mcp_gateway_api::ApiState::new(adapters, provisioner.clone(), sessions)
+    let mut state = mcp_gateway_api::ApiState::new(adapters, provisioner.clone(), sessions)
         .with_options(options)
         .with_authorizer(authorizer);
+    if let Some(sink) = audit {
+        state = state.with_audit(sink);
+    }
     Ok(Management {
         router: mcp_gateway_api::router(state),
         provisioner,

@@ -1,15 +1,25 @@
-//! Telemetry of the MCP gateway binaries: logs through `tracing-subscriber` (text or JSON) and
-//! Prometheus metrics through the `metrics` facade.
+//! Telemetry of the MCP gateway binaries: logs through `tracing-subscriber` (text or JSON),
+//! Prometheus metrics through the `metrics` facade, OTLP traces ([`trace`]) and the audit trail
+//! as JSON lines ([`audit`]).
 //!
-//! Libraries (`mcp-gateway-routing`, `mcp-gateway-store`) only emit through `tracing` and
-//! `metrics`; this crate is where a binary decides where that goes. An embedder of the routing
-//! crate installs its own recorder and subscriber instead.
+//! Libraries (`mcp-gateway-routing`, `mcp-gateway-store`) only emit through `tracing`,
+//! `metrics` and the ports of `mcp-gateway-core`; this crate is where a binary decides where
+//! that goes. An embedder of the routing crate installs its own recorder and subscriber instead.
+
+pub mod audit;
+pub mod trace;
 
 use std::sync::OnceLock;
 
+use mcp_gateway_routing::observe;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+
+pub use audit::{AuditLog, AuditTarget};
+pub use trace::{OtlpProtocol, Tracing, TracingConfig};
 
 /// Format of log lines on stderr.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -37,22 +47,74 @@ pub enum TelemetryError {
     Filter(String, String),
     #[error("could not install the metrics recorder: {0}")]
     Metrics(String),
+    #[error("tracing: {0}")]
+    Tracing(String),
+    #[error("audit trail: {0}")]
+    Audit(String),
 }
 
 /// Installs the global log subscriber. `filter` uses `RUST_LOG` syntax (`info`,
 /// `mcp_gateway_routing=debug,info`). Calling it twice keeps the first subscriber.
 pub fn init_logging(filter: &str, format: LogFormat) -> Result<(), TelemetryError> {
+    init(filter, format, None)
+}
+
+/// Installs the global subscriber: log lines on stderr and, with `tracing`, the MCP spans of
+/// the routing crate exported over OTLP (those spans never reach the log lines, and log events
+/// are not exported). Calling it twice keeps the first subscriber.
+pub fn init(
+    filter: &str,
+    format: LogFormat,
+    tracing: Option<&Tracing>,
+) -> Result<(), TelemetryError> {
+    use tracing_subscriber::Layer as _;
     let env_filter = EnvFilter::try_new(filter)
-        .map_err(|e| TelemetryError::Filter(filter.to_owned(), e.to_string()))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(env_filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        .map_err(|e| TelemetryError::Filter(filter.to_owned(), e.to_string()))?
+        .add_directive(
+            format!("{}=off", observe::SPAN_TARGET)
+                .parse()
+                .map_err(|e| TelemetryError::Filter(filter.to_owned(), format!("{e}")))?,
+        );
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Text => fmt.with_filter(env_filter).boxed(),
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_filter(env_filter)
+            .boxed(),
     };
+    let otel = tracing.map(|t| {
+        t.layer().with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target(observe::SPAN_TARGET, tracing::Level::INFO),
+        )
+    });
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init();
     Ok(())
 }
+
+/// Every metric family the gateway's crates emit, for the README's list and the Grafana
+/// dashboard (a test checks both against it).
+pub const METRICS: &[&str] = &[
+    "mcp_gateway_requests_total",
+    "mcp_gateway_request_duration_seconds",
+    "mcp_gateway_mcp_requests_total",
+    "mcp_gateway_sessions_live",
+    "mcp_gateway_refusals_total",
+    "mcp_gateway_upstream_errors_total",
+    "mcp_gateway_replica_ejections_total",
+    "mcp_gateway_store_up",
+    "mcp_gateway_store_errors_total",
+    "mcp_gateway_auth_failures_total",
+    "mcp_gateway_jwks_fetches_total",
+    observe::SERVER_OPERATION_DURATION,
+    observe::CLIENT_OPERATION_DURATION,
+    observe::SERVER_SESSION_DURATION,
+];
 
 /// Buckets of every `*_seconds` histogram: 100 µs to 60 s.
 const SECONDS_BUCKETS: &[f64] = &[
@@ -68,7 +130,19 @@ pub fn metrics() -> Result<PrometheusHandle, TelemetryError> {
     // time in one process (tests): the others wait for it and share the handle.
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
+            let mut builder = PrometheusBuilder::new();
+            // The conventions' boundaries for the MCP histograms; `Full` matchers are tried
+            // before the `Suffix` one.
+            for name in [
+                observe::SERVER_OPERATION_DURATION,
+                observe::CLIENT_OPERATION_DURATION,
+                observe::SERVER_SESSION_DURATION,
+            ] {
+                builder = builder
+                    .set_buckets_for_metric(Matcher::Full(name.into()), observe::DURATION_BUCKETS)
+                    .map_err(|e| e.to_string())?;
+            }
+            let recorder = builder
                 .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
                 .map_err(|e| e.to_string())?
                 .build_recorder();
@@ -112,5 +186,20 @@ fn describe() {
     describe_gauge!(
         "mcp_gateway_sessions_live",
         "Live MCP sessions by adapter and replica."
+    );
+    describe_histogram!(
+        observe::SERVER_OPERATION_DURATION,
+        Unit::Seconds,
+        "mcp.server.operation.duration: an MCP request or notification from its receipt to the end of its response, by adapter, replica, mcp_method_name, gen_ai_tool_name / gen_ai_prompt_name and error_type."
+    );
+    describe_histogram!(
+        observe::CLIENT_OPERATION_DURATION,
+        Unit::Seconds,
+        "mcp.client.operation.duration: an MCP request or notification sent to a replica, until the end of its response, with the same labels."
+    );
+    describe_histogram!(
+        observe::SERVER_SESSION_DURATION,
+        Unit::Seconds,
+        "mcp.server.session.duration: MCP sessions from initialize to their end as the gateway saw it (DELETE; error_type session_not_found or replica_gone otherwise)."
     );
 }
