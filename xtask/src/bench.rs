@@ -99,10 +99,19 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
+    let received = OtlpReceived::default();
     let runs = runtime.block_on(async {
+        if let Some(listener) = stack.otlp.take() {
+            otlp_receiver(listener, received.clone())?;
+        }
         stack.wait_ready().await?;
         measure_all(&stack.targets(), &options).await
     })?;
+    eprintln!(
+        "bench: the OTLP receiver got {} export requests, {} bytes",
+        received.requests.load(std::sync::atomic::Ordering::Relaxed),
+        received.bytes.load(std::sync::atomic::Ordering::Relaxed)
+    );
     drop(runtime);
     drop(stack);
 
@@ -143,6 +152,15 @@ impl ChildGuard {
         } else {
             Stdio::from(file.try_clone()?)
         };
+        // Only the traced gateway exports spans, whatever the caller's environment says.
+        for var in [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+        ] {
+            cmd.env_remove(var);
+        }
         let child = cmd
             .stdin(Stdio::null())
             .stdout(stdout)
@@ -232,6 +250,11 @@ struct Stack {
     gateway_auth: String,
     admin_auth: String,
     api_key: String,
+    /// A third gateway that traces every request (sampled at 100 %) to `otlp`, an OTLP/HTTP
+    /// receiver run by the benchmark itself.
+    gateway_traced: String,
+    admin_traced: String,
+    otlp: Option<TcpListener>,
     nginx: Option<String>,
     /// In start order; stopped in reverse.
     children: Vec<ChildGuard>,
@@ -290,6 +313,25 @@ impl Stack {
             dir.join("gateway-auth.log"),
             false,
         )?);
+        let otlp = TcpListener::bind("127.0.0.1:0").context("binding the OTLP receiver")?;
+        let otlp_port = otlp.local_addr()?.port();
+        let (traced_port, traced_admin_port) = (free_port()?, free_port()?);
+        let config = format!(
+            "otlp_endpoint = \"http://127.0.0.1:{otlp_port}\"\notlp_protocol = \"http/protobuf\"\n\
+             trace_sample_ratio = 1.0\n{}",
+            gateway_config(traced_port, traced_admin_port, &replicas)
+        );
+        let config_path = dir.join("gateway-traced.toml");
+        std::fs::write(&config_path, config)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        let mut gateway_cmd = Command::new(target_dir().join("release/gateway-service"));
+        gateway_cmd.arg("--config").arg(&config_path);
+        children.push(ChildGuard::spawn(
+            "gateway-service (traced)",
+            &mut gateway_cmd,
+            dir.join("gateway-traced.log"),
+            false,
+        )?);
         let nginx = match nginx {
             Some(binary) => {
                 let (child, base) = start_nginx(binary, &dir.join("nginx"), &replicas[0])?;
@@ -305,6 +347,9 @@ impl Stack {
             gateway_auth: format!("http://127.0.0.1:{auth_port}"),
             admin_auth: format!("http://127.0.0.1:{auth_admin_port}"),
             api_key: api_key.0,
+            gateway_traced: format!("http://127.0.0.1:{traced_port}"),
+            admin_traced: format!("http://127.0.0.1:{traced_admin_port}"),
+            otlp: Some(otlp),
             nginx,
             children,
         })
@@ -320,6 +365,11 @@ impl Stack {
         .await?;
         let readyz: Uri = format!("{}/readyz", self.admin_auth).parse()?;
         self.wait_for("gateway-service (auth) /readyz", || {
+            gateway_ready(&client, &readyz)
+        })
+        .await?;
+        let readyz: Uri = format!("{}/readyz", self.admin_traced).parse()?;
+        self.wait_for("gateway-service (traced) /readyz", || {
             gateway_ready(&client, &readyz)
         })
         .await?;
@@ -372,6 +422,10 @@ impl Stack {
         );
         auth.authorization = Some(format!("Bearer {}", self.api_key));
         targets.push(auth);
+        targets.push(Target::new(
+            "gateway-traced",
+            format!("{}/adapters/single/mcp", self.gateway_traced),
+        ));
         targets
     }
 }
@@ -492,6 +546,45 @@ http {{
 }}
 "#
     )
+}
+
+/// What the benchmark's OTLP receiver was sent.
+#[derive(Clone, Default)]
+struct OtlpReceived {
+    requests: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// An OTLP/HTTP receiver: reads each export, counts it and answers 200 (as a collector would).
+fn otlp_receiver(listener: TcpListener, received: OtlpReceived) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let received = received.clone();
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let received = received.clone();
+                async move {
+                    let body = req.into_body().collect().await?.to_bytes();
+                    received.requests.fetch_add(1, Relaxed);
+                    received.bytes.fetch_add(body.len() as u64, Relaxed);
+                    let mut res = http::Response::new(Full::new(Bytes::new()));
+                    res.headers_mut().insert(
+                        CONTENT_TYPE,
+                        HeaderValue::from_static("application/x-protobuf"),
+                    );
+                    Ok::<_, hyper::Error>(res)
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -892,12 +985,13 @@ fn percentile(sorted: &[u64], quantile: f64) -> u64 {
 }
 
 /// Comparisons printed under each scenario: (measured, baseline).
-const COMPARISONS: [(&str, &str); 5] = [
+const COMPARISONS: [(&str, &str); 6] = [
     ("gateway", "direct"),
     ("gateway", "nginx"),
     ("nginx", "direct"),
     ("gateway-2-replicas", "direct"),
     ("gateway-api-key", "gateway"),
+    ("gateway-traced", "gateway"),
 ];
 
 #[derive(Serialize)]
