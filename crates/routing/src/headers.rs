@@ -144,7 +144,18 @@ pub fn is_stateless(headers: &HeaderMap) -> bool {
 fn host_part(authority: &str) -> String {
     let a = authority.trim();
     let host = if a.starts_with('[') {
-        a.find(']').map_or(a, |i| &a[..=i])
+        // `[v6]` or `[v6]:port`, nothing else after the bracket.
+        match a.find(']') {
+            Some(i)
+                if a[i + 1..].is_empty()
+                    || a[i + 1..]
+                        .strip_prefix(':')
+                        .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit())) =>
+            {
+                &a[..=i]
+            }
+            _ => a,
+        }
     } else {
         a.rsplit_once(':')
             .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
@@ -153,8 +164,21 @@ fn host_part(authority: &str) -> String {
     host.to_ascii_lowercase()
 }
 
+/// A loopback IP literal (`127.0.0.0/8`, `[::1]`), or `localhost` and its subdomains, which
+/// RFC 6761 reserves for loopback. Not a name that merely starts like one
+/// (`127.0.0.1.attacker.example` is the attacker's host).
 fn is_loopback_host(host: &str) -> bool {
-    matches!(host, "localhost" | "[::1]") || host.starts_with("127.")
+    let host = host.trim_end_matches('.');
+    if host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    let literal = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    literal
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// DNS-rebinding protection (MCP transport spec, "Security Warning"): the `Host` must be one
@@ -367,5 +391,34 @@ mod tests {
             ("origin", "http://localhost:1")
         ]));
         assert!(ok(&[("host", "anything.example")]));
+    }
+
+    #[test]
+    fn only_real_loopback_origins_count_as_loopback() {
+        // A gateway that accepts any Host (bound off loopback): the attacker's page and Host.
+        let c = RoutingConfig::default();
+        let ok = |host: &str, origin: &str| {
+            check_host_and_origin(&map(&[("host", host), ("origin", origin)]), &c).is_ok()
+        };
+        for evil in [
+            "http://127.0.0.1.attacker.example",
+            "http://127.attacker.example",
+            "http://localhost.attacker.example",
+            "http://[::1].attacker.example",
+        ] {
+            assert!(!ok("127.0.0.1.attacker.example", evil), "{evil}");
+            assert!(!ok("localhost:8080", evil), "{evil}");
+        }
+        for good in [
+            "http://127.0.0.1:6274",
+            "http://127.1.2.3",
+            "http://localhost:6274",
+            "http://app.localhost",
+            "http://[::1]:6274",
+        ] {
+            assert!(ok("localhost:8080", good), "{good}");
+            assert!(ok("127.0.0.1:8080", good), "{good}");
+        }
+        assert!(is_loopback_host("127.0.0.1") && !is_loopback_host("127.0.0.1.x"));
     }
 }
