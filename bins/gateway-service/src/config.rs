@@ -113,6 +113,11 @@ pub struct Args {
     /// On shutdown, how long in-flight requests may finish before streams are closed (default 30s).
     #[arg(long, env = "MCP_GATEWAY_SHUTDOWN_GRACE", value_parser = parse_duration)]
     pub shutdown_grace: Option<Duration>,
+    /// On shutdown, how long /readyz answers 503 while new connections are still served, before
+    /// the listener closes (default 0s; behind a load balancer or in Kubernetes set it above the
+    /// readiness probe's period, e.g. 5s, so no client is refused before it is taken out).
+    #[arg(long, env = "MCP_GATEWAY_SHUTDOWN_DELAY", value_parser = parse_duration)]
+    pub shutdown_delay: Option<Duration>,
     /// Serve without authentication: every caller is an anonymous admin. Refused unless the
     /// listen address is loopback. Without it and without [auth] issuers or api_keys, the
     /// gateway creates an admin API key in the data directory (admin.key) on first start.
@@ -224,6 +229,11 @@ struct FileConfig {
         deserialize_with = "mcp_gateway_core::deserialize_optional_duration"
     )]
     shutdown_grace: Option<Duration>,
+    #[serde(
+        default,
+        deserialize_with = "mcp_gateway_core::deserialize_optional_duration"
+    )]
+    shutdown_delay: Option<Duration>,
     management: Option<bool>,
     data_dir: Option<PathBuf>,
     session_store: Option<String>,
@@ -380,6 +390,8 @@ pub struct Config {
     pub session_idle_ttl: Duration,
     pub session_max_lifetime: Duration,
     pub shutdown_grace: Duration,
+    /// Readiness fails this long before the data listener closes.
+    pub shutdown_delay: Duration,
     pub session_store: SessionStoreConfig,
     /// Serve the management API with the local runtime.
     pub management: bool,
@@ -538,6 +550,10 @@ impl Config {
                 .shutdown_grace
                 .or(file.shutdown_grace)
                 .unwrap_or(Duration::from_secs(30)),
+            shutdown_delay: args
+                .shutdown_delay
+                .or(file.shutdown_delay)
+                .unwrap_or(Duration::ZERO),
             session_store: session_store(
                 args.session_store.or(file.session_store),
                 args.redis_password_file.or(file.redis_password_file),

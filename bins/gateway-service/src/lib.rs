@@ -196,8 +196,31 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
     let admin_addr = admin.local_addr()?;
     tracing::info!(%data_addr, %admin_addr, adapters = config.adapters.len(), "gateway listening");
 
-    let (shutdown, rx) = watch::channel(false);
+    // Shutdown, in order: readiness fails at once; the data listener keeps serving new
+    // connections for `shutdown_delay` (the load balancer is still sending), then closes and
+    // drains for up to `shutdown_grace`; the admin listener closes last, so `/readyz` answers
+    // 503 throughout.
+    let (shutdown, mut rx) = watch::channel(false);
+    let (stop_data, data_rx) = watch::channel(false);
+    let (stop_admin, admin_rx) = watch::channel(false);
     let accepting = Arc::new(AtomicBool::new(true));
+    let sequence_task = {
+        let accepting = accepting.clone();
+        let delay = config.shutdown_delay;
+        tokio::spawn(async move {
+            // A dropped Handle (Err) stops the gateway too.
+            let _ = rx.wait_for(|stop| *stop).await;
+            accepting.store(false, Ordering::Relaxed);
+            if !delay.is_zero() {
+                tracing::info!(
+                    ?delay,
+                    "not ready; still serving new connections for the shutdown delay"
+                );
+                tokio::time::sleep(delay).await;
+            }
+            let _ = stop_data.send(true);
+        })
+    };
     let front = Front {
         gateway,
         api,
@@ -212,11 +235,9 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
         authenticator,
     };
     let data_task = {
-        let accepting = accepting.clone();
-        let rx = rx.clone();
         let grace = config.shutdown_grace;
         tokio::spawn(async move {
-            server::serve(data, rx, grace, move |peer| {
+            server::serve(data, data_rx, grace, move |peer| {
                 let front = front.clone();
                 hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ClientAddr(peer));
@@ -224,7 +245,6 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
                 })
             })
             .await;
-            accepting.store(false, Ordering::Relaxed);
             if let Some(provisioner) = provisioner {
                 // Children never outlive the gateway; records stay for the next start.
                 provisioner.shutdown().await;
@@ -232,25 +252,31 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
             for task in store_tasks {
                 task.abort();
             }
+            let _ = stop_admin.send(true);
         })
     };
     let admin_task = tokio::spawn(async move {
-        server::serve(admin, rx, std::time::Duration::from_secs(1), move |_| {
-            let metrics = metrics.clone();
-            let accepting = accepting.clone();
-            let store = store.clone();
-            hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let res = admin_response(req.uri().path(), &metrics, &accepting, &*store);
-                async move { Ok::<_, std::convert::Infallible>(res) }
-            })
-        })
+        server::serve(
+            admin,
+            admin_rx,
+            std::time::Duration::from_secs(1),
+            move |_| {
+                let metrics = metrics.clone();
+                let accepting = accepting.clone();
+                let store = store.clone();
+                hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let res = admin_response(req.uri().path(), &metrics, &accepting, &*store);
+                    async move { Ok::<_, std::convert::Infallible>(res) }
+                })
+            },
+        )
         .await;
     });
     Ok(Handle {
         data_addr,
         admin_addr,
         shutdown,
-        tasks: vec![data_task, admin_task],
+        tasks: vec![sequence_task, data_task, admin_task],
         audit,
     })
 }

@@ -790,6 +790,55 @@ async fn shutdown_finishes_in_flight_requests_then_closes_streams() {
     assert!(tokio::net::TcpStream::connect(data_addr).await.is_err());
 }
 
+async fn readyz(admin: std::net::SocketAddr) -> Option<StatusCode> {
+    Http::default()
+        .send(
+            Method::GET,
+            &format!("http://{admin}/readyz"),
+            &[],
+            Bytes::new(),
+        )
+        .await
+        .ok()
+        .map(|r| r.status)
+}
+
+#[tokio::test]
+async fn readyz_turns_503_at_sigterm_while_connections_drain_and_new_ones_are_served_for_the_delay()
+{
+    let replicas = Replicas::start(1).await.unwrap();
+    let gw = gateway(vec![adapter("demo", replicas.urls())], |c| {
+        c.shutdown_grace = Duration::from_secs(2);
+        c.shutdown_delay = Duration::from_millis(600);
+    })
+    .await;
+    let url = mcp_url(&gw, "demo");
+    let (admin, data_addr) = (gw.admin_addr, gw.data_addr);
+    assert_eq!(readyz(admin).await, Some(StatusCode::OK));
+    let mut slow = McpSession::open(&url).await.unwrap();
+    let in_flight = tokio::spawn(async move {
+        slow.call_text("slow", json!({"ms": 1500, "steps": 1}))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let stopping = tokio::spawn(gw.shutdown());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // At once: not ready, so the load balancer stops sending; yet a new connection (sent
+    // before it noticed) is still served during the delay.
+    assert_eq!(readyz(admin).await, Some(StatusCode::SERVICE_UNAVAILABLE));
+    let mut late = McpSession::open(&url)
+        .await
+        .expect("served during the delay");
+    assert_eq!(late.call_text("whoami", json!({})).await.unwrap(), "r0");
+    // After the delay: no new connections, in-flight requests draining, still not ready.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(tokio::net::TcpStream::connect(data_addr).await.is_err());
+    assert_eq!(readyz(admin).await, Some(StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(in_flight.await.unwrap().unwrap(), "done");
+    stopping.await.unwrap();
+    assert_eq!(readyz(admin).await, None, "admin listener closed last");
+}
+
 #[tokio::test]
 async fn http2_clients_are_served() {
     let (_replicas, gw) = two_replicas().await;
