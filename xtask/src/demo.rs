@@ -11,16 +11,54 @@ use anyhow::{Context, bail};
 
 use crate::{build_release, target_dir};
 
-/// Child processes killed when dropped, so nothing outlives the demo.
+/// Child processes stopped when dropped (SIGTERM, then SIGKILL after 10 s), so nothing
+/// outlives the demo, however it ends: Ctrl-C, SIGTERM, or a child exiting.
 struct Children(Vec<Child>);
 
 impl Drop for Children {
     fn drop(&mut self) {
+        use nix::sys::signal::{Signal, kill};
+        use nix::unistd::Pid;
         for child in &mut self.0 {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+            }
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        for child in &mut self.0 {
+            while matches!(child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }
     }
+}
+
+/// Waits for SIGINT or SIGTERM (a supervisor, `timeout`, `kill`: not only Ctrl-C, which also
+/// reaches the children through the terminal's process group), or for a child to exit.
+fn wait_for_stop(children: &mut Children) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+                () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                    for child in &mut children.0 {
+                        if let Some(status) = child.try_wait()? {
+                            bail!("a demo process exited ({status})");
+                        }
+                    }
+                }
+            }
+        }
+    })
 }
 
 pub fn run(port: u16) -> anyhow::Result<()> {
@@ -70,16 +108,11 @@ pub fn run(port: u16) -> anyhow::Result<()> {
          directory (admin.key) on first start, and `gateway-service api-key --subject NAME \
          --roles ROLES` makes more."
     );
-    eprintln!("Ctrl-C stops everything.");
+    eprintln!("Ctrl-C (or SIGTERM) stops everything.");
     eprintln!();
 
-    // Run until one of the processes ends (Ctrl-C reaches the whole process group).
-    loop {
-        for child in &mut children.0 {
-            if let Some(status) = child.try_wait()? {
-                bail!("a demo process exited ({status})");
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    let result = wait_for_stop(&mut children);
+    eprintln!("stopping the demo's processes");
+    drop(children);
+    result
 }
