@@ -34,11 +34,27 @@ pub async fn start(
             .await
             .with_context(|| format!("cannot use data directory {}", data_dir.display()))?,
     );
+    // Replicas of a previous run that outlived it (the gateway was killed): stopped before
+    // their successors start, so no adapter runs twice.
+    let run_dir = data_dir.join("run");
+    let reaped = {
+        let (dir, grace) = (run_dir.clone(), LocalOptions::default().kill_grace);
+        tokio::task::spawn_blocking(move || mcp_gateway_local::reap_orphans(&dir, grace))
+            .await
+            .unwrap_or(0)
+    };
+    if reaped > 0 {
+        tracing::warn!(
+            processes = reaped,
+            "stopped replicas left running by a previous gateway run"
+        );
+    }
     let provisioner = Arc::new(
         LocalProvisioner::new(
             resolver,
             LocalOptions {
                 reserved_names: configured,
+                run_dir: Some(run_dir),
                 ..LocalOptions::default()
             },
         )

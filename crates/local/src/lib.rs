@@ -12,10 +12,13 @@
 //! (a `command` runs with the gateway's user and rights: only trusted principals may set it),
 //! and not the stdio bridge (`stdio` adapters run through a [`StdioLauncher`] plugged in by
 //! the bridge crate). Replicas are children of one gateway process: they are stopped with it
-//! and are not shared between gateway replicas.
+//! and are not shared between gateway replicas. A gateway that dies without stopping them
+//! (SIGKILL) leaves them running; with [`LocalOptions::run_dir`] set, [`reap_orphans`] stops
+//! them at the next start.
 
 mod error;
 mod logs;
+mod pidfile;
 mod process;
 mod provisioner;
 mod runtime;
@@ -24,6 +27,7 @@ mod store;
 mod validate;
 
 pub use error::LocalError;
+pub use pidfile::reap_orphans;
 pub use provisioner::{LocalOptions, LocalProvisioner, LogSink, StdioBridge, StdioLauncher};
 pub use secrets::upstream_headers;
 pub use store::FileAdapterStore;

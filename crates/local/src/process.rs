@@ -90,6 +90,7 @@ impl ReplicaProcess {
         let supervisor = Supervisor {
             ctx,
             ordinal,
+            id: id.clone(),
             launch: launch.clone(),
             state: state_tx,
         };
@@ -124,6 +125,7 @@ impl ReplicaProcess {
 struct Supervisor {
     ctx: Arc<ProcessContext>,
     ordinal: u32,
+    id: Arc<str>,
     launch: Arc<Launch>,
     state: watch::Sender<Snapshot>,
 }
@@ -208,6 +210,13 @@ impl Supervisor {
             }
         };
         let pid = child.id();
+        // Removed when this returns, i.e. once the process group is gone.
+        let _pid_file = match (&options.run_dir, pid) {
+            (Some(dir), Some(pid)) => {
+                crate::pidfile::PidFile::create(dir, self.ctx.adapter.as_str(), &self.id, pid)
+            }
+            _ => None,
+        };
         if let Some(out) = child.stdout.take() {
             let reader = BufReader::new(out);
             tokio::spawn(pump(

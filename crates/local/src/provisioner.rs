@@ -46,6 +46,11 @@ pub struct LocalOptions {
     /// replicas of the new spec are ready. Beyond it (or once a new replica crashed 3 times in
     /// a row) `apply` fails, and the API puts the previous spec back. Default 2 minutes.
     pub rollout_timeout: Duration,
+    /// Where each running replica's pid file is kept (see [`reap_orphans`]); `None` (the
+    /// default): none are written, and replicas of a gateway killed with SIGKILL outlive it.
+    ///
+    /// [`reap_orphans`]: crate::reap_orphans
+    pub run_dir: Option<std::path::PathBuf>,
     /// Names this runtime must not deploy: adapters the gateway serves from its configuration
     /// file. A record with such a name is refused (409), so nobody can take over a configured
     /// adapter's route by creating a namesake. Default: none.
@@ -64,6 +69,7 @@ impl Default for LocalOptions {
             restart_backoff: Duration::from_secs(1),
             restart_backoff_max: Duration::from_secs(30),
             rollout_timeout: Duration::from_secs(120),
+            run_dir: None,
             pass_env: [
                 "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "TZ", "TMPDIR",
             ]
