@@ -909,5 +909,16 @@ mod tests {
         d.feed(&body[50..]);
         let expected = hex(&Sha256::digest(br#"{"text":"hi"}"#));
         assert_eq!(d.done.as_deref(), Some(expected.as_str()));
+        assert!(d.copy.is_none(), "arguments are kept only when configured");
+
+        let mut d = ArgumentDigest {
+            copy: Some(Vec::new()),
+            ..ArgumentDigest::default()
+        };
+        for byte in body.chunks(1) {
+            d.feed(byte);
+        }
+        assert_eq!(d.done.as_deref(), Some(expected.as_str()));
+        assert_eq!(d.copy.as_deref(), Some(&br#"{"text":"hi"}"#[..]));
     }
 }
