@@ -356,6 +356,36 @@ async fn a_client_that_hangs_up_during_a_put_does_not_take_the_adapter_down() {
 }
 
 #[tokio::test]
+async fn a_re_created_adapter_does_not_inherit_the_sessions_of_the_deleted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = standalone(dir.path()).await;
+    let spec = example_spec("reborn", &GOOD_ARGS);
+    api(&gw, Method::POST, "/adapters", Some(spec.clone())).await;
+    wait_ready(&gw, "reborn", 1).await;
+    let url = format!("http://{}/adapters/reborn/mcp", gw.data_addr);
+    let mut old = McpSession::open(&url).await.unwrap();
+    assert!(old.call_text("whoami", json!({})).await.is_ok());
+    let deleted = api(&gw, Method::DELETE, "/adapters/reborn", None).await;
+    assert_eq!(deleted.status, StatusCode::NO_CONTENT);
+    api(&gw, Method::POST, "/adapters", Some(spec)).await;
+    wait_ready(&gw, "reborn", 1).await;
+    // The old session's record names a replica of the deleted adapter: the gateway itself
+    // answers 404, and nothing of the request reaches the new adapter's process.
+    let reply = old
+        .post(&json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                      "params": {"name": "whoami", "arguments": {}}}))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::NOT_FOUND, "{}", reply.text());
+    assert!(
+        reply.text().contains("its replica is gone"),
+        "answered by the gateway, not the new process: {}",
+        reply.text()
+    );
+    gw.shutdown().await;
+}
+
+#[tokio::test]
 async fn bad_requests_are_refused_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let gw = standalone(dir.path()).await;

@@ -265,8 +265,9 @@ pub async fn adapter_status(
     let mut status = state.provisioner.status(&name).await?;
     match state.sessions.live_sessions(&name).await {
         Ok(live) => {
-            // Session records name replica ids: the ordinal ("1"), or "1.G" for the G-th
-            // replacement of that ordinal during a rollout; both count for ordinal 1.
+            // Session records name replica ids that begin with the ordinal: "1", or "1.G.I"
+            // in the local runtime (G-th process of the ordinal, deployment I); all count for
+            // ordinal 1.
             for replica in &mut status.replicas {
                 let index = replica.index.to_string();
                 replica.live_sessions = live

@@ -144,9 +144,11 @@ enum Deployed {
 /// the data plane's [`StaticResolver`] current.
 ///
 /// Replica `N` of an adapter is a process started with `PORT` (and `{port}` in `args`) set to
-/// a free loopback port, and `{replica}` in `args` set to `N`; its resolver id is `"N"` (and
-/// `"N.G"` for the G-th replacement of that ordinal in this process's lifetime, so a replica
-/// being replaced and its successor never share an id).
+/// a free loopback port, and `{replica}` in `args` set to `N`; its resolver id is `"N.G.I"`:
+/// `G` counts the processes started for that ordinal (a replica being replaced and its
+/// successor never share an id), `I` is unique to this deployment of the adapter (a deleted
+/// and re-created namesake, or the adapter after a gateway restart, never inherits the
+/// sessions of its predecessor's replicas).
 pub struct LocalProvisioner {
     resolver: Arc<StaticResolver>,
     options: Arc<LocalOptions>,
@@ -225,10 +227,11 @@ impl LocalProvisioner {
         let bridge = launcher
             .launch(adapter, LogSink { logs: logs.clone() })
             .await?;
+        let incarnation = crate::runtime::incarnation();
         let replicas: Vec<Replica> = (0u32..)
             .zip(&bridge.base_urls)
             .map(|(i, url)| Replica {
-                id: i.to_string().into(),
+                id: format!("{i}.0.{incarnation}").into(),
                 ordinal: i,
                 base_url: url.trim_end_matches('/').into(),
                 ready: true,

@@ -79,6 +79,7 @@ impl AdapterRuntime {
             draining: Vec::new(),
             stopping: Vec::new(),
             generations: HashMap::new(),
+            incarnation: incarnation(),
             synced: 0,
         };
         let task = tokio::spawn(reconciler.run());
@@ -372,6 +373,11 @@ struct Reconciler {
     stopping: Vec<JoinHandle<()>>,
     /// Processes started per ordinal, so a replacement never reuses a live replica's id.
     generations: HashMap<u32, u32>,
+    /// Unique to this deployment of the adapter, in every replica id: a deleted and
+    /// re-created adapter of the same name (or the same adapter after a restart) never has
+    /// a replica id of its predecessor, so the old sessions' records match no replica (404)
+    /// instead of sending their requests to the new processes.
+    incarnation: Arc<str>,
     /// The spec generation whose access and upstream headers the view holds: secrets are
     /// read once per spec, not on every pass of the loop.
     synced: u64,
@@ -482,10 +488,7 @@ impl Reconciler {
 
     fn spawn(&mut self, ordinal: u32, launch: &Arc<Launch>) -> ReplicaProcess {
         let generation = self.generations.entry(ordinal).or_default();
-        let id: Arc<str> = match *generation {
-            0 => ordinal.to_string().into(),
-            g => format!("{ordinal}.{g}").into(),
-        };
+        let id: Arc<str> = format!("{ordinal}.{generation}.{}", self.incarnation).into();
         *generation += 1;
         ReplicaProcess::spawn(self.ctx.clone(), ordinal, id, launch.clone())
     }
@@ -556,7 +559,7 @@ impl Reconciler {
                 Slot::Process(p) => process(p, Role::Active),
                 Slot::External(url) => Member {
                     ordinal,
-                    id: ordinal.to_string().into(),
+                    id: format!("{ordinal}.0.{}", self.incarnation).into(),
                     role: Role::Active,
                     updated: true,
                     kind: MemberKind::External(url.clone()),
@@ -615,6 +618,32 @@ impl Reconciler {
         futures_util::future::join_all(tasks).await;
         self.view.inner().members.clear();
     }
+}
+
+/// A token no other deployment of this gateway's lifetime, nor of an earlier run, shares:
+/// the wall clock in microseconds and a counter of this process, in base 36.
+pub(crate) fn incarnation() -> Arc<str> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{}{}", base36(micros), base36(n)).into()
+}
+
+fn base36(mut n: u64) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).unwrap_or_default()
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

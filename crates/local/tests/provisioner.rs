@@ -96,6 +96,17 @@ async fn pids(p: &LocalProvisioner, adapter: &str, replica: u32) -> Vec<i32> {
         .await
 }
 
+/// A replica id without its deployment's incarnation: `ordinal.generation`.
+fn short(id: &str) -> String {
+    let mut parts = id.splitn(3, '.');
+    let (ordinal, generation) = (parts.next().unwrap(), parts.next().unwrap());
+    assert!(
+        parts.next().is_some_and(|i| !i.is_empty()),
+        "{id} has an incarnation"
+    );
+    format!("{ordinal}.{generation}")
+}
+
 fn alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
 }
@@ -163,8 +174,8 @@ async fn two_replicas_become_ready_serve_mcp_and_leave_no_process_when_removed()
 
     let target = resolver.resolve("two").expect("published");
     assert_eq!(target.mcp_path, "/mcp");
-    let ids: Vec<_> = target.replicas.iter().map(|r| &*r.id).collect();
-    assert_eq!(ids, ["0", "1"]);
+    let ids: Vec<_> = target.replicas.iter().map(|r| short(&r.id)).collect();
+    assert_eq!(ids, ["0.0", "1.0"]);
     assert!(target.replicas.iter().all(|r| r.placeable()));
     assert_ne!(target.replicas[0].base_url, target.replicas[1].base_url);
     assert_eq!(
@@ -357,9 +368,9 @@ async fn scaling_adds_and_removes_the_highest_ordinals() {
         .replicas
         .iter()
         .filter(|r| r.draining)
-        .map(|r| r.id.to_string())
+        .map(|r| short(&r.id))
         .collect();
-    assert_eq!(draining, ["1", "2"], "scaled-away replicas drain first");
+    assert_eq!(draining, ["1.0", "2.0"], "scaled-away replicas drain first");
     eventually("drained replicas stopped", || async {
         p.status(&name("scale")).await.unwrap().replicas.len() == 1
     })
@@ -371,7 +382,7 @@ async fn scaling_adds_and_removes_the_highest_ordinals() {
     assert!(alive(before[0][0]));
     let target = resolver.resolve("scale").unwrap();
     assert_eq!(target.replicas.len(), 1);
-    assert_eq!(&*target.replicas[0].id, "0");
+    assert_eq!(short(&target.replicas[0].id), "0.0");
     p.shutdown().await;
     assert!(!alive(before[0][0]));
 }
@@ -394,16 +405,20 @@ async fn a_changed_environment_rolls_out_replica_by_replica_with_draining() {
         let placeable = target.replicas.iter().filter(|r| r.placeable()).count();
         never_short &= placeable >= 2;
         for r in target.replicas.iter().filter(|r| r.draining) {
-            if !saw_draining.contains(&r.id.to_string()) {
-                saw_draining.push(r.id.to_string());
+            if !saw_draining.contains(&short(&r.id)) {
+                saw_draining.push(short(&r.id));
             }
         }
-        let ids: Vec<_> = target.replicas.iter().map(|r| r.id.to_string()).collect();
+        let ids: Vec<_> = target.replicas.iter().map(|r| short(&r.id)).collect();
         async move { ids == ["0.1", "1.1"] }
     });
     let (applied, ()) = tokio::join!(p.apply(&v2), watch);
     applied.unwrap();
-    assert_eq!(saw_draining, ["0", "1"], "the old replicas drained in turn");
+    assert_eq!(
+        saw_draining,
+        ["0.0", "1.0"],
+        "the old replicas drained in turn"
+    );
     assert!(never_short, "two replicas took new sessions all along");
     let status = p.status(&name("roll")).await.unwrap();
     assert_eq!(status.ready_replicas, 2);
@@ -481,6 +496,38 @@ async fn a_rollout_whose_new_replica_never_becomes_ready_fails_and_the_old_one_k
     );
     p.shutdown().await;
     slow.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_re_created_adapter_shares_no_replica_id_with_the_one_it_replaces() {
+    let (resolver, p) = setup();
+    let ids = |resolver: &StaticResolver| -> Vec<String> {
+        resolver
+            .resolve("again")
+            .unwrap()
+            .replicas
+            .iter()
+            .map(|r| r.id.to_string())
+            .collect()
+    };
+    p.apply(&example_adapter("again", 2, serde_json::json!({})))
+        .await
+        .unwrap();
+    let first = ids(&resolver);
+    p.remove(&name("again")).await.unwrap();
+    p.apply(&example_adapter("again", 2, serde_json::json!({})))
+        .await
+        .unwrap();
+    let second = ids(&resolver);
+    assert_eq!(second.len(), 2);
+    // Sessions recorded on the first adapter's replicas match none of the new ones.
+    assert!(
+        second.iter().all(|id| !first.contains(id)),
+        "{first:?} {second:?}"
+    );
+    // The ordinal still leads the id (status counts live sessions per ordinal by it).
+    assert!(second[0].starts_with("0.") && second[1].starts_with("1."));
+    p.shutdown().await;
 }
 
 #[tokio::test]
