@@ -13,7 +13,8 @@ pub struct Envelope {
     pub method: Option<String>,
     /// The request id, when present (a notification or response has none / `method` none).
     pub id: Option<Value>,
-    /// `params.name` (tools/call, prompts/get) or `params.uri` (resources/*).
+    /// What the method names: `params.uri` for `resources/*`, else `params.name` (tools/call,
+    /// prompts/get), whatever order the keys come in.
     pub name: Option<String>,
     /// The body is a JSON array (a batch, allowed by 2025-03-26 only).
     pub batch: bool,
@@ -59,11 +60,18 @@ pub fn scan(buf: &[u8], complete: bool) -> Scan {
         pos: 0,
         env: Envelope::default(),
         id_seen: false,
-        name_seen: false,
+        name: None,
+        uri: None,
     };
     match s.message() {
-        Ok(()) => Scan::Done(s.env),
-        Err(Stop::Early) => Scan::Done(s.env),
+        Ok(()) | Err(Stop::Early) => {
+            let mut env = s.env;
+            env.name = match env.method.as_deref() {
+                Some(m) if m.starts_with("resources/") => s.uri,
+                _ => s.name,
+            };
+            Scan::Done(env)
+        }
         Err(Stop::Eof) if complete => Scan::Invalid("body ends inside the JSON-RPC message"),
         Err(Stop::Eof) => Scan::NeedMore,
         Err(Stop::Bad(why)) => Scan::Invalid(why),
@@ -85,7 +93,8 @@ struct Scanner<'a> {
     pos: usize,
     env: Envelope,
     id_seen: bool,
-    name_seen: bool,
+    name: Option<String>,
+    uri: Option<String>,
 }
 
 impl Scanner<'_> {
@@ -138,11 +147,11 @@ impl Scanner<'_> {
                     }
                     "name" | "uri" if s.peek()? == b'"' => {
                         let v = s.string()?;
-                        // `name` wins over `uri` if (oddly) both are present.
-                        if key == "name" || s.env.name.is_none() {
-                            s.env.name = Some(v);
+                        if key == "name" {
+                            s.name = Some(v);
+                        } else {
+                            s.uri = Some(v);
                         }
-                        s.name_seen = true;
                         // Stop here rather than read (say) megabytes of `arguments`.
                         if s.have_enough() {
                             return Err(Stop::Early);
@@ -160,9 +169,15 @@ impl Scanner<'_> {
         Ok(())
     }
 
+    /// Whether the method, the id and (for methods that name a target) the key naming the
+    /// target are known. Until the method is, neither `name` nor `uri` is enough: which one
+    /// counts depends on it.
     fn have_enough(&self) -> bool {
         match &self.env.method {
-            Some(m) => self.id_seen && (self.name_seen || !names_target(m)),
+            Some(m) if m.starts_with("resources/") => {
+                self.id_seen && (self.uri.is_some() || !names_target(m))
+            }
+            Some(m) => self.id_seen && (self.name.is_some() || !names_target(m)),
             None => false,
         }
     }
@@ -324,6 +339,27 @@ mod tests {
         assert_eq!(e.method.as_deref(), Some("tools/call"));
         assert_eq!(e.id, Some(json!("abc")));
         assert_eq!(e.name.as_deref(), Some("x\"y"));
+    }
+
+    /// Found by the property tests: with `uri` before `name`, the scanner stopped at `uri` and
+    /// reported it for a tools/call, although its target is `name`.
+    #[test]
+    fn the_named_target_does_not_depend_on_key_order() {
+        for body in [
+            r#"{"id":0,"method":"tools/call","params":{"uri":" ","name":"echo"}}"#,
+            r#"{"id":0,"method":"tools/call","params":{"name":"echo","uri":" "}}"#,
+            r#"{"params":{"uri":" ","name":"echo"},"id":0,"method":"tools/call"}"#,
+        ] {
+            let Scan::Done(e) = scan(body.as_bytes(), true) else {
+                panic!("{body}")
+            };
+            assert_eq!(e.name.as_deref(), Some("echo"), "{body}");
+        }
+        let body = r#"{"id":0,"method":"resources/read","params":{"name":"x","uri":"file:///a"}}"#;
+        let Scan::Done(e) = scan(body.as_bytes(), true) else {
+            panic!()
+        };
+        assert_eq!(e.name.as_deref(), Some("file:///a"));
     }
 
     #[test]
