@@ -367,3 +367,33 @@ mod tests {
         assert_eq!(spec.replica_count, 1);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Arbitrary JSON bodies (of the API's create and update requests) never panic the spec
+        /// parser: they are a spec or an error saying what is wrong.
+        #[test]
+        fn adapter_specs_from_arbitrary_json_never_panic(text in "[{}\\[\\]\":,a-zA-Z0-9 ._/-]{0,200}") {
+            let _ = serde_json::from_str::<AdapterSpec>(&text);
+        }
+
+        #[test]
+        fn adapter_specs_from_spec_like_json_never_panic(
+            name in "[a-z0-9-]{0,12}",
+            image in prop::option::of("[ -~]{0,20}"),
+            command in prop::option::of("[ -~]{0,20}"),
+            replicas in any::<i64>(),
+            extra in "[a-zA-Z]{0,8}",
+        ) {
+            let body = serde_json::json!({
+                "name": name, "image": image, "command": command, "replicas": replicas,
+                extra: 1,
+            });
+            let _ = serde_json::from_value::<AdapterSpec>(body);
+        }
+    }
+}

@@ -202,3 +202,38 @@ mod tests {
         assert!(serde_json::from_str::<SessionId>("\"a b\"").is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// A session id is accepted exactly when it is 1–128 visible ASCII characters, and then
+        /// kept as given (so what is routed on is what the client sent).
+        #[test]
+        fn session_ids_are_accepted_exactly_when_visible_ascii(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+            let valid = (1..=MAX_SESSION_ID_LEN).contains(&bytes.len())
+                && bytes.iter().all(|b| (0x21..=0x7e).contains(b));
+            prop_assert_eq!(SessionId::check(&bytes).is_ok(), valid);
+            if let Ok(s) = std::str::from_utf8(&bytes) {
+                match SessionId::new(s) {
+                    Ok(id) => {
+                        prop_assert!(valid);
+                        prop_assert_eq!(id.as_str(), s);
+                    }
+                    Err(_) => prop_assert!(!valid),
+                }
+            }
+        }
+
+        /// An adapter name never holds what would make a store key or a route ambiguous.
+        #[test]
+        fn adapter_names_never_hold_separators(name in "[ -~]{0,80}") {
+            if let Ok(n) = AdapterName::new(&name) {
+                prop_assert!(!n.as_str().contains([':', '/', '\n', '?', '#', ' ']));
+                prop_assert_eq!(n.as_str(), name.as_str());
+            }
+        }
+    }
+}
