@@ -1,0 +1,105 @@
+//! Leader election over a `coordination.k8s.io/v1` Lease, so that of several
+//! `gateway-management` replicas one runs the controller (all serve the API).
+//!
+//! The holder renews the Lease every `ttl / 3`; another replica takes it over once it has not
+//! been renewed for `ttl`. Every write carries the Lease's `resourceVersion`, so two replicas
+//! racing for it cannot both win (the API server refuses the second with 409).
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use tokio::sync::watch;
+
+/// Runs the election until dropped; `leading` says whether this replica holds the Lease.
+pub struct LeaderElection {
+    pub leading: watch::Receiver<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for LeaderElection {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl LeaderElection {
+    pub fn start(client: kube::Client, namespace: &str, lease: &str, identity: String, ttl: Duration) -> Self {
+        let api: Api<Lease> = Api::namespaced(client, namespace);
+        let (tx, leading) = watch::channel(false);
+        let lease = lease.to_owned();
+        let task = tokio::spawn(async move {
+            loop {
+                let held = match try_hold(&api, &lease, &identity, ttl).await {
+                    Ok(held) => held,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "leader election");
+                        false
+                    }
+                };
+                if *tx.borrow() != held {
+                    tracing::info!(%identity, leading = held, "leader election");
+                    let _ = tx.send(held);
+                }
+                tokio::time::sleep(ttl / 3).await;
+            }
+        });
+        Self { leading, task }
+    }
+
+    /// Resolves once this replica leads.
+    pub async fn until_leading(&mut self) {
+        let _ = self.leading.wait_for(|l| *l).await;
+    }
+}
+
+async fn try_hold(api: &Api<Lease>, name: &str, me: &str, ttl: Duration) -> Result<bool, kube::Error> {
+    let now = Timestamp::now();
+    let spec = |transitions: i32, acquired: String| {
+        json!({
+            "holderIdentity": me,
+            "leaseDurationSeconds": ttl.as_secs().max(1),
+            "acquireTime": acquired,
+            "renewTime": now.to_string(),
+            "leaseTransitions": transitions,
+        })
+    };
+    let Some(current) = api.get_opt(name).await? else {
+        let lease: Lease = serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "spec": spec(0, now.to_string()),
+        }))
+        .expect("a valid Lease");
+        return match api.create(&PostParams::default(), &lease).await {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        };
+    };
+    let s = current.spec.clone().unwrap_or_default();
+    let holder = s.holder_identity.clone().unwrap_or_default();
+    let renewed = s.renew_time.as_ref().map(|t| t.0);
+    let duration = Duration::from_secs(s.lease_duration_seconds.unwrap_or(15).max(1) as u64);
+    let expired = renewed.is_none_or(|r| {
+        now.duration_since(r).unsigned_abs() > duration
+    });
+    if holder != me && !holder.is_empty() && !expired {
+        return Ok(false);
+    }
+    let transitions = s.lease_transitions.unwrap_or(0) + i32::from(holder != me);
+    let acquired = if holder == me {
+        s.acquire_time.map_or_else(|| now.to_string(), |t| t.0.to_string())
+    } else {
+        now.to_string()
+    };
+    let mut next = current;
+    next.spec = Some(serde_json::from_value(spec(transitions, acquired)).expect("a valid LeaseSpec"));
+    // replace carries metadata.resourceVersion: a concurrent writer makes this a 409.
+    match api.replace(name, &PostParams::default(), &next).await {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
