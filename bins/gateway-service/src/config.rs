@@ -93,6 +93,34 @@ pub struct Args {
     /// served either way but are not managed by the API.
     #[arg(long, env = "MCP_GATEWAY_MANAGEMENT")]
     pub management: Option<bool>,
+    /// Where adapters of the management API run: "local" (default: child processes of this
+    /// gateway) or "kubernetes" (McpAdapter resources reconciled into StatefulSets; the data
+    /// plane discovers their pods). The cluster comes from KUBECONFIG or the in-cluster
+    /// service account.
+    #[arg(long, env = "MCP_GATEWAY_RUNTIME")]
+    pub runtime: Option<RuntimeKind>,
+    /// Kubernetes runtime: the namespace of the adapters (default: the pod's own namespace,
+    /// else "default").
+    #[arg(long, env = "MCP_GATEWAY_KUBERNETES_NAMESPACE")]
+    pub kubernetes_namespace: Option<String>,
+    /// Kubernetes runtime: the cluster's kubeconfig (default: KUBECONFIG, ~/.kube/config, or
+    /// the in-cluster service account).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubernetes runtime: prefixed to every imageName ("registry.example.com/mcp").
+    #[arg(long, env = "MCP_GATEWAY_IMAGE_REGISTRY")]
+    pub image_registry: Option<String>,
+    /// Kubernetes runtime: image pull Secrets given to every adapter pod (comma-separated).
+    #[arg(long, env = "MCP_GATEWAY_IMAGE_PULL_SECRETS", value_delimiter = ',')]
+    pub image_pull_secrets: Option<Vec<String>>,
+    /// Kubernetes runtime: service account of adapters with useWorkloadIdentity (none: such
+    /// adapters are refused).
+    #[arg(long, env = "MCP_GATEWAY_WORKLOAD_IDENTITY_SERVICE_ACCOUNT")]
+    pub workload_identity_service_account: Option<String>,
+    /// Kubernetes runtime: how long a pod being removed or replaced keeps its live sessions
+    /// when the adapter sets no drainTimeoutSeconds (default 5m).
+    #[arg(long, env = "MCP_GATEWAY_DRAIN_TIMEOUT", value_parser = parse_duration)]
+    pub drain_timeout: Option<Duration>,
     /// Where the management API keeps adapter records (default
     /// $XDG_DATA_HOME/mcp-gateway, else ~/.local/share/mcp-gateway).
     #[arg(long, env = "MCP_GATEWAY_DATA_DIR")]
@@ -235,6 +263,17 @@ struct FileConfig {
     )]
     shutdown_delay: Option<Duration>,
     management: Option<bool>,
+    runtime: Option<RuntimeKind>,
+    kubernetes_namespace: Option<String>,
+    kubeconfig: Option<PathBuf>,
+    image_registry: Option<String>,
+    image_pull_secrets: Option<Vec<String>>,
+    workload_identity_service_account: Option<String>,
+    #[serde(
+        default,
+        deserialize_with = "mcp_gateway_core::deserialize_optional_duration"
+    )]
+    drain_timeout: Option<Duration>,
     data_dir: Option<PathBuf>,
     session_store: Option<String>,
     redis_password_file: Option<PathBuf>,
@@ -397,6 +436,8 @@ pub struct Config {
     pub management: bool,
     /// Serve the data plane (`gateway-management` turns it off: control plane only).
     pub data_plane: bool,
+    /// Where the management API's adapters run.
+    pub runtime: Runtime,
     pub data_dir: PathBuf,
     pub adapters: Vec<AdapterConfig>,
     pub auth: AuthSettings,
@@ -409,6 +450,43 @@ pub struct Config {
     /// With the Redis store, how often `mcp_gateway_sessions_live` is read back from Redis
     /// (15 s; not a file key: tests shorten it).
     pub live_sessions_every: Duration,
+}
+
+/// `runtime` as written in the configuration.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum RuntimeKind {
+    #[default]
+    Local,
+    Kubernetes,
+}
+
+/// Where the management API's adapters run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runtime {
+    /// Child processes of this gateway.
+    Local,
+    /// McpAdapter resources of a cluster.
+    Kubernetes(KubernetesConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesConfig {
+    pub namespace: String,
+    /// None: KUBECONFIG's default search, then the in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
+    pub image_registry: Option<String>,
+    pub image_pull_secrets: Vec<String>,
+    pub workload_identity_service_account: Option<String>,
+    pub drain_timeout: Duration,
+}
+
+/// The namespace of this pod, when running in a cluster.
+fn in_cluster_namespace() -> Option<String> {
+    std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
 }
 
 impl Config {
@@ -563,6 +641,29 @@ impl Config {
             )?,
             management: args.management.or(file.management).unwrap_or(true),
             data_plane: true,
+            runtime: match args.runtime.or(file.runtime).unwrap_or_default() {
+                RuntimeKind::Local => Runtime::Local,
+                RuntimeKind::Kubernetes => Runtime::Kubernetes(KubernetesConfig {
+                    namespace: args
+                        .kubernetes_namespace
+                        .or(file.kubernetes_namespace)
+                        .or_else(in_cluster_namespace)
+                        .unwrap_or_else(|| "default".into()),
+                    kubeconfig: args.kubeconfig.or(file.kubeconfig),
+                    image_registry: args.image_registry.or(file.image_registry),
+                    image_pull_secrets: args
+                        .image_pull_secrets
+                        .or(file.image_pull_secrets)
+                        .unwrap_or_default(),
+                    workload_identity_service_account: args
+                        .workload_identity_service_account
+                        .or(file.workload_identity_service_account),
+                    drain_timeout: args
+                        .drain_timeout
+                        .or(file.drain_timeout)
+                        .unwrap_or(Duration::from_secs(300)),
+                }),
+            },
             data_dir: args
                 .data_dir
                 .or(file.data_dir)
@@ -612,6 +713,7 @@ impl Config {
         }
         if self.management
             && self.data_plane
+            && self.runtime == Runtime::Local
             && matches!(self.session_store, SessionStoreConfig::Redis { .. })
         {
             // The local runtime's replicas are processes of this gateway, named by ids only it

@@ -4,6 +4,7 @@
 
 mod auth;
 pub mod config;
+mod kubernetes;
 mod management;
 mod server;
 
@@ -160,14 +161,32 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
     if let Some(sink) = &audit_sink {
         gateway = gateway.with_audit(sink.clone(), config.audit_arguments);
     }
-    let management = if config.management {
-        let options = mcp_gateway_api::ApiOptions {
-            allowed_commands: config.auth.allowed_commands.clone(),
-            ..mcp_gateway_api::ApiOptions::default()
-        };
-        let configured = config.adapters.iter().map(|a| a.name.clone()).collect();
-        Some(
-            management::start(
+    let options = mcp_gateway_api::ApiOptions {
+        allowed_commands: config.auth.allowed_commands.clone(),
+        ..mcp_gateway_api::ApiOptions::default()
+    };
+    let configured: Vec<_> = config.adapters.iter().map(|a| a.name.clone()).collect();
+    let mut kube_runtime = None;
+    let (api, provisioner) = match &config.runtime {
+        config::Runtime::Kubernetes(k8s) => {
+            let k = kubernetes::start(
+                k8s,
+                config.data_plane,
+                config.management,
+                resolver,
+                store.clone(),
+                policy,
+                options,
+                configured,
+                audit_sink.clone(),
+            )
+            .await?;
+            let router = k.router.clone();
+            kube_runtime = Some(k);
+            (router, None)
+        }
+        config::Runtime::Local if config.management => {
+            let m = management::start(
                 &config.data_dir,
                 resolver,
                 store.clone(),
@@ -176,14 +195,10 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
                 configured,
                 audit_sink.clone(),
             )
-            .await?,
-        )
-    } else {
-        None
-    };
-    let (api, provisioner) = match management {
-        Some(m) => (Some(m.router), Some(m.provisioner)),
-        None => (None, None),
+            .await?;
+            (Some(m.router), Some(m.provisioner))
+        }
+        config::Runtime::Local => (None, None),
     };
 
     let data = TcpListener::bind(config.listen)
@@ -245,6 +260,7 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
                 })
             })
             .await;
+            drop(kube_runtime);
             if let Some(provisioner) = provisioner {
                 // Children never outlive the gateway; records stay for the next start.
                 provisioner.shutdown().await;

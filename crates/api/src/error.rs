@@ -153,7 +153,7 @@ impl ApiError {
             Self::Forbidden(_) => ("forbidden", "Forbidden"),
             Self::NotFound(_) => ("not-found", "Not found"),
             Self::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
-            Self::Conflict(_) => ("conflict", "Adapter already exists"),
+            Self::Conflict(_) => ("conflict", "Conflict"),
             Self::Unavailable(_) => ("unavailable", "Service unavailable"),
         };
         let (field, errors) = match self {
@@ -196,6 +196,7 @@ impl From<AdapterError> for ApiError {
                 Self::NotFound(format!("adapter \"{name}\" does not exist"))
             }
             AdapterError::Invalid(detail) => Self::invalid("invalid-adapter", detail),
+            AdapterError::Conflict(detail) => Self::Conflict(detail),
             AdapterError::Unavailable(detail) => Self::Unavailable(detail),
         }
     }

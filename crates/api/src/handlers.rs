@@ -269,6 +269,12 @@ pub async fn adapter_status(
             // in the local runtime (G-th process of the ordinal, deployment I); all count for
             // ordinal 1.
             for replica in &mut status.replicas {
+                // A runtime that names the replica's id (Kubernetes: `<pod>@<uid>`) is
+                // matched exactly.
+                if let Some(id) = &replica.id {
+                    replica.live_sessions = live.get(id.as_str()).copied().unwrap_or(0);
+                    continue;
+                }
                 let index = replica.index.to_string();
                 replica.live_sessions = live
                     .iter()

@@ -39,6 +39,8 @@ pub struct LogsParams {
     pub since: Option<String>,
     /// Keep the response open and send lines as replicas write them.
     pub follow: Option<bool>,
+    /// The lines of the replica's previous instance (one that restarted; Kubernetes runtime).
+    pub previous: Option<bool>,
 }
 
 impl LogsParams {
@@ -69,6 +71,7 @@ impl LogsParams {
             tail: self.tail,
             since,
             follow: self.follow.unwrap_or(false),
+            previous: self.previous.unwrap_or(false),
         })
     }
 }

@@ -158,6 +158,9 @@ pub enum AdapterError {
     NotFound(AdapterName),
     #[error("invalid adapter: {0}")]
     Invalid(String),
+    /// Changed by someone else since it was read (optimistic concurrency).
+    #[error("{0}")]
+    Conflict(String),
     #[error("{0}")]
     Unavailable(String),
 }
@@ -197,8 +200,12 @@ pub enum ReplicaState {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct ReplicaStatus {
-    /// Replica ordinal (also its id in session records).
+    /// Replica ordinal.
     pub index: u32,
+    /// Its id in session records, when the runtime names it (Kubernetes: `<pod>@<uid>`); the
+    /// live sessions of the replica are those of this id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     pub state: ReplicaState,
     /// Where it listens, when known.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -208,6 +215,12 @@ pub struct ReplicaStatus {
     pub exit_code: Option<i32>,
     pub restarts: u32,
     pub live_sessions: u64,
+    /// Why it is not ready, when the runtime knows (`ImagePullBackOff`, `CrashLoopBackOff`,
+    /// `Unschedulable`, `Terminating`, `Draining`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// What `GET /adapters/{name}/status` returns.
@@ -268,6 +281,8 @@ pub struct LogQuery {
     pub since: Option<SystemTime>,
     /// Keep the stream open and send new lines as they are written.
     pub follow: bool,
+    /// The previous instance's lines (a container that restarted; Kubernetes runtime).
+    pub previous: bool,
 }
 
 /// One line a replica wrote.

@@ -18,7 +18,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy,
+};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
@@ -109,7 +111,9 @@ async fn cleanup(a: &McpAdapter, ctx: &Ctx) -> Result<Action, Error> {
         .len();
     if left > 0 {
         // An error keeps the finalizer; the error policy retries shortly.
-        return Err(Error::Pending(format!("{left} pods of {n} still terminating")));
+        return Err(Error::Pending(format!(
+            "{left} pods of {n} still terminating"
+        )));
     }
     Ok(Action::await_change())
 }
@@ -147,7 +151,11 @@ async fn apply(a: &McpAdapter, ctx: &Ctx) -> Result<Action, Error> {
         .items;
     pods.sort_by_key(pod_ordinal);
     let live: HashMap<Arc<str>, u64> = match AdapterName::new(&n) {
-        Ok(adapter) => ctx.sessions.live_sessions(&adapter).await.unwrap_or_default(),
+        Ok(adapter) => ctx
+            .sessions
+            .live_sessions(&adapter)
+            .await
+            .unwrap_or_default(),
         Err(_) => HashMap::new(),
     };
     let sessions_of = |p: &Pod| live.get(replica_id(p).as_str()).copied().unwrap_or(0);
@@ -165,7 +173,7 @@ async fn apply(a: &McpAdapter, ctx: &Ctx) -> Result<Action, Error> {
     let target = a.spec.replica_count.max(0);
     let current = existing
         .as_ref()
-        .and_then(|s| s.spec.as_ref()?.replicas)
+        .and_then(|s| s.spec.replicas)
         .unwrap_or(target);
     let mut replicas = target;
     let mut draining: Vec<String> = Vec::new();
@@ -221,12 +229,20 @@ async fn apply(a: &McpAdapter, ctx: &Ctx) -> Result<Action, Error> {
             let value = wanted.then(|| now.to_string());
             let patch = json!({ "metadata": { "annotations": { DRAINING_ANNOTATION: value } } });
             pods_api
-                .patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+                .patch(
+                    &p.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
                 .await?;
         }
     }
     let set = sets
-        .patch(&n, &ssa, &Patch::Apply(resources::stateful_set(a, &ctx.opts, replicas)))
+        .patch(
+            &n,
+            &ssa,
+            &Patch::Apply(resources::stateful_set(a, &ctx.opts, replicas)),
+        )
         .await?;
     if let Some(p) = delete {
         let dp = DeleteParams {
@@ -298,15 +314,19 @@ fn pod_status(p: &Pod, live_sessions: u64, draining: bool) -> PodStatus {
     let waiting = container
         .and_then(|c| c.state.as_ref())
         .and_then(|s| s.waiting.as_ref());
-    let unschedulable = status
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|c| c.iter().find(|c| c.type_ == "PodScheduled" && c.status == "False"));
+    let unschedulable = status.and_then(|s| s.conditions.as_ref()).and_then(|c| {
+        c.iter()
+            .find(|c| c.type_ == "PodScheduled" && c.status == "False")
+    });
     let (reason, message) = if p.metadata.deletion_timestamp.is_some() {
         (Some("Terminating".into()), None)
     } else if let Some(w) = waiting {
         (w.reason.clone(), w.message.clone())
     } else if let Some(c) = unschedulable {
-        (c.reason.clone().or(Some("Unschedulable".into())), c.message.clone())
+        (
+            c.reason.clone().or(Some("Unschedulable".into())),
+            c.message.clone(),
+        )
     } else if draining {
         (Some("Draining".into()), None)
     } else {
@@ -332,5 +352,8 @@ fn pod_status(p: &Pod, live_sessions: u64, draining: bool) -> PodStatus {
 
 /// The kind's API version and kind, for owner references built elsewhere.
 pub fn owner_kind() -> (String, String) {
-    (McpAdapter::api_version(&()).into(), McpAdapter::kind(&()).into())
+    (
+        McpAdapter::api_version(&()).into(),
+        McpAdapter::kind(&()).into(),
+    )
 }

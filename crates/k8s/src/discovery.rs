@@ -63,25 +63,25 @@ pub fn start(
     let (pods, pods_w) = reflector::store::<Pod>();
     let a_api: Api<McpAdapter> = Api::namespaced(client.clone(), namespace);
     let p_api: Api<Pod> = Api::namespaced(client, namespace);
-    let feed = |notify: Arc<Notify>| {
-        move |res: Result<_, watcher::Error>| {
-            let notify = notify.clone();
-            async move {
-                match res {
-                    Ok(_) => notify.notify_one(),
-                    Err(e) => tracing::warn!(error = %e, "discovery watch"),
-                }
+    fn feed<K>(
+        notify: Arc<Notify>,
+    ) -> impl FnMut(Result<K, watcher::Error>) -> std::future::Ready<()> {
+        move |res| {
+            match res {
+                Ok(_) => notify.notify_one(),
+                Err(e) => tracing::warn!(error = %e, "discovery watch"),
             }
+            std::future::ready(())
         }
-    };
+    }
     let a_task = tokio::spawn(
-        watcher(a_api, watcher::Config::default())
+        watcher::watcher(a_api, watcher::Config::default())
             .default_backoff()
             .reflect(adapters_w)
             .for_each(feed(changed.clone())),
     );
     let p_task = tokio::spawn(
-        watcher(p_api, watcher::Config::default().labels(ADAPTER_LABEL))
+        watcher::watcher(p_api, watcher::Config::default().labels(ADAPTER_LABEL))
             .default_backoff()
             .reflect(pods_w)
             .for_each(feed(changed.clone())),
@@ -105,16 +105,6 @@ pub fn start(
     }
 }
 
-fn watcher<K>(
-    api: Api<K>,
-    config: watcher::Config,
-) -> impl futures_util::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
-{
-    watcher::watcher(api, config)
-}
-
 /// Rebuilds every adapter's target; returns the names now published.
 fn sync(
     adapters: &Store<McpAdapter>,
@@ -131,13 +121,20 @@ fn sync(
     }
     let mut published = Vec::new();
     for a in adapters.state() {
-        let Ok(name) = AdapterName::new(a.name_any()) else {
+        let Ok(name) = AdapterName::new(&a.name_any()) else {
             continue;
         };
         if reserved.contains(&name) || a.metadata.deletion_timestamp.is_some() {
             continue;
         }
-        let target = target(&a, name.clone(), by_adapter.get(&a.name_any()).map(Vec::as_slice).unwrap_or(&[]));
+        let target = target(
+            &a,
+            name.clone(),
+            by_adapter
+                .get(&a.name_any())
+                .map(Vec::as_slice)
+                .unwrap_or(&[]),
+        );
         resolver.upsert(target);
         published.push(name);
     }

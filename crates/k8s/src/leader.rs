@@ -26,7 +26,13 @@ impl Drop for LeaderElection {
 }
 
 impl LeaderElection {
-    pub fn start(client: kube::Client, namespace: &str, lease: &str, identity: String, ttl: Duration) -> Self {
+    pub fn start(
+        client: kube::Client,
+        namespace: &str,
+        lease: &str,
+        identity: String,
+        ttl: Duration,
+    ) -> Self {
         let api: Api<Lease> = Api::namespaced(client, namespace);
         let (tx, leading) = watch::channel(false);
         let lease = lease.to_owned();
@@ -55,7 +61,12 @@ impl LeaderElection {
     }
 }
 
-async fn try_hold(api: &Api<Lease>, name: &str, me: &str, ttl: Duration) -> Result<bool, kube::Error> {
+async fn try_hold(
+    api: &Api<Lease>,
+    name: &str,
+    me: &str,
+    ttl: Duration,
+) -> Result<bool, kube::Error> {
     let now = Timestamp::now();
     let spec = |transitions: i32, acquired: String| {
         json!({
@@ -82,20 +93,20 @@ async fn try_hold(api: &Api<Lease>, name: &str, me: &str, ttl: Duration) -> Resu
     let holder = s.holder_identity.clone().unwrap_or_default();
     let renewed = s.renew_time.as_ref().map(|t| t.0);
     let duration = Duration::from_secs(s.lease_duration_seconds.unwrap_or(15).max(1) as u64);
-    let expired = renewed.is_none_or(|r| {
-        now.duration_since(r).unsigned_abs() > duration
-    });
+    let expired = renewed.is_none_or(|r| now.duration_since(r).unsigned_abs() > duration);
     if holder != me && !holder.is_empty() && !expired {
         return Ok(false);
     }
     let transitions = s.lease_transitions.unwrap_or(0) + i32::from(holder != me);
     let acquired = if holder == me {
-        s.acquire_time.map_or_else(|| now.to_string(), |t| t.0.to_string())
+        s.acquire_time
+            .map_or_else(|| now.to_string(), |t| t.0.to_string())
     } else {
         now.to_string()
     };
     let mut next = current;
-    next.spec = Some(serde_json::from_value(spec(transitions, acquired)).expect("a valid LeaseSpec"));
+    next.spec =
+        Some(serde_json::from_value(spec(transitions, acquired)).expect("a valid LeaseSpec"));
     // replace carries metadata.resourceVersion: a concurrent writer makes this a 409.
     match api.replace(name, &PostParams::default(), &next).await {
         Ok(_) => Ok(true),

@@ -63,7 +63,12 @@ impl RuntimeOptions {
     pub fn image(&self, adapter: &McpAdapter) -> String {
         let s = &adapter.spec;
         match &self.registry {
-            Some(r) => format!("{}/{}:{}", r.trim_end_matches('/'), s.image_name, s.image_version),
+            Some(r) => format!(
+                "{}/{}:{}",
+                r.trim_end_matches('/'),
+                s.image_name,
+                s.image_version
+            ),
             None => format!("{}:{}", s.image_name, s.image_version),
         }
     }
@@ -282,14 +287,26 @@ mod tests {
             assert_eq!(&spec["template"]["metadata"]["labels"][k], v, "{k}");
         }
         let c = &spec["template"]["spec"]["containers"][0];
-        assert_eq!(c["image"], "registry.example.com/ghcr.io/acme/github-mcp:1.2.0");
-        assert_eq!(c["env"][0]["valueFrom"]["secretKeyRef"]["name"], "github-env");
-        assert!(c["env"][0].get("value").is_none(), "no value in the pod spec");
+        assert_eq!(
+            c["image"],
+            "registry.example.com/ghcr.io/acme/github-mcp:1.2.0"
+        );
+        assert_eq!(
+            c["env"][0]["valueFrom"]["secretKeyRef"]["name"],
+            "github-env"
+        );
+        assert!(
+            c["env"][0].get("value").is_none(),
+            "no value in the pod spec"
+        );
         assert_eq!(c["readinessProbe"]["tcpSocket"]["port"], "mcp");
         assert_eq!(c["securityContext"]["runAsNonRoot"], true);
         assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
         assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
-        assert_eq!(spec["template"]["spec"]["imagePullSecrets"][0]["name"], "pull");
+        assert_eq!(
+            spec["template"]["spec"]["imagePullSecrets"][0]["name"],
+            "pull"
+        );
         assert_eq!(sts["metadata"]["ownerReferences"][0]["uid"], "u-1");
         assert_eq!(sts["metadata"]["ownerReferences"][0]["kind"], "McpAdapter");
     }
@@ -306,7 +323,10 @@ mod tests {
         check(&a, &opts).unwrap();
         let sts = serde_json::to_value(stateful_set(&a, &opts, 1)).unwrap();
         let pod = &sts["spec"]["template"];
-        assert_eq!(pod["metadata"]["labels"]["azure.workload.identity/use"], "true");
+        assert_eq!(
+            pod["metadata"]["labels"]["azure.workload.identity/use"],
+            "true"
+        );
         assert_eq!(pod["spec"]["serviceAccountName"], "mcp-wi");
     }
 

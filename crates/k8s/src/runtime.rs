@@ -88,8 +88,8 @@ impl KubeRuntime {
     }
 
     async fn to_adapter(&self, a: &McpAdapter) -> Result<Adapter, AdapterError> {
-        let name = AdapterName::new(a.name_any())
-            .map_err(|e| AdapterError::Invalid(e.to_string()))?;
+        let name =
+            AdapterName::new(&a.name_any()).map_err(|e| AdapterError::Invalid(e.to_string()))?;
         let s = &a.spec;
         let ann = a.annotations();
         let created = a
@@ -121,7 +121,10 @@ impl KubeRuntime {
             },
             created_by: ann.get(CREATED_BY_ANNOTATION).cloned().unwrap_or_default(),
             created_by_issuer: ann.get(CREATED_BY_ISSUER_ANNOTATION).cloned(),
-            last_updated_at: ann.get(UPDATED_AT_ANNOTATION).cloned().unwrap_or_else(|| created.clone()),
+            last_updated_at: ann
+                .get(UPDATED_AT_ANNOTATION)
+                .cloned()
+                .unwrap_or_else(|| created.clone()),
             created_at: created,
         })
     }
@@ -162,7 +165,11 @@ impl KubeRuntime {
 
     /// Writes the Secret of an adapter's environment (server-side apply), owned by `owner`
     /// when it is known; deletes it when there is nothing to keep.
-    async fn write_env(&self, adapter: &Adapter, owner: Option<&McpAdapter>) -> Result<(), AdapterError> {
+    async fn write_env(
+        &self,
+        adapter: &Adapter,
+        owner: Option<&McpAdapter>,
+    ) -> Result<(), AdapterError> {
         let name = adapter.spec.name.as_str();
         let secret = env_secret(name);
         if adapter.spec.environment_variables.is_empty() {
@@ -185,7 +192,11 @@ impl KubeRuntime {
             "stringData": adapter.spec.environment_variables,
         });
         self.secrets
-            .patch(&secret, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&body))
+            .patch(
+                &secret,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&body),
+            )
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -196,7 +207,12 @@ impl KubeRuntime {
 impl AdapterStore for KubeRuntime {
     async fn list(&self) -> Result<Vec<Adapter>, AdapterError> {
         let mut out = Vec::new();
-        for a in self.adapters.list(&ListParams::default()).await.map_err(unavailable)? {
+        for a in self
+            .adapters
+            .list(&ListParams::default())
+            .await
+            .map_err(unavailable)?
+        {
             if a.metadata.deletion_timestamp.is_none()
                 && let Ok(adapter) = self.to_adapter(&a).await
             {
@@ -208,25 +224,42 @@ impl AdapterStore for KubeRuntime {
     }
 
     async fn get(&self, name: &AdapterName) -> Result<Option<Adapter>, AdapterError> {
-        match self.adapters.get_opt(name.as_str()).await.map_err(unavailable)? {
-            Some(a) if a.metadata.deletion_timestamp.is_none() => Ok(Some(self.to_adapter(&a).await?)),
+        match self
+            .adapters
+            .get_opt(name.as_str())
+            .await
+            .map_err(unavailable)?
+        {
+            Some(a) if a.metadata.deletion_timestamp.is_none() => {
+                Ok(Some(self.to_adapter(&a).await?))
+            }
             _ => Ok(None),
         }
     }
 
     async fn create(&self, adapter: &Adapter) -> Result<(), AdapterError> {
         let name = adapter.spec.name.as_str();
-        if self.adapters.get_opt(name).await.map_err(unavailable)?.is_some() {
+        if self
+            .adapters
+            .get_opt(name)
+            .await
+            .map_err(unavailable)?
+            .is_some()
+        {
             return Err(AdapterError::Exists(adapter.spec.name.clone()));
         }
         // The values first, so the pods find them; owned once the adapter exists.
         self.write_env(adapter, None).await?;
         let mut cr = McpAdapter::new(name, self.spec_of(adapter, None));
-        let mut ann = BTreeMap::from([(CREATED_BY_ANNOTATION.to_owned(), adapter.created_by.clone())]);
+        let mut ann =
+            BTreeMap::from([(CREATED_BY_ANNOTATION.to_owned(), adapter.created_by.clone())]);
         if let Some(issuer) = &adapter.created_by_issuer {
             ann.insert(CREATED_BY_ISSUER_ANNOTATION.to_owned(), issuer.clone());
         }
-        ann.insert(UPDATED_AT_ANNOTATION.to_owned(), adapter.last_updated_at.clone());
+        ann.insert(
+            UPDATED_AT_ANNOTATION.to_owned(),
+            adapter.last_updated_at.clone(),
+        );
         cr.metadata.annotations = Some(ann);
         let created = match self.adapters.create(&PostParams::default(), &cr).await {
             Ok(c) => c,
@@ -255,11 +288,17 @@ impl AdapterStore for KubeRuntime {
             ));
         }
         cr.spec = self.spec_of(adapter, Some(&cr.spec));
-        cr.annotations_mut()
-            .insert(UPDATED_AT_ANNOTATION.to_owned(), adapter.last_updated_at.clone());
+        cr.annotations_mut().insert(
+            UPDATED_AT_ANNOTATION.to_owned(),
+            adapter.last_updated_at.clone(),
+        );
         cr.status = None;
         // `replace` sends the resourceVersion read above: a concurrent change is a 409.
-        match self.adapters.replace(name, &PostParams::default(), &cr).await {
+        match self
+            .adapters
+            .replace(name, &PostParams::default(), &cr)
+            .await
+        {
             Ok(updated) => self.write_env(adapter, Some(&updated)).await,
             Err(kube::Error::Api(e)) if e.code == 409 => Err(AdapterError::Conflict(format!(
                 "adapter {name} was changed by someone else meanwhile: read it again and retry"
@@ -270,11 +309,20 @@ impl AdapterStore for KubeRuntime {
     }
 
     async fn delete(&self, name: &AdapterName) -> Result<Option<Adapter>, AdapterError> {
-        let Some(cr) = self.adapters.get_opt(name.as_str()).await.map_err(unavailable)? else {
+        let Some(cr) = self
+            .adapters
+            .get_opt(name.as_str())
+            .await
+            .map_err(unavailable)?
+        else {
             return Ok(None);
         };
         let previous = self.to_adapter(&cr).await.ok();
-        match self.adapters.delete(name.as_str(), &DeleteParams::default()).await {
+        match self
+            .adapters
+            .delete(name.as_str(), &DeleteParams::default())
+            .await
+        {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 => return Ok(None),
             Err(e) => return Err(unavailable(e)),
@@ -282,7 +330,12 @@ impl AdapterStore for KubeRuntime {
         // The finalizer holds the resource until the pods are gone.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while tokio::time::Instant::now() < deadline {
-            match self.adapters.get_opt(name.as_str()).await.map_err(unavailable)? {
+            match self
+                .adapters
+                .get_opt(name.as_str())
+                .await
+                .map_err(unavailable)?
+            {
                 Some(a) if a.metadata.uid == cr.metadata.uid => {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -310,7 +363,9 @@ impl Provisioner for KubeRuntime {
             ));
         }
         if spec.image_name.as_deref().is_none_or(str::is_empty) {
-            problems.push("imageName: required on the Kubernetes runtime (the container image to run)".into());
+            problems.push(
+                "imageName: required on the Kubernetes runtime (the container image to run)".into(),
+            );
         }
         if spec.transport == Transport::Stdio {
             problems.push(
@@ -359,7 +414,12 @@ impl Provisioner for KubeRuntime {
     }
 
     async fn status(&self, name: &AdapterName) -> Result<AdapterStatus, AdapterError> {
-        let Some(a) = self.adapters.get_opt(name.as_str()).await.map_err(unavailable)? else {
+        let Some(a) = self
+            .adapters
+            .get_opt(name.as_str())
+            .await
+            .map_err(unavailable)?
+        else {
             return Err(AdapterError::NotFound(name.clone()));
         };
         let st = a.status.clone().unwrap_or_default();
@@ -394,14 +454,23 @@ impl Provisioner for KubeRuntime {
             ready_replicas: ready,
             updated_replicas: st.updated_replicas.max(0) as u32,
             available_replicas: st.available_replicas.max(0) as u32,
-            image: if st.image.is_empty() { self.opts.image(&a) } else { st.image },
+            image: if st.image.is_empty() {
+                self.opts.image(&a)
+            } else {
+                st.image
+            },
             replica_status: AdapterStatus::health(ready, desired),
             replicas,
         })
     }
 
     async fn logs(&self, name: &AdapterName, query: LogQuery) -> Result<LogStream, AdapterError> {
-        let Some(a) = self.adapters.get_opt(name.as_str()).await.map_err(unavailable)? else {
+        let Some(a) = self
+            .adapters
+            .get_opt(name.as_str())
+            .await
+            .map_err(unavailable)?
+        else {
             return Err(AdapterError::NotFound(name.clone()));
         };
         let selector = format!("{ADAPTER_LABEL}={}", a.name_any());
@@ -425,7 +494,11 @@ impl Provisioner for KubeRuntime {
             previous: query.previous,
             tail_lines: query.tail.map(|t| t as i64),
             since_seconds: query.since.map(|s| {
-                SystemTime::now().duration_since(s).unwrap_or_default().as_secs().max(1) as i64
+                SystemTime::now()
+                    .duration_since(s)
+                    .unwrap_or_default()
+                    .as_secs()
+                    .max(1) as i64
             }),
             timestamps: true,
             ..LogParams::default()
@@ -439,25 +512,27 @@ impl Provisioner for KubeRuntime {
                 Err(kube::Error::Api(e)) if e.code == 400 => continue,
                 Err(e) => return Err(unavailable(e)),
             };
-            let lines = reader.lines().into_stream().filter_map(move |line| async move {
-                let line = line.ok()?;
-                let (time, text) = match line.split_once(' ') {
-                    Some((t, rest)) if t.parse::<Timestamp>().is_ok() => {
-                        let ts: Timestamp = t.parse().ok()?;
-                        (rfc3339(SystemTime::from(ts)), rest.to_owned())
-                    }
-                    _ => (rfc3339(SystemTime::now()), line),
-                };
-                Some(LogLine {
-                    replica: ordinal,
-                    stream: "stdout".into(),
-                    time,
-                    line: text,
-                })
-            });
+            let lines = reader
+                .lines()
+                .into_stream()
+                .filter_map(move |line| async move {
+                    let line = line.ok()?;
+                    let (time, text) = match line.split_once(' ') {
+                        Some((t, rest)) if t.parse::<Timestamp>().is_ok() => {
+                            let ts: Timestamp = t.parse().ok()?;
+                            (rfc3339(SystemTime::from(ts)), rest.to_owned())
+                        }
+                        _ => (rfc3339(SystemTime::now()), line),
+                    };
+                    Some(LogLine {
+                        replica: ordinal,
+                        stream: "stdout".into(),
+                        time,
+                        line: text,
+                    })
+                });
             streams.push(lines.boxed());
         }
         Ok(Box::pin(futures_util::stream::select_all(streams)))
     }
 }
-

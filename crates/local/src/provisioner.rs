@@ -252,6 +252,9 @@ impl LocalProvisioner {
                 .iter()
                 .map(|r| ReplicaStatus {
                     index: r.ordinal,
+                    id: None,
+                    reason: None,
+                    message: None,
                     state: ReplicaState::Ready,
                     url: Some(r.base_url.to_string()),
                     exit_code: None,

@@ -223,6 +223,9 @@ impl View {
             .map(|m| match &m.kind {
                 MemberKind::External(url) => ReplicaStatus {
                     index: m.ordinal,
+                    id: None,
+                    reason: None,
+                    message: None,
                     state: ReplicaState::External,
                     url: Some(url.to_string()),
                     exit_code: None,
@@ -233,6 +236,9 @@ impl View {
                     let s = rx.borrow();
                     ReplicaStatus {
                         index: m.ordinal,
+                        id: None,
+                        reason: None,
+                        message: None,
                         state: if m.role == Role::Draining {
                             ReplicaState::Draining
                         } else {

@@ -260,6 +260,7 @@ async fn logs_select_by_replica_tail_and_since_and_follow_new_lines() {
         tail,
         since,
         follow: false,
+        previous: false,
     };
     eventually("some lines", || async {
         p.logs(&n, query(Some(1), None, None))
@@ -313,6 +314,7 @@ async fn logs_select_by_replica_tail_and_since_and_follow_new_lines() {
                 tail: Some(0),
                 since: None,
                 follow: true,
+                previous: false,
             },
         )
         .await

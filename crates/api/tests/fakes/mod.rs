@@ -230,6 +230,9 @@ impl Provisioner for FakeProvisioner {
             replicas: (0..n)
                 .map(|index| ReplicaStatus {
                     index,
+                    id: None,
+                    reason: None,
+                    message: None,
                     state: ReplicaState::Ready,
                     url: Some(format!("http://127.0.0.1:{}", 9000 + index)),
                     exit_code: None,

@@ -350,7 +350,6 @@ async fn patch_status_with(
         "hostIP": host, "hostIPs": [{ "ip": host }],
         "podIP": ip, "podIPs": [{ "ip": ip }],
         "startTime": ts(start),
-        "qosClass": "BestEffort",
         "containerStatuses": snapshot.iter().map(ContainerState::to_json).collect::<Vec<_>>(),
     }});
     ctx.api
