@@ -6,9 +6,11 @@
 //!     cargo xtask openapi [--check]  write (or check) openapi/mcp-gateway.openapi.json
 //!     cargo xtask demo          the quick start: two example replicas behind a gateway
 //!     cargo xtask cluster build|up|exec   the Kubernetes control plane of the tests
+//!     cargo xtask crd [--check]  write (or check) deployment/crd/mcpadapters.yaml
 
 mod bench;
 mod cluster;
+mod crd;
 mod demo;
 mod e2e;
 mod openapi;
@@ -53,6 +55,11 @@ enum Cli {
         #[command(subcommand)]
         command: ClusterCommand,
     },
+    /// Write (or check) the McpAdapter CRD, deployment/crd/mcpadapters.yaml, from its Rust type.
+    Crd {
+        #[arg(long)]
+        check: bool,
+    },
     /// Benchmarks; ARGS go to the benchmark runner.
     Bench {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -89,6 +96,7 @@ fn main() {
         Cli::Bench { args } => bench::run(args),
         Cli::Demo { port } => demo::run(port),
         Cli::Openapi { check } => openapi::run(check),
+        Cli::Crd { check } => crd::run(check),
         Cli::Cluster { command } => match command {
             ClusterCommand::Build => cluster::build().map(drop),
             ClusterCommand::Up => cluster::up(),

@@ -1,4 +1,4 @@
-//! The control plane alone has no runtime a data plane could reach yet: it refuses to start,
+//! The control plane alone refuses the local runtime (no data plane could reach its replicas),
 //! saying what to run instead (review D9).
 
 #[test]

@@ -314,7 +314,9 @@ mod tests {
             .collect();
         assert_eq!(
             names,
-            ["name", "replica", "instance", "tail", "since", "follow"]
+            [
+                "name", "replica", "instance", "tail", "since", "follow", "previous"
+            ]
         );
     }
 }
