@@ -277,35 +277,47 @@ impl AdapterStore for KubeRuntime {
 
     async fn update(&self, adapter: &Adapter) -> Result<(), AdapterError> {
         let name = adapter.spec.name.as_str();
-        let Some(mut cr) = self.adapters.get_opt(name).await.map_err(unavailable)? else {
-            return Err(AdapterError::NotFound(adapter.spec.name.clone()));
-        };
-        if cr.spec.use_workload_identity != adapter.spec.use_workload_identity {
-            return Err(AdapterError::Invalid(
-                "useWorkloadIdentity cannot change after creation (the pods' identity and \
-                 labels are fixed): delete and re-create the adapter"
-                    .into(),
-            ));
+        // The generation of the spec this update is based on: a write by someone else bumps
+        // it (a real conflict, 409); the controller's status writes do not (they only change
+        // the resourceVersion, so the replace is retried on a fresh read).
+        let mut based_on = None;
+        for _ in 0..10 {
+            let Some(mut cr) = self.adapters.get_opt(name).await.map_err(unavailable)? else {
+                return Err(AdapterError::NotFound(adapter.spec.name.clone()));
+            };
+            if *based_on.get_or_insert(cr.metadata.generation) != cr.metadata.generation {
+                break;
+            }
+            if cr.spec.use_workload_identity != adapter.spec.use_workload_identity {
+                return Err(AdapterError::Invalid(
+                    "useWorkloadIdentity cannot change after creation (the pods' identity and \
+                     labels are fixed): delete and re-create the adapter"
+                        .into(),
+                ));
+            }
+            cr.spec = self.spec_of(adapter, Some(&cr.spec));
+            cr.annotations_mut().insert(
+                UPDATED_AT_ANNOTATION.to_owned(),
+                adapter.last_updated_at.clone(),
+            );
+            cr.status = None;
+            // `replace` sends the resourceVersion just read: any change meanwhile is a 409.
+            match self
+                .adapters
+                .replace(name, &PostParams::default(), &cr)
+                .await
+            {
+                Ok(updated) => return self.write_env(adapter, Some(&updated)).await,
+                Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                Err(kube::Error::Api(e)) if e.code == 422 => {
+                    return Err(AdapterError::Invalid(e.message));
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
         }
-        cr.spec = self.spec_of(adapter, Some(&cr.spec));
-        cr.annotations_mut().insert(
-            UPDATED_AT_ANNOTATION.to_owned(),
-            adapter.last_updated_at.clone(),
-        );
-        cr.status = None;
-        // `replace` sends the resourceVersion read above: a concurrent change is a 409.
-        match self
-            .adapters
-            .replace(name, &PostParams::default(), &cr)
-            .await
-        {
-            Ok(updated) => self.write_env(adapter, Some(&updated)).await,
-            Err(kube::Error::Api(e)) if e.code == 409 => Err(AdapterError::Conflict(format!(
-                "adapter {name} was changed by someone else meanwhile: read it again and retry"
-            ))),
-            Err(kube::Error::Api(e)) if e.code == 422 => Err(AdapterError::Invalid(e.message)),
-            Err(e) => Err(unavailable(e)),
-        }
+        Err(AdapterError::Conflict(format!(
+            "adapter {name} was changed by someone else meanwhile: read it again and retry"
+        )))
     }
 
     async fn delete(&self, name: &AdapterName) -> Result<Option<Adapter>, AdapterError> {
