@@ -927,6 +927,35 @@ mod tests {
         Config::resolve(Args::try_parse_from(argv)?)
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// An arbitrary configuration file (known keys with values of any type, unknown keys,
+        /// or text that is not TOML) never panics: it is a configuration or an error.
+        #[test]
+        fn arbitrary_config_files_are_read_or_refused_never_a_panic(
+            entries in proptest::collection::vec((
+                proptest::prop_oneof![
+                    proptest::strategy::Just("listen"), proptest::strategy::Just("admin_listen"),
+                    proptest::strategy::Just("session_store"), proptest::strategy::Just("max_sessions"),
+                    proptest::strategy::Just("session_idle_ttl"), proptest::strategy::Just("runtime"),
+                    proptest::strategy::Just("drain_timeout"), proptest::strategy::Just("public_url"),
+                    proptest::strategy::Just("log_format"), proptest::strategy::Just("unknown_key"),
+                ],
+                proptest::prop_oneof![
+                    "\"[ -~]{0,24}\"", "-?[0-9]{1,12}", "true", "\\[\"[a-z]{0,5}\"\\]", "[ -~]{0,16}",
+                ],
+            ), 0..6),
+            garbage in "[ -~\n]{0,60}",
+        ) {
+            let mut text = String::new();
+            for (k, v) in &entries {
+                text.push_str(&format!("{k} = {v}\n"));
+            }
+            let _ = from_toml(&text, &[]);
+            let _ = from_toml(&garbage, &[]);
+        }
+    }
+
     #[test]
     fn reads_the_documented_example() {
         let c = from_toml(

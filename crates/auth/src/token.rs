@@ -273,4 +273,71 @@ mod tests {
         assert!(roles(lookup(&c, "nope")).is_empty());
         assert!(roles(Some(&json!({"x": 1}))).is_empty());
     }
+
+    // === Properties: JWT headers and bearer values from anyone ===
+
+    use proptest::strategy::Strategy as _;
+
+    fn b64(bytes: &[u8]) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    proptest::proptest! {
+        /// Arbitrary text never panics `classify` or `peek`; what `peek` accepts is three
+        /// dot-separated parts whose header names an algorithm that is not `none`, and whose
+        /// issuer is the payload's `iss`.
+        #[test]
+        fn arbitrary_tokens_never_panic_and_peek_accepts_only_well_formed_jwts(token in ".{0,300}") {
+            let _ = classify(&token);
+            if let Ok(u) = peek(&token) {
+                proptest::prop_assert_eq!(token.split('.').count(), 3);
+                let payload = token.split('.').nth(1).unwrap_or_default();
+                let claims = decode_part(payload).expect("peek decoded it");
+                proptest::prop_assert_eq!(claims.get("iss").and_then(Value::as_str), Some(u.iss.as_str()));
+            }
+        }
+
+        /// JWT headers of arbitrary JSON-ish content (any alg, kid, crit, types) never panic,
+        /// and `none` in any case is never accepted.
+        #[test]
+        fn arbitrary_jwt_headers_never_panic_and_never_pass_alg_none(
+            alg in proptest::prop_oneof![
+                proptest::strategy::Just(json!("none")), proptest::strategy::Just(json!("NoNe")),
+                proptest::strategy::Just(json!("RS256")), proptest::strategy::Just(json!("ES256")),
+                proptest::strategy::Just(json!("HS256")), ".{0,12}".prop_map(Value::from),
+                proptest::num::i64::ANY.prop_map(Value::from), proptest::strategy::Just(Value::Null),
+            ],
+            kid in proptest::option::of(".{0,40}"),
+            extra in proptest::collection::btree_map("[a-z]{1,6}", ".{0,10}", 0..4),
+            raw_header in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+            iss in ".{0,30}",
+        ) {
+            let mut header = json!({ "alg": alg, "typ": "JWT" });
+            if let Some(k) = &kid { header["kid"] = json!(k); }
+            for (k, v) in &extra { header[k] = json!(v); }
+            let payload = b64(json!({ "iss": iss }).to_string().as_bytes());
+            for h in [b64(header.to_string().as_bytes()), b64(&raw_header)] {
+                let token = format!("{h}.{payload}.c2ln");
+                if let Ok(u) = peek(&token) {
+                    let named = header["alg"].as_str().unwrap_or_default();
+                    proptest::prop_assert!(!named.eq_ignore_ascii_case("none"));
+                    proptest::prop_assert_eq!(&u.iss, &iss);
+                }
+            }
+        }
+
+        /// `bearer` on arbitrary Authorization values never panics and only returns text that
+        /// is in the header.
+        #[test]
+        fn bearer_returns_only_what_the_header_holds(value in proptest::collection::vec(32u8..127, 0..80)) {
+            let mut h = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_bytes(&value) {
+                h.insert(http::header::AUTHORIZATION, v);
+            }
+            if let Ok(token) = bearer(&h) {
+                proptest::prop_assert!(String::from_utf8_lossy(&value).contains(token));
+            }
+        }
+    }
 }
