@@ -18,13 +18,13 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::ResourceExt;
 use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions, PropagationPolicy,
 };
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::watcher;
-use kube::{Resource, ResourceExt};
 use mcp_gateway_core::{AdapterName, SessionStore, unix_millis};
 use serde_json::json;
 
@@ -348,12 +348,4 @@ fn pod_status(p: &Pod, live_sessions: u64, draining: bool) -> PodStatus {
         draining,
         live_sessions,
     }
-}
-
-/// The kind's API version and kind, for owner references built elsewhere.
-pub fn owner_kind() -> (String, String) {
-    (
-        McpAdapter::api_version(&()).into(),
-        McpAdapter::kind(&()).into(),
-    )
 }

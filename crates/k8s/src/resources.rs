@@ -108,7 +108,8 @@ fn labels(adapter: &McpAdapter) -> Value {
     })
 }
 
-fn owner(adapter: &McpAdapter) -> Value {
+/// The owner reference of everything made for `adapter` (deleted with it).
+pub fn owner(adapter: &McpAdapter) -> Value {
     json!([{
         "apiVersion": McpAdapter::api_version(&()),
         "kind": McpAdapter::kind(&()),

@@ -26,7 +26,7 @@ use serde_json::json;
 
 use crate::crd::{self, McpAdapter, McpAdapterSpec, SecretEnv, SecretKey};
 use crate::resources::{
-    ADAPTER_LABEL, CREATED_BY_ANNOTATION, CREATED_BY_ISSUER_ANNOTATION, FIELD_MANAGER,
+    self, ADAPTER_LABEL, CREATED_BY_ANNOTATION, CREATED_BY_ISSUER_ANNOTATION, FIELD_MANAGER,
     MAX_NAME_LEN, RuntimeOptions, UPDATED_AT_ANNOTATION,
 };
 
@@ -57,6 +57,15 @@ impl KubeRuntime {
             pods: Api::namespaced(client, &ns),
             opts,
         }
+    }
+
+    /// The adapter's resource, or [`AdapterError::NotFound`].
+    async fn existing(&self, name: &AdapterName) -> Result<McpAdapter, AdapterError> {
+        self.adapters
+            .get_opt(name.as_str())
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| AdapterError::NotFound(name.clone()))
     }
 
     /// The values of an adapter's Secret.
@@ -182,9 +191,7 @@ impl KubeRuntime {
         }
         let mut meta = json!({ "name": secret, "labels": { ADAPTER_LABEL: name } });
         if let Some(o) = owner {
-            let (api_version, kind) = crate::controller::owner_kind();
-            meta["ownerReferences"] = json!([{ "apiVersion": api_version, "kind": kind,
-                "name": name, "uid": o.metadata.uid, "controller": true, "blockOwnerDeletion": true }]);
+            meta["ownerReferences"] = resources::owner(o);
         }
         let body = json!({
             "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
@@ -426,14 +433,7 @@ impl Provisioner for KubeRuntime {
     }
 
     async fn status(&self, name: &AdapterName) -> Result<AdapterStatus, AdapterError> {
-        let Some(a) = self
-            .adapters
-            .get_opt(name.as_str())
-            .await
-            .map_err(unavailable)?
-        else {
-            return Err(AdapterError::NotFound(name.clone()));
-        };
+        let a = self.existing(name).await?;
         let st = a.status.clone().unwrap_or_default();
         let desired = a.spec.replica_count.max(0) as u32;
         let replicas = st
@@ -477,14 +477,7 @@ impl Provisioner for KubeRuntime {
     }
 
     async fn logs(&self, name: &AdapterName, query: LogQuery) -> Result<LogStream, AdapterError> {
-        let Some(a) = self
-            .adapters
-            .get_opt(name.as_str())
-            .await
-            .map_err(unavailable)?
-        else {
-            return Err(AdapterError::NotFound(name.clone()));
-        };
+        let a = self.existing(name).await?;
         let selector = format!("{ADAPTER_LABEL}={}", a.name_any());
         let mut pods = self
             .pods
