@@ -16,27 +16,24 @@ use kube::api::{Api, ListParams};
 use mcp_gateway_k8s::McpAdapter;
 use mcp_gateway_testkit::cluster::TestCluster;
 use mcp_gateway_testkit::kubelet::{Images, KubeletOptions, TestKubelet};
-use mcp_gateway_testkit::{Http, McpSession, netns};
+use mcp_gateway_testkit::{Http, McpSession, netns, wait_for};
 use serde_json::{Value, json};
 
-async fn wait_for<T>(
-    what: &str,
-    within: Duration,
-    mut check: impl AsyncFnMut() -> anyhow::Result<Option<T>>,
-) -> anyhow::Result<T> {
-    let deadline = Instant::now() + within;
-    let mut last = None;
-    loop {
-        match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last = Some(e),
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {within:?} waiting for {what} (last error: {last:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Waits until the controller has marked `pod` as the next to go.
+async fn marked_draining(pods: &Api<Pod>, pod: &str) -> anyhow::Result<()> {
+    wait_for(
+        &format!("{pod} marked draining"),
+        Duration::from_secs(20),
+        async || {
+            let p = pods.get(pod).await?;
+            Ok(p.metadata
+                .annotations
+                .unwrap_or_default()
+                .contains_key(mcp_gateway_k8s::resources::DRAINING_ANNOTATION)
+                .then_some(()))
+        },
+    )
+    .await
 }
 
 /// A cluster with the McpAdapter CRD, its node, and one gateway-service running the data plane,
@@ -384,19 +381,7 @@ fn a_scale_down_waits_for_the_live_sessions_of_the_pod_it_removes() {
             r#"{"spec":{"replicaCount":1}}"#,
         ])?;
         let pods_api = Api::<Pod>::default_namespaced(cluster.client());
-        wait_for(
-            "echo-1 marked draining",
-            Duration::from_secs(20),
-            async || {
-                let p = pods_api.get("echo-1").await?;
-                Ok(p.metadata
-                    .annotations
-                    .unwrap_or_default()
-                    .contains_key("mcp-gateway.io/draining")
-                    .then_some(()))
-            },
-        )
-        .await?;
+        marked_draining(&pods_api, "echo-1").await?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         for _ in 0..3 {
             let mut s = McpSession::open(&url).await?;
@@ -503,15 +488,7 @@ fn a_rollout_replaces_pods_one_at_a_time_each_after_its_sessions_end() {
         assert_eq!(code, StatusCode::OK, "{body}");
 
         // echo-1 first: marked, kept while its session lives; new sessions go to echo-0.
-        wait_for("echo-1 draining", Duration::from_secs(20), async || {
-            let p = pods_api.get("echo-1").await?;
-            Ok(p.metadata
-                .annotations
-                .unwrap_or_default()
-                .contains_key("mcp-gateway.io/draining")
-                .then_some(()))
-        })
-        .await?;
+        marked_draining(&pods_api, "echo-1").await?;
         tokio::time::sleep(Duration::from_secs(4)).await;
         assert_eq!(
             uid("echo-1").await?,
@@ -559,15 +536,7 @@ fn a_rollout_replaces_pods_one_at_a_time_each_after_its_sessions_end() {
         }
         replaced?;
         // Then echo-0, the same way; its session still answers meanwhile.
-        wait_for("echo-0 draining", Duration::from_secs(20), async || {
-            let p = pods_api.get("echo-0").await?;
-            Ok(p.metadata
-                .annotations
-                .unwrap_or_default()
-                .contains_key("mcp-gateway.io/draining")
-                .then_some(()))
-        })
-        .await?;
+        marked_draining(&pods_api, "echo-0").await?;
         assert_eq!(on0.call_text("whoami", json!({})).await?, "echo-0");
         on0.delete().await?;
         let st = wait_for("both pods updated", Duration::from_secs(60), async || {

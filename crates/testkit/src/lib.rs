@@ -113,6 +113,28 @@ impl Reply {
     }
 }
 
+/// Polls `check` every 100 ms until it gives a value, or fails after `within` naming `what`
+/// and the last error `check` returned.
+pub async fn wait_for<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl AsyncFnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + within;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {within:?} waiting for {what} (last error: {last_err:?})");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The `mcp-example-server` binary beside the running test (`<target>/debug`), built once if
 /// it is missing, for tests that run it as a child process (`MCP_EXAMPLE_SERVER` names
 /// another).

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use futures_util::{AsyncBufReadExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
@@ -17,7 +17,7 @@ use kube::runtime::watcher::{self, Event};
 use mcp_gateway_testkit::McpSession;
 use mcp_gateway_testkit::cluster::TestCluster;
 use mcp_gateway_testkit::kubelet::{Image, Images, KubeletOptions, TestKubelet};
-use mcp_gateway_testkit::netns;
+use mcp_gateway_testkit::{netns, wait_for};
 use serde_json::{Value, json};
 
 /// The cluster and its node, with the example server and two shell images.
@@ -56,26 +56,6 @@ async fn namespace(client: &kube::Client, name: &str) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
-}
-
-async fn wait_for<T>(
-    what: &str,
-    within: Duration,
-    mut check: impl AsyncFnMut() -> anyhow::Result<Option<T>>,
-) -> anyhow::Result<T> {
-    let deadline = Instant::now() + within;
-    let mut last_err = None;
-    loop {
-        match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {within:?} waiting for {what} (last error: {last_err:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn statefulset(name: &str, replicas: i32) -> anyhow::Result<StatefulSet> {
