@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use gateway_service::config::{KubernetesConfig, Runtime};
+use gateway_service::config::{KubernetesConfig, Runtime, SessionStoreConfig};
 use gateway_service::{Config, Handle};
 use http::StatusCode;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -39,6 +39,17 @@ async fn marked_draining(pods: &Api<Pod>, pod: &str) -> anyhow::Result<()> {
 /// A cluster with the McpAdapter CRD, its node, and one gateway-service running the data plane,
 /// the management API and the controller on it.
 async fn setup(drain: Duration) -> anyhow::Result<(TestCluster, TestKubelet, Handle)> {
+    let (cluster, kubelet) = cluster_with_node().await?;
+    let mut config = Config::for_tests();
+    config.management = true;
+    config.runtime = kubernetes(&cluster, drain);
+    let gateway = gateway_service::run(config).await?;
+    Ok((cluster, kubelet, gateway))
+}
+
+/// A cluster with the McpAdapter CRD (the checked-in file, applied as a user does) and a node
+/// that runs the example server's images.
+async fn cluster_with_node() -> anyhow::Result<(TestCluster, TestKubelet)> {
     let cluster = TestCluster::start().await?;
     let opts = KubeletOptions {
         api_server: cluster.url().trim_start_matches("https://").parse().ok(),
@@ -73,18 +84,19 @@ async fn setup(drain: Duration) -> anyhow::Result<(TestCluster, TestKubelet, Han
         "crd/mcpadapters.mcp-gateway.io",
     ])?;
     assert!(out.contains("condition met"), "{out}");
-    let mut config = Config::for_tests();
-    config.management = true;
-    config.runtime = Runtime::Kubernetes(KubernetesConfig {
+    Ok((cluster, kubelet))
+}
+
+/// The Kubernetes runtime on `cluster`'s default namespace.
+fn kubernetes(cluster: &TestCluster, drain: Duration) -> Runtime {
+    Runtime::Kubernetes(KubernetesConfig {
         namespace: "default".into(),
         kubeconfig: Some(cluster.kubeconfig().to_path_buf()),
         image_registry: None,
         image_pull_secrets: Vec::new(),
         workload_identity_service_account: None,
         drain_timeout: drain,
-    });
-    let gateway = gateway_service::run(config).await?;
-    Ok((cluster, kubelet, gateway))
+    })
 }
 
 async fn api(
@@ -621,6 +633,231 @@ fn image_pull_errors_and_crash_loops_show_in_the_api_status_and_previous_logs() 
         .await?;
         assert!(logs.contains("crashing on purpose"), "{logs}");
         gateway.shutdown().await;
+        Ok(())
+    });
+}
+
+/// A PUT of `body` with `If-Match: tag`: its status and its `ETag`.
+async fn put_if_match(
+    h: &Http,
+    url: &str,
+    body: &Value,
+    tag: &str,
+) -> anyhow::Result<(StatusCode, Option<String>, Value)> {
+    let reply = h
+        .send(
+            http::Method::PUT,
+            url,
+            &[("content-type", "application/json"), ("if-match", tag)],
+            body.to_string(),
+        )
+        .await?;
+    let etag = reply
+        .headers
+        .get(http::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let v = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+    Ok((reply.status, etag, v))
+}
+
+/// The `ETag` of a GET of the adapter.
+async fn etag(h: &Http, url: &str) -> anyhow::Result<String> {
+    let reply = h.send(http::Method::GET, url, &[], String::new()).await?;
+    reply
+        .headers
+        .get(http::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .with_context(|| format!("no ETag on GET {url}: {}", reply.status))
+}
+
+/// Opens sessions through `gateway` until one is on `pod` (at most `tries`); closes the others.
+async fn session_on(gateway: &str, pod: &str, tries: usize) -> anyhow::Result<McpSession> {
+    let mut found = None;
+    let mut others = Vec::new();
+    for _ in 0..tries {
+        let mut s = McpSession::open(gateway).await?;
+        if found.is_none() && s.call_text("whoami", json!({})).await? == pod {
+            found = Some(s);
+        } else {
+            others.push(s);
+        }
+    }
+    for s in &others {
+        s.delete().await?;
+    }
+    found.with_context(|| format!("no session on {pod} through {gateway} in {tries} tries"))
+}
+
+/// New sessions through every gateway all land on `pod`.
+async fn new_sessions_only_on(gateways: &[String], pod: &str) -> anyhow::Result<()> {
+    for url in gateways {
+        for _ in 0..3 {
+            let mut s = McpSession::open(url).await?;
+            let on = s.call_text("whoami", json!({})).await?;
+            s.delete().await?;
+            assert_eq!(on, pod, "a new session through {url} on {on}");
+        }
+    }
+    Ok(())
+}
+
+/// The multi-replica shape of a real deployment: two data-plane gateways sharing sessions in
+/// Redis, two `gateway-management` replicas (one runs the controller, behind the Lease) over the
+/// same cluster. Concurrent PUTs based on one revision: one wins, the other is 412. Scale
+/// 2 → 3 → 1 under live sessions opened through both gateways: each pod that goes keeps its
+/// sessions until they end (the controller counts them in Redis, whichever gateway holds
+/// them), and no new session lands on it.
+#[test]
+fn two_gateways_on_redis_and_two_managements_scale_under_live_sessions_and_one_put_wins() {
+    netns::run(|| async {
+        let (cluster, _kubelet) = cluster_with_node().await?;
+        let redis = mcp_gateway_testkit::RedisServer::start()?;
+        let start = async |management: bool| {
+            let mut config = Config::for_tests();
+            config.management = management;
+            config.data_plane = !management;
+            config.runtime = kubernetes(&cluster, Duration::from_secs(60));
+            config.session_store = SessionStoreConfig::Redis {
+                url: redis.url(),
+                password: None,
+                refresh_after: Duration::from_secs(30),
+            };
+            gateway_service::run(config).await
+        };
+        let gateways = [start(false).await?, start(false).await?];
+        let managements = [start(true).await?, start(true).await?];
+        let mgmt: Vec<String> = managements
+            .iter()
+            .map(|m| format!("http://{}/adapters", m.data_addr))
+            .collect();
+        let urls: Vec<String> = gateways
+            .iter()
+            .map(|g| format!("http://{}/adapters/echo/mcp", g.data_addr))
+            .collect();
+        let h = Http::default();
+        let spec = |replicas: u32| {
+            json!({
+                "name": "echo", "imageName": "mcp-example-server", "imageVersion": "test",
+                "replicaCount": replicas, "port": 8000,
+            })
+        };
+        let (code, created) = api(&h, http::Method::POST, &mgmt[0], Some(spec(2))).await?;
+        assert_eq!(code, StatusCode::CREATED, "{created}");
+        let echo = |i: usize| format!("{}/echo", mgmt[i]);
+        assert_eq!(
+            etag(&h, &echo(1)).await?,
+            "\"1\"",
+            "both replicas read one revision"
+        );
+        let ready = async |n: u64| {
+            wait_for(
+                &format!("{n} ready replicas"),
+                Duration::from_secs(60),
+                async || {
+                    let s = status(&h, &mgmt[1].replace("/adapters", ""), "echo").await?;
+                    Ok((s["readyReplicas"] == n && s["replicaCount"] == n).then_some(()))
+                },
+            )
+            .await
+        };
+        ready(2).await?;
+
+        // Two clients read revision 1 and PUT through different management replicas at once.
+        let (url_a, url_b, three, one) = (echo(0), echo(1), spec(3), spec(1));
+        let (a, b) = tokio::join!(
+            put_if_match(&h, &url_a, &three, "\"1\""),
+            put_if_match(&h, &url_b, &one, "\"1\""),
+        );
+        let (a, b) = (a?, b?);
+        let codes = [a.0, b.0];
+        assert!(
+            codes.contains(&StatusCode::OK) && codes.contains(&StatusCode::PRECONDITION_FAILED),
+            "one PUT wins, the other is 412: {a:?} {b:?}"
+        );
+        let (winner, loser) = if a.0 == StatusCode::OK {
+            (a, b)
+        } else {
+            (b, a)
+        };
+        assert_eq!(winner.1.as_deref(), Some("\"2\""), "the winner's new ETag");
+        assert!(
+            loser.2["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("changed")),
+            "{}",
+            loser.2
+        );
+        let stored = api(&h, http::Method::GET, &echo(1), None).await?.1;
+        assert_eq!(
+            stored["replicaCount"], winner.2["replicaCount"],
+            "the winner's spec is stored"
+        );
+
+        // 2 → 3 (whichever PUT won), with the ETag just read.
+        let (code, _, v) = put_if_match(&h, &echo(1), &spec(3), &etag(&h, &echo(0)).await?).await?;
+        assert_eq!(code, StatusCode::OK, "{v}");
+        ready(3).await?;
+        // Live sessions on the two pods that will go, opened through different gateways.
+        let mut on_two = session_on(&urls[1], "echo-2", 9).await?;
+        let mut on_one = session_on(&urls[0], "echo-1", 9).await?;
+        // Every gateway finds every session (Redis): echo-2's session through the other one.
+        assert_eq!(
+            McpSession::resume(&urls[0], &on_two.id)
+                .call_text("whoami", json!({}))
+                .await?,
+            "echo-2"
+        );
+
+        // 3 → 1: echo-2 drains first and stays while its session (held by gateway 1) lives.
+        let (code, _, v) = put_if_match(&h, &echo(0), &spec(1), &etag(&h, &echo(0)).await?).await?;
+        assert_eq!(code, StatusCode::OK, "{v}");
+        let pods = Api::<Pod>::default_namespaced(cluster.client());
+        marked_draining(&pods, "echo-2").await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for url in &urls {
+            for _ in 0..4 {
+                let mut s = McpSession::open(url).await?;
+                let on = s.call_text("whoami", json!({})).await?;
+                s.delete().await?;
+                assert_ne!(
+                    on, "echo-2",
+                    "a new session through {url} on the draining pod"
+                );
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            pods.get_opt("echo-2").await?.is_some(),
+            "echo-2 removed under a live session"
+        );
+        assert_eq!(on_two.call_text("whoami", json!({})).await?, "echo-2");
+        on_two.delete().await?;
+        wait_for("echo-2 removed", Duration::from_secs(30), async || {
+            Ok(pods.get_opt("echo-2").await?.is_none().then_some(()))
+        })
+        .await?;
+
+        // Then echo-1, whose session gateway 0 holds.
+        marked_draining(&pods, "echo-1").await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        new_sessions_only_on(&urls, "echo-0").await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            pods.get_opt("echo-1").await?.is_some(),
+            "echo-1 removed under a live session"
+        );
+        assert_eq!(on_one.call_text("whoami", json!({})).await?, "echo-1");
+        on_one.delete().await?;
+        ready(1).await?;
+        wait_for("echo-1 removed", Duration::from_secs(30), async || {
+            Ok(pods.get_opt("echo-1").await?.is_none().then_some(()))
+        })
+        .await?;
+        for g in gateways.into_iter().chain(managements) {
+            g.shutdown().await;
+        }
         Ok(())
     });
 }

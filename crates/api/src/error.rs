@@ -82,6 +82,10 @@ pub enum ApiError {
     /// The adapter already exists (409).
     #[error("{0}")]
     Conflict(String),
+    /// `If-Match` names another revision than the adapter's (412): someone changed it since
+    /// the client read it.
+    #[error("{0}")]
+    PreconditionFailed(String),
     /// The store or the runtime failed (503): the request may be retried.
     #[error("{0}")]
     Unavailable(String),
@@ -140,6 +144,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
@@ -154,6 +159,7 @@ impl ApiError {
             Self::NotFound(_) => ("not-found", "Not found"),
             Self::MethodNotAllowed(_) => ("method-not-allowed", "Method not allowed"),
             Self::Conflict(_) => ("conflict", "Conflict"),
+            Self::PreconditionFailed(_) => ("precondition-failed", "Precondition failed"),
             Self::Unavailable(_) => ("unavailable", "Service unavailable"),
         };
         let (field, errors) = match self {
@@ -178,6 +184,7 @@ fn title_of(kind: &str) -> &'static str {
         "invalid-query" => "Invalid query parameter",
         "invalid-name" => "Invalid adapter name",
         "name-mismatch" => "Name in body differs from the path",
+        "invalid-header" => "Invalid request header",
         _ => "Bad request",
     }
 }

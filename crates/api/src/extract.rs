@@ -131,7 +131,13 @@ impl FromRequest<ApiState> for SpecJson {
 /// The fields of a returned adapter that the server sets. A client that reads an adapter,
 /// changes a field and sends the object back (as microsoft/mcp-gateway's clients do) sends
 /// them too: they are ignored, not refused, and `id` must name the adapter the body names.
-const SERVER_FIELDS: [&str; 4] = ["createdBy", "createdByIssuer", "createdAt", "lastUpdatedAt"];
+const SERVER_FIELDS: [&str; 5] = [
+    "createdBy",
+    "createdByIssuer",
+    "createdAt",
+    "lastUpdatedAt",
+    "revision",
+];
 
 fn drop_server_fields(value: &mut serde_json::Value) -> Result<(), ApiError> {
     let Some(object) = value.as_object_mut() else {

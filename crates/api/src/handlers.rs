@@ -34,7 +34,8 @@ use crate::{ApiState, TAG};
     request_body(content = mcp_gateway_core::AdapterSpec, content_type = "application/json"),
     responses(
         (status = 201, description = "Created and deployed", body = Adapter,
-            headers(("Location" = String, description = "URL of the new adapter"))),
+            headers(("Location" = String, description = "URL of the new adapter"),
+                ("ETag" = String, description = "The adapter's revision, for `If-Match`"))),
         (status = 400, description = "Malformed JSON, unknown field, or an invalid value", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The caller may not do this", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "An adapter with this name exists", body = Problem, content_type = "application/problem+json"),
@@ -56,14 +57,15 @@ pub async fn create_adapter(
     let adapter = to_completion(async move {
         let _guard = state.locks.lock(&name).await;
         let now = rfc3339(SystemTime::now());
-        let adapter = Adapter {
+        let mut adapter = Adapter {
             spec,
             created_by: caller.subject,
             created_by_issuer: caller.issuer,
             created_at: now.clone(),
             last_updated_at: now,
+            revision: None,
         };
-        state.adapters.create(&adapter).await?;
+        adapter.revision = Some(state.adapters.create(&adapter).await?);
         if let Err(err) = state.provisioner.apply(&adapter).await {
             tracing::warn!(adapter = %name, error = %err, "deploying a new adapter failed; removing it");
             if let Err(e) = state.provisioner.remove(&name).await {
@@ -80,7 +82,7 @@ pub async fn create_adapter(
     let name = &adapter.spec.name;
     let location = HeaderValue::try_from(format!("/adapters/{name}"))
         .map_err(|_| ApiError::invalid("invalid-name", "name cannot appear in a URL"))?;
-    let mut response = (StatusCode::CREATED, Json(Resource::of(adapter))).into_response();
+    let mut response = (StatusCode::CREATED, Resource::of(adapter)).into_response();
     response.headers_mut().insert(header::LOCATION, location);
     Ok(response)
 }
@@ -118,7 +120,8 @@ pub async fn list_adapters(
     operation_id = "getAdapter",
     params(("name" = String, Path, description = "Adapter name (DNS-1123 label)")),
     responses(
-        (status = 200, description = "The adapter", body = Adapter),
+        (status = 200, description = "The adapter", body = Adapter,
+            headers(("ETag" = String, description = "The adapter's revision, for `If-Match`"))),
         (status = 400, description = "The name is not a DNS-1123 label", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The caller may not do this", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such adapter", body = Problem, content_type = "application/problem+json"),
@@ -129,10 +132,10 @@ pub async fn get_adapter(
     State(state): State<ApiState>,
     Caller(caller): Caller,
     AdapterPath(name): AdapterPath,
-) -> Result<Json<Resource>, ApiError> {
+) -> Result<Resource, ApiError> {
     let adapter = existing(&state, &name).await?;
     state.require(&caller, &adapter, Action::Read)?;
-    Ok(Json(Resource::of(state.shown(&caller, adapter))))
+    Ok(Resource::of(state.shown(&caller, adapter)))
 }
 
 /// Replace an adapter's spec and roll the change out.
@@ -142,18 +145,26 @@ pub async fn get_adapter(
 /// (a new replica keeps crashing, or is not ready in time), the previous spec is stored and
 /// applied again and the answer says why. The change runs to its end even if the client
 /// hangs up.
+///
+/// With `If-Match` (the `ETag` of a GET), the adapter is changed only if it is still at that
+/// revision (412 otherwise); without it, only if nobody changed it between this request's
+/// read and its write (409 otherwise: several management replicas may write at once).
 #[utoipa::path(
     put,
     path = "/adapters/{name}",
     tag = TAG,
     operation_id = "updateAdapter",
-    params(("name" = String, Path, description = "Adapter name (DNS-1123 label)")),
+    params(("name" = String, Path, description = "Adapter name (DNS-1123 label)"),
+        ("If-Match" = Option<String>, Header, description = "Change it only if its `ETag` is this one (or `*`: if it exists)")),
     request_body(content = mcp_gateway_core::AdapterSpec, content_type = "application/json"),
     responses(
-        (status = 200, description = "Updated and rolled out: the new spec's replicas are ready", body = Adapter),
+        (status = 200, description = "Updated and rolled out: the new spec's replicas are ready", body = Adapter,
+            headers(("ETag" = String, description = "The adapter's new revision"))),
         (status = 400, description = "Malformed JSON, unknown field, an invalid value, a `name` other than the path's, or a spec whose replicas keep crashing (the previous spec is back)", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The caller may not do this", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such adapter", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Changed by someone else between this request's read and its write; nothing was changed", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` names another revision: changed since the client read it; nothing was changed", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body larger than the configured limit", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Body is not `application/json`", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The store or the runtime failed, or the new replicas were not ready in time; the previous spec is back", body = Problem, content_type = "application/problem+json"),
@@ -163,8 +174,10 @@ pub async fn update_adapter(
     State(state): State<ApiState>,
     Caller(caller): Caller,
     AdapterPath(name): AdapterPath,
+    headers: HeaderMap,
     SpecJson(spec): SpecJson,
-) -> Result<Json<Resource>, ApiError> {
+) -> Result<Resource, ApiError> {
+    let if_match = IfMatch::of(&headers)?;
     state.require(&caller, &existing(&state, &name).await?, Action::Write)?;
     state.require_privileged_fields(&caller, &spec)?;
     if spec.name != name {
@@ -184,16 +197,27 @@ pub async fn update_adapter(
         let previous = existing(&state, &name).await?;
         // Checked again under the lock: the record may have changed hands meanwhile.
         state.require(&caller, &previous, Action::Write)?;
-        let adapter = Adapter {
+        if_match.check(&name, &previous)?;
+        let mut adapter = Adapter {
             spec,
             created_by: previous.created_by.clone(),
             created_by_issuer: previous.created_by_issuer.clone(),
             created_at: previous.created_at.clone(),
             last_updated_at: rfc3339(SystemTime::now()),
+            // The write's precondition: the record is still the one just read (another
+            // management replica may be writing it too).
+            revision: previous.revision.clone(),
         };
-        state.adapters.update(&adapter).await?;
+        let revision = state
+            .adapters
+            .update(&adapter)
+            .await
+            .map_err(|e| if_match.stale(e))?;
+        adapter.revision = Some(revision.clone());
         if let Err(err) = state.provisioner.apply(&adapter).await {
             tracing::warn!(adapter = %name, error = %err, "rolling out an update failed; restoring the previous spec");
+            let mut previous = previous;
+            previous.revision = Some(revision);
             if let Err(e) = state.adapters.update(&previous).await {
                 tracing::error!(adapter = %name, error = %e, "restoring the previous record failed");
             }
@@ -202,23 +226,27 @@ pub async fn update_adapter(
             }
             return Err(rollout_error(&name, err));
         }
-        Ok(Json(Resource::of(adapter)))
+        Ok(Resource::of(adapter))
     })
     .await
 }
 
 /// Delete an adapter and everything deployed for it.
+///
+/// With `If-Match`, only if the adapter is still at that revision when this request reads it.
 #[utoipa::path(
     delete,
     path = "/adapters/{name}",
     tag = TAG,
     operation_id = "deleteAdapter",
-    params(("name" = String, Path, description = "Adapter name (DNS-1123 label)")),
+    params(("name" = String, Path, description = "Adapter name (DNS-1123 label)"),
+        ("If-Match" = Option<String>, Header, description = "Delete it only if its `ETag` is this one")),
     responses(
         (status = 204, description = "Deleted; its replicas are stopped"),
         (status = 400, description = "The name is not a DNS-1123 label", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "The caller may not do this", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such adapter", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "`If-Match` names another revision; nothing was deleted", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The runtime could not stop it; the record stays, retry", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -226,10 +254,14 @@ pub async fn delete_adapter(
     State(state): State<ApiState>,
     Caller(caller): Caller,
     AdapterPath(name): AdapterPath,
+    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
+    let if_match = IfMatch::of(&headers)?;
     to_completion(async move {
         let _guard = state.locks.lock(&name).await;
-        state.require(&caller, &existing(&state, &name).await?, Action::Write)?;
+        let adapter = existing(&state, &name).await?;
+        state.require(&caller, &adapter, Action::Write)?;
+        if_match.check(&name, &adapter)?;
         // Stop first: if that fails the record stays, so the DELETE can be retried.
         match state.provisioner.remove(&name).await {
             Ok(()) | Err(AdapterError::NotFound(_)) => {}
@@ -369,6 +401,95 @@ impl Resource {
         Self {
             id: adapter.spec.name.clone(),
             adapter,
+        }
+    }
+}
+
+/// One adapter answers with its revision as the `ETag`.
+impl IntoResponse for Resource {
+    fn into_response(self) -> Response {
+        let etag = self
+            .adapter
+            .revision
+            .as_deref()
+            .and_then(|r| HeaderValue::try_from(format!("\"{r}\"")).ok());
+        let mut response = Json(self).into_response();
+        if let Some(etag) = etag {
+            response.headers_mut().insert(header::ETAG, etag);
+        }
+        response
+    }
+}
+
+/// A request's `If-Match` (RFC 9110 13.1.1): `*`, or a list of entity tags compared strongly
+/// with the adapter's revision.
+#[derive(Debug)]
+enum IfMatch {
+    Absent,
+    Any,
+    Tags(Vec<String>),
+}
+
+impl IfMatch {
+    fn of(headers: &HeaderMap) -> Result<Self, ApiError> {
+        let mut tags = Vec::new();
+        let mut any = false;
+        for value in headers.get_all(header::IF_MATCH) {
+            let value = value.to_str().map_err(|_| {
+                ApiError::invalid("invalid-header", "If-Match is not visible ASCII")
+            })?;
+            for tag in value.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if tag == "*" {
+                    any = true;
+                } else if let Some(weak) = tag.strip_prefix("W/") {
+                    // A weak tag never matches strongly (RFC 9110 8.8.3.2); kept so the
+                    // answer is 412 rather than a change the client did not mean.
+                    tags.push(format!("W/{weak}"));
+                } else if tag.len() >= 2 && tag.starts_with('"') && tag.ends_with('"') {
+                    tags.push(tag[1..tag.len() - 1].to_owned());
+                } else {
+                    return Err(ApiError::invalid(
+                        "invalid-header",
+                        format!(
+                            "If-Match {tag:?} is not an entity tag: send the ETag of a GET as it \
+                             came (with its quotes), or *"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(match (any, tags.is_empty()) {
+            (true, _) => Self::Any,
+            (false, true) => Self::Absent,
+            (false, false) => Self::Tags(tags),
+        })
+    }
+
+    /// 412 unless `adapter` is at a revision this precondition names.
+    fn check(&self, name: &AdapterName, adapter: &Adapter) -> Result<(), ApiError> {
+        let Self::Tags(tags) = self else {
+            return Ok(());
+        };
+        let current = adapter.revision.as_deref().unwrap_or_default();
+        if tags.iter().any(|t| t == current) {
+            return Ok(());
+        }
+        Err(ApiError::PreconditionFailed(format!(
+            "adapter \"{name}\" is at revision \"{current}\", not {}: it was changed since you \
+             read it; GET it again, re-apply your change and send its new ETag",
+            tags.iter()
+                .map(|t| format!("\"{t}\""))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )))
+    }
+
+    /// A store's refusal of a stale write: 412 when the client named a revision (it read an
+    /// older one than the store has), else the store's 409.
+    fn stale(&self, err: AdapterError) -> ApiError {
+        match (self, err) {
+            (Self::Tags(_), AdapterError::Conflict(detail)) => ApiError::PreconditionFailed(detail),
+            (_, err) => err.into(),
         }
     }
 }

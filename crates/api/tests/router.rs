@@ -586,7 +586,10 @@ async fn a_failed_roll_out_restores_the_previous_spec() {
     .await
     .problem(503);
     assert!(p.detail.contains("replica 1 did not start"), "{}", p.detail);
-    assert_eq!(f.stored("a").await, record(before));
+    // The same record again, at a new revision: the update and its undo were two writes.
+    let mut restored = record(before);
+    restored["revision"] = json!("3");
+    assert_eq!(f.stored("a").await, restored);
     let applied = f.provisioner.applied("a").unwrap();
     assert_eq!(
         applied.spec.replica_count, 2,
@@ -658,6 +661,118 @@ async fn a_get_then_a_put_of_the_same_object_with_one_change_succeeds() {
     let res = create(&f.app, copy).await;
     assert_eq!(res.status, StatusCode::CREATED, "{}", res.text());
     assert_eq!(res.json()["createdBy"], "anonymous");
+}
+
+fn with_if_match(mut r: Request<Body>, tag: &str) -> Request<Body> {
+    r.headers_mut()
+        .insert(header::IF_MATCH, tag.parse().unwrap());
+    r
+}
+
+#[tokio::test]
+async fn every_returned_adapter_carries_its_revision_as_etag_and_a_change_moves_it() {
+    let f = Fakes::new();
+    let created = create(&f.app, json!({"name": "a"})).await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    assert_eq!(created.headers[header::ETAG], "\"1\"");
+    assert_eq!(created.json()["revision"], "1");
+    let got = send(&f.app, req(Method::GET, "/adapters/a")).await;
+    assert_eq!(got.headers[header::ETAG], "\"1\"");
+    let put = send(
+        &f.app,
+        json_req(
+            Method::PUT,
+            "/adapters/a",
+            json!({"name": "a", "replicaCount": 2}).to_string(),
+        ),
+    )
+    .await;
+    assert_eq!(put.status, 200, "{}", put.text());
+    assert_eq!(put.headers[header::ETAG], "\"2\"");
+    let got = send(&f.app, req(Method::GET, "/adapters/a")).await;
+    assert_eq!(got.headers[header::ETAG], "\"2\"");
+    assert_eq!(got.json()["revision"], "2");
+}
+
+#[tokio::test]
+async fn a_put_with_a_stale_if_match_is_412_and_changes_nothing() {
+    let f = Fakes::new();
+    create(&f.app, json!({"name": "a"})).await;
+    let body = json!({"name": "a", "replicaCount": 2}).to_string();
+    // Two clients read revision 1; the first PUT wins.
+    let first = send(
+        &f.app,
+        with_if_match(json_req(Method::PUT, "/adapters/a", body.clone()), "\"1\""),
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let applies = |f: &Fakes| f.calls().iter().filter(|c| c.starts_with("apply")).count();
+    let applied = applies(&f);
+    let second = send(
+        &f.app,
+        with_if_match(
+            json_req(
+                Method::PUT,
+                "/adapters/a",
+                json!({"name": "a", "replicaCount": 5}).to_string(),
+            ),
+            "\"1\"",
+        ),
+    )
+    .await
+    .problem(412);
+    assert!(
+        second.detail.contains("revision \"2\", not \"1\""),
+        "{}",
+        second.detail
+    );
+    assert_eq!(f.stored("a").await["replicaCount"], 2);
+    assert_eq!(applies(&f), applied, "nothing deployed");
+    // A list of tags matches any of them; `*` matches whatever exists; weak tags never do.
+    for (tag, status) in [("\"7\", \"2\"", 200), ("*", 200), ("W/\"4\"", 412)] {
+        let res = send(
+            &f.app,
+            with_if_match(json_req(Method::PUT, "/adapters/a", body.clone()), tag),
+        )
+        .await;
+        assert_eq!(res.status, status, "If-Match {tag}: {}", res.text());
+    }
+    // A value that is not an entity tag is a 400 saying what to send.
+    let p = send(
+        &f.app,
+        with_if_match(json_req(Method::PUT, "/adapters/a", body), "4"),
+    )
+    .await
+    .problem(400);
+    assert!(p.detail.contains("with its quotes"), "{}", p.detail);
+}
+
+#[tokio::test]
+async fn a_delete_with_a_stale_if_match_is_412_and_deletes_nothing() {
+    let f = Fakes::new();
+    create(&f.app, json!({"name": "a"})).await;
+    send(
+        &f.app,
+        json_req(
+            Method::PUT,
+            "/adapters/a",
+            json!({"name": "a", "replicaCount": 2}).to_string(),
+        ),
+    )
+    .await;
+    send(
+        &f.app,
+        with_if_match(req(Method::DELETE, "/adapters/a"), "\"1\""),
+    )
+    .await
+    .problem(412);
+    assert_eq!(f.stored("a").await["replicaCount"], 2);
+    let res = send(
+        &f.app,
+        with_if_match(req(Method::DELETE, "/adapters/a"), "\"2\""),
+    )
+    .await;
+    assert_eq!(res.status, StatusCode::NO_CONTENT, "{}", res.text());
 }
 
 #[tokio::test]

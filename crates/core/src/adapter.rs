@@ -133,6 +133,12 @@ pub struct Adapter {
     pub created_at: String,
     /// RFC 3339.
     pub last_updated_at: String,
+    /// Changes whenever the adapter is changed (the local store counts writes; on Kubernetes it
+    /// is the `McpAdapter`'s `metadata.generation`). The API sends it as the `ETag`; a client
+    /// that sends it back in `If-Match` changes the adapter only if nobody did since it read it.
+    /// Given to [`AdapterStore::update`], it is the precondition of the write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
 }
 
 impl Adapter {
@@ -171,10 +177,14 @@ pub trait AdapterStore: Send + Sync + 'static {
     /// All adapters, sorted by name.
     async fn list(&self) -> Result<Vec<Adapter>, AdapterError>;
     async fn get(&self, name: &AdapterName) -> Result<Option<Adapter>, AdapterError>;
-    /// Fails with [`AdapterError::Exists`] if the name is taken.
-    async fn create(&self, adapter: &Adapter) -> Result<(), AdapterError>;
-    /// Fails with [`AdapterError::NotFound`] if there is no such adapter.
-    async fn update(&self, adapter: &Adapter) -> Result<(), AdapterError>;
+    /// Fails with [`AdapterError::Exists`] if the name is taken. Returns the new record's
+    /// revision (the `revision` given is ignored).
+    async fn create(&self, adapter: &Adapter) -> Result<String, AdapterError>;
+    /// Fails with [`AdapterError::NotFound`] if there is no such adapter. When
+    /// `adapter.revision` is set, the write happens only if the stored record still has that
+    /// revision, atomically with the check (else [`AdapterError::Conflict`]): several
+    /// management replicas may write at once. Returns the new revision.
+    async fn update(&self, adapter: &Adapter) -> Result<String, AdapterError>;
     /// Returns the removed adapter, if there was one.
     async fn delete(&self, name: &AdapterName) -> Result<Option<Adapter>, AdapterError>;
 }

@@ -135,6 +135,7 @@ impl KubeRuntime {
                 .cloned()
                 .unwrap_or_else(|| created.clone()),
             created_at: created,
+            revision: a.metadata.generation.map(|g| g.to_string()),
         })
     }
 
@@ -244,7 +245,7 @@ impl AdapterStore for KubeRuntime {
         }
     }
 
-    async fn create(&self, adapter: &Adapter) -> Result<(), AdapterError> {
+    async fn create(&self, adapter: &Adapter) -> Result<String, AdapterError> {
         let name = adapter.spec.name.as_str();
         if self
             .adapters
@@ -279,21 +280,28 @@ impl AdapterStore for KubeRuntime {
             }
             Err(e) => return Err(unavailable(e)),
         };
-        self.write_env(adapter, Some(&created)).await
+        self.write_env(adapter, Some(&created)).await?;
+        Ok(revision_of(&created))
     }
 
-    async fn update(&self, adapter: &Adapter) -> Result<(), AdapterError> {
+    async fn update(&self, adapter: &Adapter) -> Result<String, AdapterError> {
         let name = adapter.spec.name.as_str();
-        // The generation of the spec this update is based on: a write by someone else bumps
-        // it (a real conflict, 409); the controller's status writes do not (they only change
-        // the resourceVersion, so the replace is retried on a fresh read).
-        let mut based_on = None;
+        // The generation of the spec this update is based on (the caller's revision, else the
+        // first read): a write by someone else bumps it (a real conflict, 409); the
+        // controller's status writes do not (they only change the resourceVersion, so the
+        // replace is retried on a fresh read).
+        let mut based_on = adapter.revision.clone();
         for _ in 0..10 {
             let Some(mut cr) = self.adapters.get_opt(name).await.map_err(unavailable)? else {
                 return Err(AdapterError::NotFound(adapter.spec.name.clone()));
             };
-            if *based_on.get_or_insert(cr.metadata.generation) != cr.metadata.generation {
-                break;
+            let current = revision_of(&cr);
+            if *based_on.get_or_insert_with(|| current.clone()) != current {
+                return Err(AdapterError::Conflict(format!(
+                    "adapter {name} is at revision {current}, not {}: it was changed \
+                     meanwhile; read it again and retry",
+                    based_on.unwrap_or_default()
+                )));
             }
             if cr.spec.use_workload_identity != adapter.spec.use_workload_identity {
                 return Err(AdapterError::Invalid(
@@ -314,7 +322,10 @@ impl AdapterStore for KubeRuntime {
                 .replace(name, &PostParams::default(), &cr)
                 .await
             {
-                Ok(updated) => return self.write_env(adapter, Some(&updated)).await,
+                Ok(updated) => {
+                    self.write_env(adapter, Some(&updated)).await?;
+                    return Ok(revision_of(&updated));
+                }
                 Err(kube::Error::Api(e)) if e.code == 409 => continue,
                 Err(kube::Error::Api(e)) if e.code == 422 => {
                     return Err(AdapterError::Invalid(e.message));
@@ -323,7 +334,7 @@ impl AdapterStore for KubeRuntime {
             }
         }
         Err(AdapterError::Conflict(format!(
-            "adapter {name} was changed by someone else meanwhile: read it again and retry"
+            "adapter {name} kept changing while it was written (10 tries): retry"
         )))
     }
 
@@ -363,6 +374,12 @@ impl AdapterStore for KubeRuntime {
         }
         Ok(previous)
     }
+}
+
+/// An adapter's revision: its `metadata.generation`, which the API server bumps on every change
+/// of the spec and not on status writes (the controller writes status all the time).
+fn revision_of(a: &McpAdapter) -> String {
+    a.metadata.generation.unwrap_or_default().to_string()
 }
 
 fn without_env(adapter: &Adapter) -> Adapter {

@@ -16,6 +16,9 @@ use crate::LocalError;
 /// either the old record or the new one, never half a file. Changes are serialised by one
 /// lock, so the files always match the memory.
 ///
+/// Each record keeps its revision, a count of its writes (1 when created; a record written
+/// before revisions existed reads as 1).
+///
 /// Records hold `environmentVariables` values, often secrets: the directory is kept mode 0700
 /// and each file 0600 (a record or directory others may read is made private again at open,
 /// with a warning).
@@ -111,6 +114,8 @@ fn load(dir: &Path) -> Result<BTreeMap<AdapterName, Adapter>, LocalError> {
                 path,
             });
         }
+        let mut adapter = adapter;
+        adapter.revision.get_or_insert_with(|| "1".into());
         records.insert(adapter.spec.name.clone(), adapter);
     }
     Ok(records)
@@ -182,24 +187,43 @@ impl AdapterStore for FileAdapterStore {
         Ok(self.records.lock().await.get(name).cloned())
     }
 
-    async fn create(&self, adapter: &Adapter) -> Result<(), AdapterError> {
+    async fn create(&self, adapter: &Adapter) -> Result<String, AdapterError> {
         let mut records = self.records.lock().await;
         if records.contains_key(&adapter.spec.name) {
             return Err(AdapterError::Exists(adapter.spec.name.clone()));
         }
-        self.write(adapter).await?;
-        records.insert(adapter.spec.name.clone(), adapter.clone());
-        Ok(())
+        let mut adapter = adapter.clone();
+        adapter.revision = Some("1".into());
+        self.write(&adapter).await?;
+        records.insert(adapter.spec.name.clone(), adapter);
+        Ok("1".into())
     }
 
-    async fn update(&self, adapter: &Adapter) -> Result<(), AdapterError> {
+    async fn update(&self, adapter: &Adapter) -> Result<String, AdapterError> {
         let mut records = self.records.lock().await;
-        if !records.contains_key(&adapter.spec.name) {
+        let Some(stored) = records.get(&adapter.spec.name) else {
             return Err(AdapterError::NotFound(adapter.spec.name.clone()));
+        };
+        let current = stored.revision.as_deref().unwrap_or("1");
+        if let Some(expected) = &adapter.revision
+            && expected != current
+        {
+            return Err(AdapterError::Conflict(format!(
+                "adapter {} is at revision {current}, not {expected}: it was changed meanwhile; \
+                 read it again and retry",
+                adapter.spec.name
+            )));
         }
-        self.write(adapter).await?;
-        records.insert(adapter.spec.name.clone(), adapter.clone());
-        Ok(())
+        let next = current
+            .parse::<u64>()
+            .unwrap_or(1)
+            .saturating_add(1)
+            .to_string();
+        let mut adapter = adapter.clone();
+        adapter.revision = Some(next.clone());
+        self.write(&adapter).await?;
+        records.insert(adapter.spec.name.clone(), adapter);
+        Ok(next)
     }
 
     async fn delete(&self, name: &AdapterName) -> Result<Option<Adapter>, AdapterError> {
@@ -233,11 +257,18 @@ mod tests {
             created_by_issuer: None,
             created_at: "2026-01-01T00:00:00Z".into(),
             last_updated_at: "2026-01-01T00:00:00Z".into(),
+            revision: None,
         }
     }
 
     fn name(s: &str) -> AdapterName {
         AdapterName::new(s).unwrap()
+    }
+
+    /// `adapter` as stored at revision `revision`.
+    fn at(mut adapter: Adapter, revision: u32) -> Adapter {
+        adapter.revision = Some(revision.to_string());
+        adapter
     }
 
     #[tokio::test]
@@ -248,7 +279,7 @@ mod tests {
         store.create(&adapter("alpha", 2)).await.unwrap();
         assert_eq!(
             store.get(&name("alpha")).await.unwrap(),
-            Some(adapter("alpha", 2))
+            Some(at(adapter("alpha", 2), 1))
         );
         let mut changed = adapter("zeta", 3);
         changed.last_updated_at = "2026-02-01T00:00:00Z".into();
@@ -264,7 +295,10 @@ mod tests {
             .map(|a| a.spec.name.to_string())
             .collect();
         assert_eq!(names, ["alpha", "zeta"], "sorted by name");
-        assert_eq!(store.get(&name("zeta")).await.unwrap(), Some(changed));
+        assert_eq!(
+            store.get(&name("zeta")).await.unwrap(),
+            Some(at(changed, 2))
+        );
         assert!(dir.path().join("adapters/alpha.json").is_file());
     }
 
@@ -277,7 +311,7 @@ mod tests {
         assert!(matches!(err, AdapterError::Exists(_)), "{err}");
         assert_eq!(
             store.get(&name("one")).await.unwrap(),
-            Some(adapter("one", 1))
+            Some(at(adapter("one", 1), 1))
         );
         let err = store.update(&adapter("two", 1)).await.unwrap_err();
         assert!(matches!(err, AdapterError::NotFound(_)), "{err}");
@@ -291,7 +325,7 @@ mod tests {
         store.create(&adapter("gone", 1)).await.unwrap();
         assert_eq!(
             store.delete(&name("gone")).await.unwrap(),
-            Some(adapter("gone", 1))
+            Some(at(adapter("gone", 1), 1))
         );
         assert_eq!(store.delete(&name("gone")).await.unwrap(), None);
         assert!(!dir.path().join("adapters/gone.json").exists());
@@ -354,7 +388,10 @@ mod tests {
         let store = FileAdapterStore::open(dir.path()).await.unwrap();
         assert_eq!(mode(&adapters), 0o700);
         assert_eq!(mode(&record), 0o600);
-        assert_eq!(store.get(&name("secret")).await.unwrap(), Some(changed));
+        assert_eq!(
+            store.get(&name("secret")).await.unwrap(),
+            Some(at(changed, 2))
+        );
     }
 
     #[tokio::test]
@@ -375,5 +412,40 @@ mod tests {
         let stored = store.get(&name("race")).await.unwrap().unwrap();
         let reopened = FileAdapterStore::open(dir.path()).await.unwrap();
         assert_eq!(reopened.get(&name("race")).await.unwrap(), Some(stored));
+    }
+
+    #[tokio::test]
+    async fn an_update_based_on_an_old_revision_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileAdapterStore::open(dir.path()).await.unwrap();
+        assert_eq!(store.create(&adapter("rev", 1)).await.unwrap(), "1");
+        let read = store.get(&name("rev")).await.unwrap().unwrap();
+        // Two writers read revision 1; the first wins, the second is refused.
+        let mut first = read.clone();
+        first.spec.replica_count = 2;
+        assert_eq!(store.update(&first).await.unwrap(), "2");
+        let mut second = read.clone();
+        second.spec.replica_count = 3;
+        let err = store.update(&second).await.unwrap_err();
+        assert!(matches!(err, AdapterError::Conflict(_)), "{err}");
+        assert!(err.to_string().contains("revision 2, not 1"), "{err}");
+        let stored = store.get(&name("rev")).await.unwrap().unwrap();
+        assert_eq!(stored, at(first.clone(), 2));
+        // Without a revision the write is unconditional; the count survives a reopen.
+        let mut third = read;
+        third.revision = None;
+        assert_eq!(store.update(&third).await.unwrap(), "3");
+        drop(store);
+        let store = FileAdapterStore::open(dir.path()).await.unwrap();
+        assert_eq!(
+            store
+                .get(&name("rev"))
+                .await
+                .unwrap()
+                .unwrap()
+                .revision
+                .as_deref(),
+            Some("3")
+        );
     }
 }

@@ -41,6 +41,7 @@ fn adapter(json: serde_json::Value) -> Adapter {
         created_by_issuer: None,
         created_at: "2026-01-01T00:00:00Z".into(),
         last_updated_at: "2026-01-01T00:00:00Z".into(),
+        revision: None,
     }
 }
 

@@ -105,22 +105,32 @@ impl AdapterStore for MemoryStore {
         self.check()?;
         Ok(self.adapters.lock().unwrap().get(name.as_str()).cloned())
     }
-    async fn create(&self, adapter: &Adapter) -> Result<(), AdapterError> {
+    async fn create(&self, adapter: &Adapter) -> Result<String, AdapterError> {
         self.check()?;
         let mut map = self.adapters.lock().unwrap();
         if map.contains_key(adapter.spec.name.as_str()) {
             return Err(AdapterError::Exists(adapter.spec.name.clone()));
         }
-        map.insert(adapter.spec.name.to_string(), adapter.clone());
-        Ok(())
+        let mut adapter = adapter.clone();
+        adapter.revision = Some("1".into());
+        map.insert(adapter.spec.name.to_string(), adapter);
+        Ok("1".into())
     }
-    async fn update(&self, adapter: &Adapter) -> Result<(), AdapterError> {
+    async fn update(&self, adapter: &Adapter) -> Result<String, AdapterError> {
         self.check()?;
         let mut map = self.adapters.lock().unwrap();
         match map.get_mut(adapter.spec.name.as_str()) {
             Some(a) => {
+                let current = a.revision.clone().unwrap_or_default();
+                if adapter.revision.as_ref().is_some_and(|r| *r != current) {
+                    return Err(AdapterError::Conflict(format!(
+                        "stale revision (stored {current})"
+                    )));
+                }
+                let next = (current.parse::<u64>().unwrap_or(0) + 1).to_string();
                 *a = adapter.clone();
-                Ok(())
+                a.revision = Some(next.clone());
+                Ok(next)
             }
             None => Err(AdapterError::NotFound(adapter.spec.name.clone())),
         }
