@@ -323,6 +323,10 @@ struct AuthSection {
     /// environment variables (and no others) for it.
     #[serde(default)]
     allowed_commands: Vec<AllowedCommandEntry>,
+    /// Images a non-admin may run (Kubernetes runtime): exact names, or prefixes ending in `*`.
+    /// Empty: any image.
+    #[serde(default)]
+    allowed_images: Vec<String>,
 }
 
 /// One `allowed_commands` entry: a program alone, or with the variables non-admins may set.
@@ -354,6 +358,8 @@ pub struct AuthSettings {
     pub policy: mcp_gateway_core::RolePolicy,
     /// Programs non-admins may run as adapters, each with the variables they may set for it.
     pub allowed_commands: Vec<mcp_gateway_api::AllowedCommand>,
+    /// Images non-admins may run (`allowed_images`); empty: any.
+    pub allowed_images: Vec<String>,
     /// External base URL, without a trailing '/'.
     pub public_url: Option<String>,
 }
@@ -822,8 +828,40 @@ fn auth_settings(
             .into_iter()
             .map(Into::into)
             .collect(),
+        allowed_images: allowed_images(section.allowed_images)?,
         public_url,
     })
+}
+
+/// `allowed_images` entries: an image name, or a prefix ending in `*`; a `*` anywhere else, a tag
+/// or an empty entry is refused (each would silently match nothing or everything).
+fn allowed_images(entries: Vec<String>) -> anyhow::Result<Vec<String>> {
+    for entry in &entries {
+        let name = entry.strip_suffix('*').unwrap_or(entry);
+        if entry.is_empty() || entry == "*" {
+            anyhow::bail!(
+                "auth.allowed_images: {entry:?} would allow every image; leave allowed_images \
+                 out (or empty) to allow any image"
+            );
+        }
+        if name.contains('*') || name.contains(char::is_whitespace) {
+            anyhow::bail!(
+                "auth.allowed_images: {entry:?}: only a trailing * is a wildcard \
+                 (e.g. \"ghcr.io/acme/*\"), and names have no spaces"
+            );
+        }
+        if name
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':') || last.contains('@'))
+        {
+            anyhow::bail!(
+                "auth.allowed_images: {entry:?} names a tag or digest; list the image name \
+                 (imageName) alone: every tag of it is allowed"
+            );
+        }
+    }
+    Ok(entries)
 }
 
 fn session_store(
@@ -1031,6 +1069,7 @@ public_url = "https://mcp.example.com/"
 admin_role = "platform-admin"
 creator_role = "mcp.creator"
 allowed_commands = ["npx", { command = "/opt/gh-server", env = ["GITHUB_TOKEN"] }]
+allowed_images = ["ghcr.io/acme/*", "docker.io/mcp/everything"]
 jwks_cache_ttl = "5m"
 jwks_min_refresh_interval = "1s"
 user_id_header = "X-User"
@@ -1065,6 +1104,10 @@ upstream_headers = { "X-Token" = { env = "PATH" } }
                 mcp_gateway_api::AllowedCommand::new("/opt/gh-server").with_env(["GITHUB_TOKEN"]),
             ]
         );
+        assert_eq!(
+            c.auth.allowed_images,
+            ["ghcr.io/acme/*", "docker.io/mcp/everything"]
+        );
         let tokens = c.auth.tokens.as_ref().unwrap();
         assert_eq!(tokens.issuers[0].roles_claim, "realm_access.roles");
         assert_eq!(tokens.api_keys[0].subject, "ci-bot");
@@ -1075,6 +1118,21 @@ upstream_headers = { "X-Token" = { env = "PATH" } }
             ("x-user", "x-groups")
         );
         assert_eq!(c.adapters[0].required_roles, ["team-a"]);
+        for (entry, says) in [
+            ("*", "every image"),
+            ("", "every image"),
+            ("ghcr.io/*/server", "only a trailing *"),
+            ("ghcr.io/acme/server:1.2", "tag or digest"),
+        ] {
+            let err = format!(
+                "{:#}",
+                from_toml(&format!("[auth]\nallowed_images = [{entry:?}]"), &[]).unwrap_err()
+            );
+            assert!(err.contains(says), "{entry}: {err}");
+        }
+        // A registry with a port is a name, not a tag.
+        let c = from_toml("[auth]\nallowed_images = [\"reg:5000/acme/*\"]", &[]).unwrap();
+        assert_eq!(c.auth.allowed_images, ["reg:5000/acme/*"]);
         // Each secret must be readable at start.
         let err = format!(
             "{:#}",

@@ -163,6 +163,7 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
     }
     let options = mcp_gateway_api::ApiOptions {
         allowed_commands: config.auth.allowed_commands.clone(),
+        allowed_images: config.auth.allowed_images.clone(),
         ..mcp_gateway_api::ApiOptions::default()
     };
     let configured: Vec<_> = config.adapters.iter().map(|a| a.name.clone()).collect();

@@ -103,6 +103,7 @@ impl Env {
             mcp_gateway_api::AllowedCommand::new(example_server())
                 .with_env(["API_TOKEN", "LOG_LEVEL"]),
         ];
+        config.auth.allowed_images = vec!["ghcr.io/acme/*".into(), "docker.io/mcp/time".into()];
         // An adapter of the configuration: fronts the header echo, open to every principal,
         // with a credential the gateway adds from a secret file.
         config.adapters = vec![gateway_service::AdapterConfig {
@@ -474,6 +475,71 @@ async fn the_permission_matrix_holds_on_both_planes() {
         S::NO_CONTENT
     );
     env.gw.shutdown().await;
+}
+
+#[tokio::test]
+async fn non_admins_may_run_only_the_images_the_operator_allows() {
+    let env = Env::start().await;
+    let with_image = |name: &str, image: &str| {
+        let mut s = spec(name, &[]);
+        s["imageName"] = json!(image);
+        s
+    };
+    for image in [
+        "docker.io/evil/miner",
+        "ghcr.io/acmecorp/x",
+        "docker.io/mcp/time-extra",
+    ] {
+        let r = env
+            .api(
+                "alice",
+                Method::POST,
+                "/adapters",
+                Some(with_image("img", image)),
+            )
+            .await;
+        assert_eq!(r.status, 403, "{image}: {}", r.text());
+        assert!(r.text().contains("allowed_images"), "{}", r.text());
+        assert!(r.text().contains("ghcr.io/acme/*"), "{}", r.text());
+    }
+    // Nothing was created by the refusals.
+    let r = env.api("admin", Method::GET, "/adapters/img", None).await;
+    assert_eq!(r.status, 404, "{}", r.text());
+    // A listed name or prefix passes (the local runtime then runs the allowed command).
+    for (name, image) in [
+        ("img-a", "ghcr.io/acme/server"),
+        ("img-b", "docker.io/mcp/time"),
+    ] {
+        let r = env
+            .api(
+                "alice",
+                Method::POST,
+                "/adapters",
+                Some(with_image(name, image)),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{image}: {}", r.text());
+    }
+    // Not on a PUT either.
+    let r = env
+        .api(
+            "alice",
+            Method::PUT,
+            "/adapters/img-a",
+            Some(with_image("img-a", "quay.io/x/y")),
+        )
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text());
+    // Admins run any image.
+    let r = env
+        .api(
+            "admin",
+            Method::POST,
+            "/adapters",
+            Some(with_image("img-c", "quay.io/x/y")),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
 }
 
 #[tokio::test]

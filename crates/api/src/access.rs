@@ -117,6 +117,17 @@ impl ApiState {
                 caller.subject
             )));
         }
+        if let Some(image) = &spec.image_name
+            && !self.options.allowed_images.is_empty()
+            && !crate::image_allowed(&self.options.allowed_images, image)
+        {
+            return Err(ApiError::Forbidden(format!(
+                "{} may not run image \"{image}\": the operator allows only {} (allowed_images); \
+                 ask an admin to deploy it or to allow it",
+                caller.subject,
+                self.options.allowed_images.join(", ")
+            )));
+        }
         let field = if spec.command.as_ref().is_some_and(|_| allowed.is_none()) {
             Some((
                 "command",

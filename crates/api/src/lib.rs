@@ -59,6 +59,22 @@ pub struct ApiOptions {
     /// given. Empty (the default): only admins set commands, since a command runs on the
     /// gateway's host. A listed program is trusted with any `args`.
     pub allowed_commands: Vec<AllowedCommand>,
+    /// Images a principal without the admin role may run (`imageName`, before the runtime adds
+    /// its registry prefix): an exact name (`ghcr.io/acme/github-server`), or a prefix ending in
+    /// `*` (`ghcr.io/acme/*`). Empty (the default): any image, as in microsoft/mcp-gateway. Every
+    /// tag of a listed image is allowed.
+    pub allowed_images: Vec<String>,
+}
+
+/// Whether `image` is one of `allowed`'s: equal to an entry, or starting with an entry's text
+/// before its trailing `*`.
+pub fn image_allowed(allowed: &[String], image: &str) -> bool {
+    allowed
+        .iter()
+        .any(|pattern| match pattern.strip_suffix('*') {
+            Some(prefix) => image.starts_with(prefix),
+            None => image == pattern,
+        })
 }
 
 /// A program non-admins may run as an adapter, and the only environment variable names they
@@ -95,6 +111,7 @@ impl Default for ApiOptions {
         Self {
             max_body_bytes: 1 << 20,
             allowed_commands: Vec::new(),
+            allowed_images: Vec::new(),
         }
     }
 }
