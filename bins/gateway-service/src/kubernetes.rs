@@ -9,6 +9,7 @@ use anyhow::Context as _;
 use mcp_gateway_core::{AdapterName, Authorizer, SessionStore, StaticResolver};
 use mcp_gateway_k8s::runtime::KubeRuntime;
 use mcp_gateway_k8s::{RuntimeOptions, controller, discovery, leader};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::KubernetesConfig;
@@ -18,6 +19,24 @@ pub struct Kubernetes {
     pub router: Option<axum::Router>,
     _discovery: Option<discovery::Discovery>,
     tasks: Vec<JoinHandle<()>>,
+    /// Tells the controller's task to stop and give up the Lease.
+    stop: watch::Sender<bool>,
+}
+
+impl Kubernetes {
+    /// Stops the controller, giving up its Lease so another replica takes over at once (within
+    /// 5 s), then the watches.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        for task in std::mem::take(&mut self.tasks) {
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the controller did not stop within 5 s");
+            }
+        }
+    }
 }
 
 impl Drop for Kubernetes {
@@ -64,6 +83,7 @@ pub async fn start(
     };
     let opts = options(config);
     let mut tasks = Vec::new();
+    let (stop, mut stopping) = watch::channel(false);
     let discovery = if data_plane {
         let d = discovery::start(client.clone(), &config.namespace, resolver, configured);
         tokio::time::timeout(Duration::from_secs(30), d.ready())
@@ -89,7 +109,10 @@ pub async fn start(
                 Duration::from_secs(15),
             );
             loop {
-                election.until_leading().await;
+                tokio::select! {
+                    () = election.until_leading() => {}
+                    _ = stopping.wait_for(|s| *s) => break,
+                }
                 tracing::info!("leading: running the McpAdapter controller");
                 let mut leading = election.leading.clone();
                 tokio::select! {
@@ -97,8 +120,11 @@ pub async fn start(
                     _ = leading.wait_for(|l| !*l) => {
                         tracing::warn!("lost the controller lease; stopping the controller");
                     }
+                    _ = stopping.wait_for(|s| *s) => break,
                 }
             }
+            // The controller is stopped (its future dropped): only now give the Lease up.
+            election.release().await;
         }));
         tracing::info!(namespace = %config.namespace, "management API enabled (Kubernetes runtime)");
         let mut state = mcp_gateway_api::ApiState::new(runtime.clone(), runtime, sessions)
@@ -115,5 +141,6 @@ pub async fn start(
         router,
         _discovery: discovery,
         tasks,
+        stop,
     })
 }

@@ -261,7 +261,9 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
                 })
             })
             .await;
-            drop(kube_runtime);
+            if let Some(k) = kube_runtime {
+                k.stop().await;
+            }
             if let Some(provisioner) = provisioner {
                 // Children never outlive the gateway; records stay for the next start.
                 provisioner.shutdown().await;

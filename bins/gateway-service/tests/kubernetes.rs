@@ -11,6 +11,7 @@ use gateway_service::config::{KubernetesConfig, Runtime, SessionStoreConfig};
 use gateway_service::{Config, Handle};
 use http::StatusCode;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::api::{Api, ListParams};
 use mcp_gateway_k8s::McpAdapter;
@@ -708,9 +709,11 @@ async fn new_sessions_only_on(gateways: &[String], pod: &str) -> anyhow::Result<
 /// same cluster. Concurrent PUTs based on one revision: one wins, the other is 412. Scale
 /// 2 → 3 → 1 under live sessions opened through both gateways: each pod that goes keeps its
 /// sessions until they end (the controller counts them in Redis, whichever gateway holds
-/// them), and no new session lands on it.
+/// them), and no new session lands on it. The leader stops: the other replica takes the Lease
+/// within seconds and runs the controller.
 #[test]
-fn two_gateways_on_redis_and_two_managements_scale_under_live_sessions_and_one_put_wins() {
+fn two_gateways_on_redis_and_two_managements_scale_under_live_sessions_one_put_wins_and_the_lease_fails_over()
+ {
     netns::run(|| async {
         let (cluster, _kubelet) = cluster_with_node().await?;
         let redis = mcp_gateway_testkit::RedisServer::start()?;
@@ -727,7 +730,23 @@ fn two_gateways_on_redis_and_two_managements_scale_under_live_sessions_and_one_p
             gateway_service::run(config).await
         };
         let gateways = [start(false).await?, start(false).await?];
-        let managements = [start(true).await?, start(true).await?];
+        // The first management replica takes the controller's Lease, then the second starts.
+        let leases = Api::<Lease>::default_namespaced(cluster.client());
+        let holder = async || -> anyhow::Result<Option<String>> {
+            Ok(leases
+                .get_opt("mcp-gateway-controller")
+                .await?
+                .and_then(|l| l.spec?.holder_identity)
+                .filter(|h| !h.is_empty()))
+        };
+        let first = start(true).await?;
+        let leader = wait_for(
+            "the controller Lease held",
+            Duration::from_secs(20),
+            async || holder().await,
+        )
+        .await?;
+        let managements = [first, start(true).await?];
         let mgmt: Vec<String> = managements
             .iter()
             .map(|m| format!("http://{}/adapters", m.data_addr))
@@ -855,7 +874,34 @@ fn two_gateways_on_redis_and_two_managements_scale_under_live_sessions_and_one_p
             Ok(pods.get_opt("echo-1").await?.is_none().then_some(()))
         })
         .await?;
-        for g in gateways.into_iter().chain(managements) {
+
+        // The leader stops (a rolling update of gateway-management): it gives the Lease up,
+        // the other replica takes it at its next try (every 5 s, not after the 15 s lease) and
+        // runs the controller: a scale-up through it is carried out.
+        assert_eq!(
+            holder().await?.as_ref(),
+            Some(&leader),
+            "still the first leader"
+        );
+        let [leading, other] = managements;
+        let t0 = Instant::now();
+        leading.shutdown().await;
+        let next = wait_for(
+            "another Lease holder",
+            Duration::from_secs(10),
+            async || Ok(holder().await?.filter(|h| *h != leader)),
+        )
+        .await?;
+        eprintln!(
+            "the Lease passed to {next} {:?} after the leader's SIGTERM",
+            t0.elapsed()
+        );
+        let survivor = format!("http://{}/adapters/echo", other.data_addr);
+        let (code, _, v) =
+            put_if_match(&h, &survivor, &spec(2), &etag(&h, &survivor).await?).await?;
+        assert_eq!(code, StatusCode::OK, "{v}");
+        ready(2).await?;
+        for g in gateways.into_iter().chain([other]) {
             g.shutdown().await;
         }
         Ok(())

@@ -3,7 +3,10 @@
 //!
 //! The holder renews the Lease every `ttl / 3`; another replica takes it over once it has not
 //! been renewed for `ttl`. Every write carries the Lease's `resourceVersion`, so two replicas
-//! racing for it cannot both win (the API server refuses the second with 409).
+//! racing for it cannot both win (the API server refuses the second with 409). A holder that
+//! stops ([`LeaderElection::release`]) gives the Lease up, so another replica takes over at its
+//! next try (`ttl / 3`) instead of after `ttl`: a rolling update of gateway-management leaves
+//! the controller stopped for seconds, not a whole lease period.
 
 use std::time::Duration;
 
@@ -17,6 +20,9 @@ use tokio::sync::watch;
 pub struct LeaderElection {
     pub leading: watch::Receiver<bool>,
     task: tokio::task::JoinHandle<()>,
+    api: Api<Lease>,
+    lease: String,
+    identity: String,
 }
 
 impl Drop for LeaderElection {
@@ -36,7 +42,9 @@ impl LeaderElection {
         let api: Api<Lease> = Api::namespaced(client, namespace);
         let (tx, leading) = watch::channel(false);
         let lease = lease.to_owned();
+        let (task_api, task_lease, task_identity) = (api.clone(), lease.clone(), identity.clone());
         let task = tokio::spawn(async move {
+            let (api, lease, identity) = (task_api, task_lease, task_identity);
             loop {
                 let held = match try_hold(&api, &lease, &identity, ttl).await {
                     Ok(held) => held,
@@ -52,7 +60,44 @@ impl LeaderElection {
                 tokio::time::sleep(ttl / 3).await;
             }
         });
-        Self { leading, task }
+        Self {
+            leading,
+            task,
+            api,
+            lease,
+            identity,
+        }
+    }
+
+    /// Stops renewing and, if this replica holds the Lease, gives it up (holder cleared, at the
+    /// `resourceVersion` read, so a replica that took it meanwhile keeps it). Best effort: a
+    /// failure leaves the Lease to expire after its duration.
+    pub async fn release(&mut self) {
+        self.task.abort();
+        let Ok(Some(mut lease)) = self.api.get_opt(&self.lease).await else {
+            return;
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return;
+        };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return;
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime(
+            Timestamp::now(),
+        ));
+        match self
+            .api
+            .replace(&self.lease, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => tracing::info!(identity = %self.identity, "gave up the controller lease"),
+            Err(e) => {
+                tracing::warn!(error = %e, "giving up the controller lease failed; it expires on its own")
+            }
+        }
     }
 
     /// Resolves once this replica leads.
