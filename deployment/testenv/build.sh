@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes control plane of the tests and of `cargo xtask cluster up` from source,
 # through the Go module proxy: kube-apiserver, kube-controller-manager and kubectl from
-# k8s.io/kubernetes (the wrapper module in k8s/), and etcd from etcd's server module (etcd/).
+# k8s.io/kubernetes (the wrapper module in k8s/), etcd from etcd's server module (etcd/), and
+# Helm from helm.sh/helm/v3 (helm/) for the chart checks of deployment/helm.
 #
 #   deployment/testenv/build.sh           build what is missing, print the binaries' directory
 #   deployment/testenv/build.sh --regen   rewrite k8s/go.mod from upstream's staging list (a new
@@ -79,6 +80,25 @@ build_etcd() {
   echo "build.sh: etcd ${version}" >&2
 }
 
+build_helm() {
+  local out="$1" version client_minor ld
+  version="$(helm_version)"
+  # The stamps of Helm's own Makefile: its version, and the Kubernetes version it renders
+  # .Capabilities for and lints deprecations against (from the client-go it is built with).
+  client_minor="$(sed -n 's#^\s*k8s.io/client-go v0\.\([0-9]*\)\..*#\1#p' "$here/helm/go.mod")"
+  ld="-s -w -X helm.sh/helm/v3/internal/version.version=${version} -X helm.sh/helm/v3/internal/version.metadata="
+  ld="$ld -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  for pkg in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    ld="$ld -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=${client_minor}"
+  done
+  mkdir -p "$out.partial"
+  (cd "$here/helm" && go build -trimpath -ldflags "$ld" -o "$out.partial/helm" helm.sh/helm/v3/cmd/helm)
+  mv "$out.partial" "$out"
+  echo "build.sh: helm ${version}" >&2
+}
+
+helm_version() { sed -n 's#^\s*helm.sh/helm/v3 \(v[0-9.]*\)\( // indirect\)\?$#\1#p' "$here/helm/go.mod"; }
+
 if [ "${1:-}" = "--regen" ]; then
   regen
 fi
@@ -87,6 +107,7 @@ command -v go >/dev/null || { echo "build.sh: Go is not installed (needs Go >= 1
 etcd_version="$(sed -n 's/^require go.etcd.io\/etcd\/server\/v3 \(v[0-9.]*\)$/\1/p' "$here/etcd/go.mod")"
 k8s_dir="$target/testenv/k8s-v${K8S_VERSION}-$(digest "$here/k8s/go.sum")"
 etcd_dir="$target/testenv/etcd-${etcd_version}-$(digest "$here/etcd/go.sum")"
+helm_dir="$target/testenv/helm-$(helm_version)-$(digest "$here/helm/go.sum")"
 
 # Parallel callers (tests of several binaries) build once: the first takes the lock.
 mkdir -p "$target/testenv"
@@ -95,6 +116,7 @@ flock 9
 start=$(date +%s)
 [ -x "$k8s_dir/kube-apiserver" ] || { rm -rf "$k8s_dir.partial"; build_k8s "$k8s_dir"; }
 [ -x "$etcd_dir/etcd" ] || { rm -rf "$etcd_dir.partial"; build_etcd "$etcd_dir"; }
+[ -x "$helm_dir/helm" ] || { rm -rf "$helm_dir.partial"; build_helm "$helm_dir"; }
 elapsed=$(($(date +%s) - start))
 [ "$elapsed" -lt 2 ] || echo "build.sh: built in ${elapsed}s" >&2
 # The one directory the tests look in: links to this version's binaries, each replaced
@@ -104,4 +126,5 @@ mkdir -p "$bin"
 link() { ln -sfn "$1" "$bin/.$2.new" && mv -T "$bin/.$2.new" "$bin/$2"; }
 for b in kube-apiserver kube-controller-manager kubectl; do link "$k8s_dir/$b" "$b"; done
 link "$etcd_dir/etcd" etcd
+link "$helm_dir/helm" helm
 echo "$bin"
