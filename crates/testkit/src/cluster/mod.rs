@@ -238,8 +238,11 @@ impl TestCluster {
                 "--leader-elect=false".into(),
                 "--controllers=statefulset-controller,deployment-controller,\
                  replicaset-controller,endpointslice-controller,garbage-collector-controller,\
-                 namespace-controller,serviceaccount-controller,disruption-controller"
+                 namespace-controller,serviceaccount-controller,disruption-controller,\
+                 root-ca-certificate-publisher-controller"
                     .into(),
+                // The kube-root-ca.crt ConfigMap of every namespace (pods' in-cluster CA).
+                format!("--root-ca-file={}", cluster.ca_file().display()),
                 "--bind-address=127.0.0.1".into(),
                 format!("--secure-port={kcm_port}"),
                 "--use-service-account-credentials=false".into(),

@@ -18,13 +18,23 @@
 //! - on deletion runs `preStop` (httpGet, sleep, exec), sends SIGTERM, waits the pod's grace
 //!   period, sends SIGKILL, and removes the pod (grace 0, UID precondition).
 //!
-//! What it does not do: volumes, init containers, startup probes, resource limits, images
-//! pulled from anywhere (the table is the registry), service-account token mounts. Probe
+//! With [`KubeletOptions::sandboxes`], each pod also gets what a container runtime and a CNI
+//! plugin give it on a real node (see `sandbox.rs`): a network namespace of its own (a veth to
+//! the node, address `10.244.1.N`), and per container a mount namespace with the pod's
+//! volumes (`emptyDir`, `configMap`, `secret`, `downwardAPI`, `projected` with
+//! service-account tokens from the TokenRequest API), the automounted service-account token
+//! at `/var/run/secrets/kubernetes.io/serviceaccount` and an `/etc/hosts` naming the
+//! namespace's Services; so pods of unmodified manifests, in-cluster clients included, run.
+//!
+//! What it does not do: init containers, startup probes, resource limits, images pulled from
+//! anywhere (the table is the registry), kube-proxy (ClusterIPs are not served), and without
+//! sandboxes, volumes and service-account token mounts. Probe
 //! periods are capped by [`KubeletOptions::max_probe_period`] and restart back-offs use
 //! [`KubeletOptions::backoff`] (shorter than the real 10 s ... 5 min) so tests run quickly.
 
 pub mod logs;
 mod pod;
+mod sandbox;
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -131,6 +141,12 @@ pub struct KubeletOptions {
     pub backoff: (Duration, Duration),
     /// The API server's address, given to containers as `KUBERNETES_SERVICE_HOST`/`_PORT`.
     pub api_server: Option<SocketAddr>,
+    /// Pod sandboxes: each pod in a network namespace of its own (`10.244.1.N`, a veth to the
+    /// node), each container in a mount namespace with the pod's volumes, its service-account
+    /// token and an `/etc/hosts` of the namespace's Services. Needs `ip`, `nsenter`, `unshare`,
+    /// `mount` and `chroot`, and root (the tests' user namespace gives it). Off: pods share the
+    /// node's network namespace (`10.244.0.N`) and its files.
+    pub sandboxes: bool,
 }
 
 impl Default for KubeletOptions {
@@ -141,6 +157,7 @@ impl Default for KubeletOptions {
             max_probe_period: Duration::from_millis(500),
             backoff: (Duration::from_millis(500), Duration::from_secs(5)),
             api_server: None,
+            sandboxes: false,
         }
     }
 }
@@ -161,16 +178,23 @@ pub(crate) struct Shared {
     pub logs: logs::LogStore,
     pub processes: Mutex<HashMap<u32, Process>>,
     ips: Mutex<HashSet<Ipv4Addr>>,
+    /// The pods' sandbox directories (volumes, roots, hosts files), when sandboxes are on.
+    pub sandbox_dir: Option<tempfile::TempDir>,
 }
 
 impl Shared {
-    /// The lowest free pod address (10.244.0.10 ... .250).
+    /// The lowest free pod address (10.244.0.10 ... .250; with sandboxes 10.244.1.10 ...).
     pub fn allocate_ip(&self) -> anyhow::Result<Ipv4Addr> {
         let mut used = self.ips.lock().unwrap_or_else(|e| e.into_inner());
+        let [a, b, c] = if self.opts.sandboxes {
+            sandbox::SANDBOX_PREFIX
+        } else {
+            [10, 244, 0]
+        };
         let ip = (10..=250)
-            .map(|n| Ipv4Addr::new(10, 244, 0, n))
+            .map(|n| Ipv4Addr::new(a, b, c, n))
             .find(|ip| !used.contains(ip))
-            .context("no free pod address left in 10.244.0.10-250")?;
+            .context("no free pod address left in 10.244.x.10-250")?;
         used.insert(ip);
         Ok(ip)
     }
@@ -213,6 +237,16 @@ impl TestKubelet {
 
         register_node(&client, &opts, port).await?;
 
+        let sandbox_dir = if opts.sandboxes {
+            Some(
+                tempfile::Builder::new()
+                    .prefix("mcp-gateway-kubelet-")
+                    .tempdir()
+                    .context("the kubelet's sandbox directory")?,
+            )
+        } else {
+            None
+        };
         let shared = Arc::new(Shared {
             client,
             images,
@@ -220,6 +254,7 @@ impl TestKubelet {
             logs: logs::LogStore::default(),
             processes: Mutex::new(HashMap::new()),
             ips: Mutex::new(HashSet::new()),
+            sandbox_dir,
         });
         let server = tokio::spawn(logs::run_server(listener, tls, shared.logs.clone()));
         let pods = tokio::spawn(dispatch(shared.clone()));

@@ -124,6 +124,8 @@ struct PodCtx {
     ip: Ipv4Addr,
     pod: Pod,
     api: Api<Pod>,
+    /// The pod's network namespace and files (`KubeletOptions::sandboxes`).
+    sandbox: Option<super::sandbox::Sandbox>,
 }
 
 impl PodCtx {
@@ -149,14 +151,33 @@ pub(crate) async fn run(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Opt
     };
     let ns = first.metadata.namespace.clone().unwrap_or_default();
     let name = first.metadata.name.clone().unwrap_or_default();
+    let uid = first.metadata.uid.clone().unwrap_or_default();
+    let sandbox = if shared.sandbox_dir.is_some() {
+        let hostname = first
+            .spec
+            .as_ref()
+            .and_then(|s| s.hostname.clone())
+            .unwrap_or_else(|| name.clone());
+        match super::sandbox::Sandbox::create(&shared, &uid, &ns, &hostname, ip).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::error!(pod = %name, error = %format!("{e:#}"), "test kubelet: pod sandbox");
+                shared.release_ip(ip);
+                return;
+            }
+        }
+    } else {
+        None
+    };
     let ctx = Arc::new(PodCtx {
         api: Api::namespaced(shared.client.clone(), &ns),
-        uid: first.metadata.uid.clone().unwrap_or_default(),
+        uid,
         ns,
         name,
         ip,
         pod: (*first).clone(),
         shared: shared.clone(),
+        sandbox,
     });
     let containers: Vec<Container> = first
         .spec
@@ -579,9 +600,34 @@ async fn prepare(
         (None, None) => args.extend(image.args.iter().map(|a| ctx.template(a, port))),
         (Some(_), None) => {}
     }
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .env_clear()
+    let mut cmd = match &ctx.sandbox {
+        None => {
+            let mut cmd = tokio::process::Command::new(program);
+            cmd.args(args);
+            cmd
+        }
+        Some(sandbox) => {
+            let dir = ctx
+                .shared
+                .sandbox_dir
+                .as_ref()
+                .map(|d| d.path().join(&ctx.uid))
+                .unwrap_or_default();
+            let volumes = super::sandbox::materialize(&ctx.shared.client, &dir, &ctx.pod)
+                .await
+                .map_err(Prepare::Config)?;
+            let mut c = c.clone();
+            if super::sandbox::automounts_token(&ctx.pod) {
+                c.volume_mounts
+                    .get_or_insert_with(Vec::new)
+                    .push(super::sandbox::service_account_mount());
+            }
+            sandbox
+                .command(&c, &volumes, &program, &args)
+                .map_err(|e| Prepare::Create(format!("{e:#}")))?
+        }
+    };
+    cmd.env_clear()
         .envs(
             std::env::var_os("PATH").map(|p| ("PATH".to_owned(), p.to_string_lossy().into_owned())),
         )
