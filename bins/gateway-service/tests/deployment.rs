@@ -1110,26 +1110,32 @@ fn the_kustomize_base_and_the_chart_apply_server_side_and_their_roles_grant_the_
 
 // === the full path: the kustomize base running on the test kubelet ===
 
-/// `target/debug/gateway-management` (another package's binary: built here if needed, as
-/// testkit builds the example server).
+/// `target/debug/gateway-management`, another package's binary: `cargo test --workspace` (so
+/// `cargo xtask test`) builds it with this test; alone, this test builds it when it is missing
+/// (as testkit does the example server). Not on every run: that build resolves features
+/// differently from this test's, and the two would rebuild each other's dependencies each time.
+/// After changing gateway-management, `cargo build -p gateway-management` first.
 fn gateway_management() -> PathBuf {
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_gateway-service"));
     let debug = exe.parent().expect("target/debug").to_path_buf();
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-p",
-            "gateway-management",
-            "--bin",
-            "gateway-management",
-            "--target-dir",
-        ])
-        .arg(debug.parent().expect("target dir"))
-        .current_dir(root())
-        .status()
-        .expect("run cargo build");
-    assert!(status.success(), "cargo build -p gateway-management failed");
-    debug.join("gateway-management")
+    let management = debug.join("gateway-management");
+    if !management.is_file() {
+        let status = Command::new(env!("CARGO"))
+            .args([
+                "build",
+                "-p",
+                "gateway-management",
+                "--bin",
+                "gateway-management",
+                "--target-dir",
+            ])
+            .arg(debug.parent().expect("target dir"))
+            .current_dir(root())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p gateway-management failed");
+    }
+    management
 }
 
 /// The base with credentials, as a user's overlay adds them: the API key's digest appended to
@@ -1191,6 +1197,9 @@ fn after_kubectl_apply_k_the_management_api_in_the_cluster_creates_an_adapter_th
  {
     netns::run(|| async {
         use mcp_gateway_testkit::kubelet::{Image, Images, KubeletOptions, TestKubelet};
+        let t0 = std::time::Instant::now();
+        let management_binary = gateway_management();
+        eprintln!("gateway-management built in {:?}", t0.elapsed());
         let cluster = TestCluster::start().await?;
         let images = Images::new()
             .with_example_server()
@@ -1200,7 +1209,7 @@ fn after_kubectl_apply_k_the_management_api_in_the_cluster_creates_an_adapter_th
             )
             .add(
                 "mcp-gateway/gateway-management:0.1.0",
-                Image::new(gateway_management()),
+                Image::new(management_binary),
             )
             // The official image's entrypoint runs its arguments (redis-server ...).
             .add("docker.io/library/redis:7.4", Image::new("/usr/bin/env"));
@@ -1254,6 +1263,7 @@ fn after_kubectl_apply_k_the_management_api_in_the_cluster_creates_an_adapter_th
             Err(e) => anyhow::bail!("{e:#}\n{}", status().await),
         };
         let management = ready_pod_ips(&pods, "app.kubernetes.io/component=management", 2).await?;
+        eprintln!("gateway pods ready at {:?}", t0.elapsed());
 
         // The management API of a gateway-management pod creates an adapter...
         let h = mcp_gateway_testkit::Http::default();
@@ -1277,6 +1287,7 @@ fn after_kubectl_apply_k_the_management_api_in_the_cluster_creates_an_adapter_th
         // ...whose pod the controller (the leader among the two) makes, in the restricted
         // namespace...
         ready_pod_ips(&pods, "mcp-gateway.io/adapter=echo", 1).await?;
+        eprintln!("adapter pod ready at {:?}", t0.elapsed());
         // ...and an MCP client reaches it through either gateway pod, one session across both
         // (shared through the Redis of the base).
         let url = |ip: &str| format!("http://{ip}:8080/adapters/echo/mcp");
