@@ -200,3 +200,17 @@ pub fn json_response(
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     res
 }
+
+/// The first error of type `T` in `err`'s chain of sources.
+pub(crate) fn find_source<'e, T: std::error::Error + 'static>(
+    err: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(t) = e.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = e.source();
+    }
+    None
+}

@@ -1,41 +1,39 @@
 //! The gateway service: routes each request of the data plane to a replica.
 //!
 //! Reading order: [`Gateway::handle`] (metrics and the one error conversion), `dispatch` (which
-//! route), then one method per kind of request: `post_mcp`, `to_session`, `open_legacy`,
-//! `post_legacy`; `send` is the single place that talks to a replica.
+//! route), then one method per kind of request: `post_mcp` and `to_session` here, `open_legacy`
+//! and `post_legacy` in [`crate::legacy`]; `send` in [`crate::upstream`] is the single place
+//! that talks to a replica, and [`crate::stats`] holds the gateway's own metrics.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, header};
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mcp_gateway_core::{
-    Action, AdapterName, AdapterTarget, AuditSink, Authorizer, LegacyEndpoint, Principal, Replica,
-    ReplicaResolver, SessionId, SessionKey, SessionRecord, SessionStore,
+    Action, AdapterName, AdapterTarget, AuditSink, Authorizer, Principal, Replica, ReplicaResolver,
+    SessionId, SessionKey, SessionRecord, SessionStore,
 };
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::body::{
-    BodyTooLarge, BoxError, EndpointRewriter, ForwardBody, OnClose, OnEndpoint, ProxyBody,
-    Replayable, Tracked,
-};
-use crate::error::ProxyError;
+use crate::RoutingConfig;
+use crate::body::{BodyTooLarge, BoxError, ForwardBody, ProxyBody, Replayable};
+use crate::error::{ProxyError, find_source};
 use crate::headers::{self, MCP_METHOD, MCP_NAME, MCP_SESSION_ID};
 use crate::jsonrpc::{self, Envelope, Scan};
 use crate::observe::{self, Observer, Probe, TracePropagator};
-use crate::placement::{self, HealthTable, InFlight, Outcome, Placing, ReplicaHealth};
-use crate::{RoutingConfig, sse};
+use crate::placement::{self, HealthTable, Placing};
+use crate::stats::{method_label, status_label};
+use crate::upstream::{self, SendError};
 
 /// Request extension: the peer address of the client connection, for `X-Forwarded-For`.
 #[derive(Debug, Clone, Copy)]
@@ -44,23 +42,23 @@ pub struct ClientAddr(pub SocketAddr);
 /// The MCP-aware reverse proxy, as a cloneable [`tower::Service`].
 #[derive(Clone)]
 pub struct Gateway {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     authorizer: Option<Arc<dyn Authorizer>>,
-    observer: Arc<Observer>,
+    pub(crate) observer: Arc<Observer>,
 }
 
-struct Shared {
-    config: RoutingConfig,
+pub(crate) struct Shared {
+    pub(crate) config: RoutingConfig,
     resolver: Arc<dyn ReplicaResolver>,
-    store: Arc<dyn SessionStore>,
-    client: Client<HttpConnector, Replayable>,
-    health: HealthTable,
+    pub(crate) store: Arc<dyn SessionStore>,
+    pub(crate) client: Client<HttpConnector, Replayable>,
+    pub(crate) health: HealthTable,
 }
 
 /// A failed request: the error and the JSON-RPC id to answer, when known.
-struct Fail {
-    err: ProxyError,
-    id: Option<Value>,
+pub(crate) struct Fail {
+    pub(crate) err: ProxyError,
+    pub(crate) id: Option<Value>,
 }
 
 impl From<ProxyError> for Fail {
@@ -75,7 +73,7 @@ impl From<mcp_gateway_core::StoreError> for Fail {
     }
 }
 
-trait WithId<T> {
+pub(crate) trait WithId<T> {
     fn with_id(self, id: &Option<Value>) -> Result<T, Fail>;
 }
 
@@ -121,91 +119,11 @@ fn parse_route(path: &str) -> Option<(&str, Kind)> {
 }
 
 /// Where on the replica a session-bound request goes.
-enum UpstreamPath {
+pub(crate) enum UpstreamPath {
     /// The adapter's streamable HTTP endpoint, with the client's query.
     Mcp,
     /// The path and query the legacy session's `endpoint` event announced.
     Legacy,
-}
-
-/// Why a request could not be sent to a replica.
-enum SendError {
-    /// No connection could be made (refused, or timed out). The body, if the client never read
-    /// it, comes back for another replica.
-    NotConnected {
-        err: ProxyError,
-        body: Option<ForwardBody>,
-        /// The connection was refused: nothing listens there, so whatever lived there (a
-        /// session) is gone. Not said of a timeout or a DNS failure, which may pass.
-        refused: bool,
-    },
-    Other(ProxyError),
-}
-
-impl SendError {
-    fn into_error(self) -> ProxyError {
-        match self {
-            SendError::NotConnected { err, .. } | SendError::Other(err) => err,
-        }
-    }
-}
-
-/// MCP methods counted by name in metrics; others count as `other`, so a client cannot
-/// create label values.
-const KNOWN_METHODS: &[&str] = &[
-    "initialize",
-    "ping",
-    "server/discover",
-    "subscriptions/listen",
-    "tools/list",
-    "tools/call",
-    "prompts/list",
-    "prompts/get",
-    "resources/list",
-    "resources/read",
-    "resources/templates/list",
-    "resources/subscribe",
-    "resources/unsubscribe",
-    "completion/complete",
-    "logging/setLevel",
-    "notifications/initialized",
-    "notifications/cancelled",
-    "notifications/progress",
-    "notifications/roots/list_changed",
-];
-
-/// The status as a label without allocating for the statuses a gateway answers with.
-fn status_label(status: StatusCode) -> metrics::SharedString {
-    let known = match status.as_u16() {
-        200 => "200",
-        202 => "202",
-        204 => "204",
-        400 => "400",
-        403 => "403",
-        404 => "404",
-        405 => "405",
-        413 => "413",
-        429 => "429",
-        431 => "431",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
-        _ => return metrics::SharedString::from(status.as_str().to_owned()),
-    };
-    metrics::SharedString::const_str(known)
-}
-
-fn method_label(env: Option<&Envelope>) -> &'static str {
-    match env.and_then(|e| e.method.as_deref()) {
-        Some(m) => KNOWN_METHODS
-            .iter()
-            .find(|k| **k == m)
-            .copied()
-            .unwrap_or("other"),
-        None if env.is_some_and(|e| e.batch) => "batch",
-        None => "response",
-    }
 }
 
 // === impl Gateway ===
@@ -216,13 +134,7 @@ impl Gateway {
         resolver: Arc<dyn ReplicaResolver>,
         store: Arc<dyn SessionStore>,
     ) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.upstream_idle_timeout)
-            .build(connector);
+        let client = upstream::client(&config);
         Self {
             shared: Arc::new(Shared {
                 config,
@@ -531,7 +443,7 @@ impl Gateway {
     }
 
     /// A request of an existing session: to the replica that owns it, or 404.
-    async fn to_session(
+    pub(crate) async fn to_session(
         &self,
         target: &AdapterTarget,
         parts: http::request::Parts,
@@ -592,111 +504,9 @@ impl Gateway {
         }
     }
 
-    /// `GET /adapters/{name}/sse`: opens a legacy HTTP+SSE session on a replica.
-    async fn open_legacy(
-        &self,
-        target: Arc<AdapterTarget>,
-        parts: http::request::Parts,
-    ) -> Result<Response<ProxyBody>, Fail> {
-        self.check_session_limit(&parts).await?;
-        let (candidates, placing) = self.session_candidates(&target).await?;
-        let path = match parts.uri.query() {
-            Some(q) => format!("{}?{q}", target.sse_path),
-            None => target.sse_path.clone(),
-        };
-        let body = ForwardBody::new(Vec::new(), None, 0);
-        let (replica, res) = self
-            .send_any(&target, &candidates, &parts, body, &path, true)
-            .await?;
-        let is_stream = res
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        if !res.status().is_success() || !is_stream {
-            return Ok(res);
-        }
-
-        // The session is known once the endpoint event names it; it ends with the stream.
-        let opened: Arc<Mutex<Option<SessionKey>>> = Arc::default();
-        let store = self.shared.store.clone();
-        let on_endpoint: OnEndpoint = {
-            let (store, opened) = (store.clone(), opened.clone());
-            let (target, replica_id, principal) =
-                (target.clone(), replica.id.clone(), principal(&parts));
-            Box::new(
-                move |data: String| -> BoxFuture<'static, Result<String, ProxyError>> {
-                    Box::pin(async move {
-                        let bad = |reason: &str| ProxyError::BadUpstreamResponse {
-                            adapter: target.name.to_string(),
-                            replica: replica_id.to_string(),
-                            reason: reason.to_owned(),
-                        };
-                        let endpoint = sse::parse_endpoint(&data)
-                            .ok_or_else(|| bad("endpoint event does not hold a URL"))?;
-                        let (_, sid) = sse::session_param(endpoint.query)
-                            .ok_or_else(|| bad("endpoint URL carries no session id"))?;
-                        let sid = SessionId::new(&sid)
-                            .map_err(|_| bad("session id is not a short visible-ASCII token"))?;
-                        let key = SessionKey {
-                            adapter: target.name.clone(),
-                            id: sid,
-                        };
-                        let mut record = SessionRecord::new(key.clone(), replica_id, principal);
-                        record.legacy = Some(LegacyEndpoint {
-                            path_and_query: endpoint.path_and_query.to_owned(),
-                        });
-                        store.put(record).await?;
-                        drop(placing);
-                        *opened.lock().unwrap_or_else(|e| e.into_inner()) = Some(key);
-                        Ok(format!(
-                            "/adapters/{}/messages?{}",
-                            target.name, endpoint.query
-                        ))
-                    })
-                },
-            )
-        };
-        let close = OnClose::new(move |_| {
-            let Some(key) = opened.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-                return;
-            };
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    if let Err(e) = store.remove(&key).await {
-                        tracing::warn!(error = %e, "could not remove an ended legacy session");
-                    }
-                });
-            }
-        });
-        let (parts, body) = res.into_parts();
-        let body = Tracked::new(
-            EndpointRewriter::new(body, on_endpoint).boxed_unsync(),
-            self.shared.config.stream_idle_timeout,
-            vec![close],
-        );
-        Ok(Response::from_parts(parts, body.boxed_unsync()))
-    }
-
-    /// `POST /adapters/{name}/messages?sessionId=…`: a client message of a legacy session.
-    async fn post_legacy(
-        &self,
-        target: Arc<AdapterTarget>,
-        parts: http::request::Parts,
-        body: ProxyBody,
-    ) -> Result<Response<ProxyBody>, Fail> {
-        let limit = self.body_limit(&parts.headers)?;
-        let (_, sid) = sse::session_param(parts.uri.query().unwrap_or(""))
-            .ok_or(ProxyError::MissingSessionParam)?;
-        let sid = SessionId::new(&sid).map_err(ProxyError::BadSessionId)?;
-        let body = ForwardBody::new(Vec::new(), Some(body), limit);
-        self.to_session(&target, parts, body, sid, UpstreamPath::Legacy)
-            .await
-    }
-
     /// The body size limit, refusing at once a request whose `Content-Length` exceeds it
     /// (bodies without one are cut off while streaming).
-    fn body_limit(&self, headers: &HeaderMap) -> Result<u64, ProxyError> {
+    pub(crate) fn body_limit(&self, headers: &HeaderMap) -> Result<u64, ProxyError> {
         let limit = self.shared.config.max_body_bytes;
         if content_length(headers).is_some_and(|n| n > limit) {
             return Err(ProxyError::BodyTooLarge(limit));
@@ -705,7 +515,10 @@ impl Gateway {
     }
 
     /// The gateway's session limit, then the caller's quota.
-    async fn check_session_limit(&self, parts: &http::request::Parts) -> Result<(), ProxyError> {
+    pub(crate) async fn check_session_limit(
+        &self,
+        parts: &http::request::Parts,
+    ) -> Result<(), ProxyError> {
         let config = &self.shared.config;
         let store = &self.shared.store;
         let max = config.max_sessions;
@@ -743,7 +556,7 @@ impl Gateway {
 
     /// Candidates for a new session, best first, and a guard that counts the session on the
     /// first candidate until its record is written.
-    async fn session_candidates(
+    pub(crate) async fn session_candidates(
         &self,
         target: &AdapterTarget,
     ) -> Result<(Vec<Replica>, Option<Placing>), ProxyError> {
@@ -777,185 +590,6 @@ impl Gateway {
         .cloned()
         .collect()
     }
-
-    /// Sends to the first candidate that accepts the connection; a connection refused or timed
-    /// out moves on to the next (the body was never read, so nothing was half-sent). With
-    /// `retry_5xx` (the opening of a new session, whose body is held whole), a 5xx answer moves
-    /// on too: a replica that cannot open sessions does not fail the client's.
-    async fn send_any<'r>(
-        &self,
-        target: &AdapterTarget,
-        candidates: &'r [Replica],
-        parts: &http::request::Parts,
-        body: ForwardBody,
-        path: &str,
-        retry_5xx: bool,
-    ) -> Result<(&'r Replica, Response<ProxyBody>), ProxyError> {
-        let mut body = Some(body);
-        let mut last = None;
-        // A 5xx answer passed over, returned should no later candidate answer at all.
-        let mut last_res = None;
-        for (i, replica) in candidates.iter().enumerate() {
-            let Some(b) = body.take() else { break };
-            let is_last = i + 1 == candidates.len();
-            let copy = if retry_5xx && !is_last {
-                b.try_clone()
-            } else {
-                None
-            };
-            match self.send(target, replica, parts, b, path).await {
-                Ok(res) if res.status().is_server_error() && copy.is_some() => {
-                    tracing::info!(adapter = %target.name, replica = %replica.id,
-                        status = %res.status(), "replica could not open a session; trying the next");
-                    body = copy;
-                    last_res = Some((replica, res));
-                }
-                Ok(res) => return Ok((replica, res)),
-                Err(SendError::NotConnected {
-                    err, body: again, ..
-                }) => {
-                    last = Some(err);
-                    body = again.or(copy);
-                }
-                Err(e) => return Err(e.into_error()),
-            }
-        }
-        if let Some(answer) = last_res {
-            return Ok(answer);
-        }
-        Err(last.unwrap_or_else(|| ProxyError::NoReadyReplica(target.name.to_string())))
-    }
-
-    /// Sends one request to one replica and wraps its response for the client.
-    async fn send(
-        &self,
-        target: &AdapterTarget,
-        replica: &Replica,
-        parts: &http::request::Parts,
-        body: ForwardBody,
-        path_and_query: &str,
-    ) -> Result<Response<ProxyBody>, SendError> {
-        let config = &self.shared.config;
-        let adapter = target.name.as_str();
-        let upstream_error = |kind: &'static str| {
-            metrics::counter!(
-                "mcp_gateway_upstream_errors_total",
-                "adapter" => adapter.to_owned(),
-                "replica" => replica.id.to_string(),
-                "kind" => kind
-            )
-            .increment(1);
-        };
-        let uri: Uri = format!("{}{}", replica.base_url, path_and_query)
-            .parse()
-            .map_err(|e| {
-                SendError::Other(ProxyError::BadUpstreamResponse {
-                    adapter: adapter.to_owned(),
-                    replica: replica.id.to_string(),
-                    reason: format!("invalid upstream URL: {e}"),
-                })
-            })?;
-        let (body, slot) = Replayable::new(body);
-        let mut req = Request::new(body);
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = uri;
-        *req.headers_mut() = parts.headers.clone();
-        headers::to_upstream(
-            req.headers_mut(),
-            parts.extensions.get::<ClientAddr>().map(|a| a.0),
-        );
-        headers::identity_to_upstream(
-            req.headers_mut(),
-            config.identity_headers.as_ref(),
-            parts.extensions.get::<Principal>(),
-            &target.upstream_headers,
-        );
-
-        let probe = parts.extensions.get::<Probe>();
-        let attempt = observe::client_attempt(&self.observer, probe, replica, req.headers_mut());
-
-        let health = self.shared.health.get(adapter, &replica.id);
-        let in_flight = health.start();
-        let sent =
-            tokio::time::timeout(config.request_timeout, self.shared.client.request(req)).await;
-        let err = match sent {
-            Ok(Ok(res)) => {
-                let outcome = if res.status().is_server_error() {
-                    Outcome::ServerError
-                } else {
-                    Outcome::Success
-                };
-                record_outcome(config, adapter, replica, &health, outcome);
-                let mut res = self.respond(res, in_flight);
-                attempt.attach(&mut res);
-                return Ok(res);
-            }
-            Ok(Err(e)) => e,
-            Err(_) => {
-                observe::client_failed(probe, adapter, &self.observer, attempt, "timeout");
-                upstream_error("timeout");
-                return Err(SendError::Other(ProxyError::UpstreamTimeout {
-                    adapter: adapter.to_owned(),
-                    replica: replica.id.to_string(),
-                    after: config.request_timeout,
-                }));
-            }
-        };
-        if let Some(limit) = find_source::<BodyTooLarge>(&err) {
-            observe::client_failed(probe, adapter, &self.observer, attempt, "body_too_large");
-            return Err(SendError::Other(ProxyError::BodyTooLarge(limit.0)));
-        }
-        let io_kind = find_source::<std::io::Error>(&err).map(std::io::Error::kind);
-        let error_type = match (err.is_connect(), io_kind) {
-            (true, Some(std::io::ErrorKind::TimedOut)) => "connect_timeout",
-            (true, _) => "connect_error",
-            _ => "io_error",
-        };
-        observe::client_failed(probe, adapter, &self.observer, attempt, error_type);
-        let reason = error_chain(&err);
-        if !err.is_connect() {
-            upstream_error("io");
-            return Err(SendError::Other(ProxyError::UpstreamUnavailable {
-                adapter: adapter.to_owned(),
-                replica: replica.id.to_string(),
-                reason,
-            }));
-        }
-        record_outcome(config, adapter, replica, &health, Outcome::ConnectFailure);
-        let err = if io_kind == Some(std::io::ErrorKind::TimedOut) {
-            upstream_error("connect_timeout");
-            ProxyError::UpstreamTimeout {
-                adapter: adapter.to_owned(),
-                replica: replica.id.to_string(),
-                after: config.connect_timeout,
-            }
-        } else {
-            upstream_error("connect");
-            ProxyError::UpstreamUnavailable {
-                adapter: adapter.to_owned(),
-                replica: replica.id.to_string(),
-                reason,
-            }
-        };
-        tracing::warn!(adapter, replica = %replica.id, error = %err, "no connection to the replica");
-        Err(SendError::NotConnected {
-            err,
-            // No byte of the body was read: the connection never opened.
-            body: slot.reclaim(),
-            refused: io_kind == Some(std::io::ErrorKind::ConnectionRefused),
-        })
-    }
-
-    fn respond(&self, res: Response<Incoming>, in_flight: InFlight) -> Response<ProxyBody> {
-        let (mut parts, body) = res.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        let body = Tracked::new(
-            body.map_err(BoxError::from).boxed_unsync(),
-            self.shared.config.stream_idle_timeout,
-            vec![OnClose::new(move |_| drop(in_flight))],
-        );
-        Response::from_parts(parts, body.boxed_unsync())
-    }
 }
 
 impl<B> tower::Service<Request<B>> for Gateway
@@ -977,34 +611,15 @@ where
     }
 }
 
-// === helpers ===
-
-/// Feeds one exchange's outcome to the replica's outlier detection.
-fn record_outcome(
-    config: &RoutingConfig,
-    adapter: &str,
-    replica: &Replica,
-    health: &ReplicaHealth,
-    outcome: Outcome,
-) {
-    if let Some(for_) = health.record(outcome, &config.ejection()) {
-        metrics::counter!("mcp_gateway_replica_ejections_total",
-            "adapter" => adapter.to_owned(), "replica" => replica.id.to_string())
-        .increment(1);
-        tracing::warn!(adapter, replica = %replica.id, ?outcome, ejected_for = ?for_,
-            "replica ejected from placement");
-    }
-}
-
 /// The owner a session is bound to: the principal's issuer and subject.
-fn principal(parts: &http::request::Parts) -> Option<String> {
+pub(crate) fn principal(parts: &http::request::Parts) -> Option<String> {
     parts
         .extensions
         .get::<Principal>()
         .map(Principal::session_owner)
 }
 
-fn mcp_path(target: &AdapterTarget, query: Option<&str>) -> String {
+pub(crate) fn mcp_path(target: &AdapterTarget, query: Option<&str>) -> String {
     match query {
         Some(q) => format!("{}?{q}", target.mcp_path),
         None => target.mcp_path.clone(),
@@ -1135,30 +750,6 @@ async fn read_rest(
     Ok(prefix)
 }
 
-fn find_source<'e, T: std::error::Error + 'static>(
-    err: &'e (dyn std::error::Error + 'static),
-) -> Option<&'e T> {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = cur {
-        if let Some(t) = e.downcast_ref::<T>() {
-            return Some(t);
-        }
-        cur = e.source();
-    }
-    None
-}
-
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        cur = e.source();
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1234,13 +825,6 @@ mod tests {
         assert!(session_id(&hdrs(&[("mcp-session-id", "a b")])).is_err());
         let long: &'static str = Box::leak("x".repeat(200).into_boxed_str());
         assert!(session_id(&hdrs(&[("mcp-session-id", long)])).is_err());
-    }
-
-    #[test]
-    fn metric_labels_are_bounded() {
-        assert_eq!(method_label(Some(&env("tools/call", None))), "tools/call");
-        assert_eq!(method_label(Some(&env("x/evil-unbounded", None))), "other");
-        assert_eq!(method_label(None), "response");
     }
 
     #[tokio::test]

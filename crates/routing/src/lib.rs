@@ -105,9 +105,12 @@ mod gateway;
 mod headers;
 pub mod jsonrpc;
 mod jsonwalk;
+mod legacy;
 pub mod observe;
 mod placement;
 pub mod sse;
+mod stats;
+mod upstream;
 
 pub use body::{BoxError, ProxyBody};
 pub use config::{IdentityHeaders, RoutingConfig};
