@@ -31,7 +31,7 @@ use crate::{build_release, run_step, target_dir};
 /// Each target runs this many times per scenario, interleaved with the others.
 const ROUNDS: usize = 2;
 /// How a target's result is chosen among its rounds (printed and written to the JSON file).
-const SELECTION: &str = "best of 2 interleaved rounds (highest requests/s)";
+const SELECTION: &str = "best of 2 interleaved rounds (highest requests/s; fixed-rate: lowest p50)";
 const SESSION_VERSION: &str = "2025-11-25";
 const STATELESS_VERSION: &str = "2026-07-28";
 const ACCEPT_BOTH: &str = "application/json, text/event-stream";
@@ -61,6 +61,19 @@ struct Options {
     /// Also write every run and the selected results to this JSON file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Requests per second of the fixed-rate scenario (all its workers together).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    rate: u64,
+    /// Idle sessions opened through the gateway to measure its memory per session.
+    #[arg(long, default_value_t = 10_000)]
+    idle_sessions: u64,
+    /// Legacy SSE streams the benchmark tries to hold open through one gateway at once.
+    #[arg(long, default_value_t = 9_000)]
+    sse_streams: u64,
+    /// The gateway binary to measure (default: the release build of this checkout), e.g. a
+    /// copy of an earlier build, to compare two versions with the same benchmark.
+    #[arg(long)]
+    gateway_bin: Option<PathBuf>,
 }
 
 impl Options {
@@ -70,6 +83,17 @@ impl Options {
 
     fn concurrency(&self) -> usize {
         usize::try_from(self.concurrency).unwrap_or(1)
+    }
+
+    /// `--quick` opens a tenth of the sessions and streams.
+    fn idle_sessions(&self) -> usize {
+        let n = usize::try_from(self.idle_sessions).unwrap_or(usize::MAX);
+        if self.quick { n / 10 } else { n }
+    }
+
+    fn sse_streams(&self) -> usize {
+        let n = usize::try_from(self.sse_streams).unwrap_or(usize::MAX);
+        if self.quick { n / 10 } else { n }
     }
 }
 
@@ -93,19 +117,26 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
              (install it with `apt-get install -y nginx`)"
         );
     }
-    let mut stack = Stack::start(&dir, nginx.as_deref())?;
+    raise_fd_limit()?;
+    let gateway_bin = options
+        .gateway_bin
+        .clone()
+        .unwrap_or_else(|| target_dir().join("release/gateway-service"));
+    let mut stack = Stack::start(&dir, nginx.as_deref(), &gateway_bin)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
     let received = OtlpReceived::default();
-    let runs = runtime.block_on(async {
+    let (runs, capacity) = runtime.block_on(async {
         if let Some(listener) = stack.otlp.take() {
             otlp_receiver(listener, received.clone())?;
         }
         stack.wait_ready().await?;
-        measure_all(&stack.targets(), &options).await
+        let runs = measure_all(&stack.targets(), &options).await?;
+        let capacity = measure_capacity(&stack, &options).await?;
+        anyhow::Ok((runs, capacity))
     })?;
     eprintln!(
         "bench: the OTLP receiver got {} export requests, {} bytes",
@@ -115,7 +146,12 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
     drop(runtime);
     drop(stack);
 
-    let report = Report::new(&options, &runs);
+    let mut report = Report::new(&options, &runs, capacity);
+    report.command = std::iter::once("cargo xtask bench".to_owned())
+        .chain(args)
+        .collect::<Vec<_>>()
+        .join(" ");
+    report.gateway_bin = gateway_bin.display().to_string();
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(report.render()?.as_bytes())?;
     stdout.flush()?;
@@ -172,6 +208,10 @@ impl ChildGuard {
             log,
             child,
         })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Fails when the process has exited, pointing at its log.
@@ -256,6 +296,8 @@ struct Stack {
     admin_traced: String,
     otlp: Option<TcpListener>,
     nginx: Option<String>,
+    /// Process ids, for CPU time and memory: replica 1, the three gateways, nginx's master.
+    pids: Pids,
     /// In start order; stopped in reverse.
     children: Vec<ChildGuard>,
 }
@@ -269,11 +311,13 @@ impl Drop for Stack {
 }
 
 impl Stack {
-    fn start(dir: &Path, nginx: Option<&Path>) -> anyhow::Result<Self> {
+    fn start(dir: &Path, nginx: Option<&Path>, gateway_bin: &Path) -> anyhow::Result<Self> {
+        let mut pids = Pids::default();
         let mut children = Vec::new();
         let mut replicas = [String::new(), String::new()];
         for (i, url) in replicas.iter_mut().enumerate() {
             let (child, base) = start_replica(dir, &format!("r{}", i + 1))?;
+            pids.replicas.push(child.pid());
             children.push(child);
             *url = base;
         }
@@ -282,7 +326,7 @@ impl Stack {
         let config_path = dir.join("gateway.toml");
         std::fs::write(&config_path, config)
             .with_context(|| format!("writing {}", config_path.display()))?;
-        let mut gateway_cmd = Command::new(target_dir().join("release/gateway-service"));
+        let mut gateway_cmd = Command::new(gateway_bin);
         gateway_cmd.arg("--config").arg(&config_path);
         children.push(ChildGuard::spawn(
             "gateway-service",
@@ -290,6 +334,7 @@ impl Stack {
             dir.join("gateway.log"),
             false,
         )?);
+        pids.gateway = children.last().map(ChildGuard::pid);
         let api_key = new_api_key()?;
         let (auth_port, auth_admin_port) = (free_port()?, free_port()?);
         let config = format!(
@@ -301,7 +346,7 @@ impl Stack {
         let config_path = dir.join("gateway-auth.toml");
         std::fs::write(&config_path, config)
             .with_context(|| format!("writing {}", config_path.display()))?;
-        let mut gateway_cmd = Command::new(target_dir().join("release/gateway-service"));
+        let mut gateway_cmd = Command::new(gateway_bin);
         gateway_cmd
             .arg("--config")
             .arg(&config_path)
@@ -313,6 +358,7 @@ impl Stack {
             dir.join("gateway-auth.log"),
             false,
         )?);
+        pids.gateway_auth = children.last().map(ChildGuard::pid);
         let otlp = TcpListener::bind("127.0.0.1:0").context("binding the OTLP receiver")?;
         let otlp_port = otlp.local_addr()?.port();
         let (traced_port, traced_admin_port) = (free_port()?, free_port()?);
@@ -324,7 +370,7 @@ impl Stack {
         let config_path = dir.join("gateway-traced.toml");
         std::fs::write(&config_path, config)
             .with_context(|| format!("writing {}", config_path.display()))?;
-        let mut gateway_cmd = Command::new(target_dir().join("release/gateway-service"));
+        let mut gateway_cmd = Command::new(gateway_bin);
         gateway_cmd.arg("--config").arg(&config_path);
         children.push(ChildGuard::spawn(
             "gateway-service (traced)",
@@ -332,9 +378,11 @@ impl Stack {
             dir.join("gateway-traced.log"),
             false,
         )?);
+        pids.gateway_traced = children.last().map(ChildGuard::pid);
         let nginx = match nginx {
             Some(binary) => {
                 let (child, base) = start_nginx(binary, &dir.join("nginx"), &replicas[0])?;
+                pids.nginx = Some(child.pid());
                 children.push(child);
                 Some(base)
             }
@@ -351,6 +399,7 @@ impl Stack {
             admin_traced: format!("http://127.0.0.1:{traced_admin_port}"),
             otlp: Some(otlp),
             nginx,
+            pids,
             children,
         })
     }
@@ -405,27 +454,37 @@ impl Stack {
 
     /// What is measured, in the order each round runs them.
     fn targets(&self) -> Vec<Target> {
+        let pids = &self.pids;
         let mut targets = vec![
-            Target::new("direct", format!("{}/mcp", self.replicas[0])),
-            Target::new("gateway", format!("{}/adapters/single/mcp", self.gateway)),
+            Target::new("direct", format!("{}/mcp", self.replicas[0]))
+                .cpu_of(pids.replicas.first().copied()),
+            Target::new("gateway", format!("{}/adapters/single/mcp", self.gateway))
+                .cpu_of(pids.gateway),
         ];
         if let Some(nginx) = &self.nginx {
-            targets.push(Target::new("nginx", format!("{nginx}/mcp")));
+            targets.push(Target::new("nginx", format!("{nginx}/mcp")).cpu_of(pids.nginx));
         }
-        targets.push(Target::new(
-            "gateway-2-replicas",
-            format!("{}/adapters/bench/mcp", self.gateway),
-        ));
+        targets.push(
+            Target::new(
+                "gateway-2-replicas",
+                format!("{}/adapters/bench/mcp", self.gateway),
+            )
+            .cpu_of(pids.gateway),
+        );
         let mut auth = Target::new(
             "gateway-api-key",
             format!("{}/adapters/single/mcp", self.gateway_auth),
-        );
+        )
+        .cpu_of(pids.gateway_auth);
         auth.authorization = Some(format!("Bearer {}", self.api_key));
         targets.push(auth);
-        targets.push(Target::new(
-            "gateway-traced",
-            format!("{}/adapters/single/mcp", self.gateway_traced),
-        ));
+        targets.push(
+            Target::new(
+                "gateway-traced",
+                format!("{}/adapters/single/mcp", self.gateway_traced),
+            )
+            .cpu_of(pids.gateway_traced),
+        );
         targets
     }
 }
@@ -453,6 +512,7 @@ fn gateway_config(port: u16, admin_port: u16, replicas: &[String; 2]) -> String 
 admin_listen = "127.0.0.1:{admin_port}"
 log = "warn"
 insecure_no_auth = true
+max_sessions = 1000000
 
 [[adapters]]
 name = "bench"
@@ -611,6 +671,9 @@ struct Target {
     url: String,
     /// Sent with every request (the gateway that authenticates).
     authorization: Option<String>,
+    /// The process (with its children: nginx's workers) whose CPU time a request costs: the
+    /// proxy's; for `direct`, the replica's.
+    cpu: Option<u32>,
 }
 
 impl Target {
@@ -619,7 +682,13 @@ impl Target {
             name,
             url,
             authorization: None,
+            cpu: None,
         }
+    }
+
+    fn cpu_of(mut self, pid: Option<u32>) -> Self {
+        self.cpu = pid;
+        self
     }
 }
 
@@ -652,15 +721,28 @@ enum Scenario {
     Stateless,
     /// Session era, one worker: latency without queueing.
     Sequential,
+    /// Session era, a fixed total rate (`--rate`) well under saturation: the latency a hop
+    /// adds when nothing queues.
+    FixedRate,
 }
 
-impl Scenario {
-    const ALL: [Self; 3] = [Self::Sessions, Self::Stateless, Self::Sequential];
+/// Requests per second one worker (one session, one connection) of the fixed-rate scenario
+/// sends, on average.
+const RATE_PER_WORKER: u64 = 200;
 
-    fn concurrency(self, configured: usize) -> usize {
+impl Scenario {
+    const ALL: [Self; 4] = [
+        Self::Sessions,
+        Self::Stateless,
+        Self::Sequential,
+        Self::FixedRate,
+    ];
+
+    fn concurrency(self, options: &Options) -> usize {
         match self {
             Self::Sequential => 1,
-            Self::Sessions | Self::Stateless => configured,
+            Self::Sessions | Self::Stateless => options.concurrency(),
+            Self::FixedRate => usize::try_from(options.rate.div_ceil(RATE_PER_WORKER)).unwrap_or(1),
         }
     }
 
@@ -669,6 +751,9 @@ impl Scenario {
             Self::Sessions => format!("sessions (2025-11-25), {concurrency} concurrent sessions"),
             Self::Stateless => format!("stateless (2026-07-28), {concurrency} concurrent workers"),
             Self::Sequential => "sequential (2025-11-25), 1 session, request after request".into(),
+            Self::FixedRate => format!(
+                "fixed-rate (2025-11-25), {concurrency} sessions sending at a fixed total rate"
+            ),
         }
     }
 }
@@ -818,6 +903,54 @@ async fn worker(client: HttpClient, caller: Caller, deadline: Instant) -> (Calle
     (caller, sample)
 }
 
+/// Calls once per tick it is sent, until the ticks stop. Latency runs from sending to the end
+/// of the body (a tick that waited for the worker's previous call does not count its wait).
+async fn paced_worker(
+    client: HttpClient,
+    caller: Caller,
+    mut ticks: tokio::sync::mpsc::UnboundedReceiver<()>,
+) -> (Caller, Sample) {
+    let mut sample = Sample::default();
+    while ticks.recv().await.is_some() {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, call(&client, &caller)).await;
+        match outcome.unwrap_or_else(|_| Err(anyhow::anyhow!("timed out"))) {
+            Ok(()) => sample.latencies_us.push(micros(started.elapsed())),
+            Err(err) => {
+                sample.errors += 1;
+                sample.first_error.get_or_insert_with(|| format!("{err:#}"));
+            }
+        }
+    }
+    (caller, sample)
+}
+
+/// Sends a tick every `interval` until `deadline`, to the workers in turn. A thread of its
+/// own that sleeps to each tick's time: tokio's timer has a 1 ms resolution, which would send
+/// the ticks in bursts.
+fn pace(
+    workers: Vec<tokio::sync::mpsc::UnboundedSender<()>>,
+    interval: Duration,
+    deadline: Instant,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        for k in 0u32.. {
+            let at = start + interval * k;
+            if at >= deadline {
+                break;
+            }
+            let now = Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            if let Some(worker) = workers.get(k as usize % workers.len()) {
+                let _ = worker.send(());
+            }
+        }
+    })
+}
+
 /// One `tools/call`: a 200 whose body is a successful JSON-RPC result, or an error.
 async fn call(client: &HttpClient, caller: &Caller) -> anyhow::Result<()> {
     let response = client.request(caller.request()).await?;
@@ -848,16 +981,25 @@ async fn measure_all(targets: &[Target], options: &Options) -> anyhow::Result<Ve
     let duration = options.run_duration();
     let mut runs = Vec::new();
     for scenario in Scenario::ALL {
-        let concurrency = scenario.concurrency(options.concurrency());
+        let concurrency = scenario.concurrency(options);
         eprintln!("bench: {}", scenario.describe(concurrency));
+        // The fixed-rate scenario's time between two calls (of any worker).
+        let interval = Duration::from_secs_f64(1.0 / options.rate as f64);
         for round in 1..=ROUNDS {
             for target in targets {
-                let run = measure(target, scenario, concurrency, duration, round)
+                let run = measure(target, scenario, concurrency, duration, round, interval)
                     .await
                     .with_context(|| format!("{scenario:?} against {}", target.name))?;
                 eprintln!(
-                    "bench:   round {round} {:<20} {:>9.0} req/s  p50 {:>6} µs  errors {}",
-                    run.target, run.requests_per_s, run.p50_us, run.errors
+                    "bench:   round {round} {:<20} {:>9.0} req/s  p50 {:>6} µs  p99 {:>6} µs  \
+                     CPU {:>6} µs/req  errors {}",
+                    run.target,
+                    run.requests_per_s,
+                    run.p50_us,
+                    run.p99_us,
+                    run.cpu_us_per_request
+                        .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}")),
+                    run.errors
                 );
                 runs.push(run);
             }
@@ -873,6 +1015,7 @@ async fn measure(
     concurrency: usize,
     duration: Duration,
     round: usize,
+    interval: Duration,
 ) -> anyhow::Result<Run> {
     let client = http_client(concurrency);
     let uri: Uri = target.url.parse()?;
@@ -885,7 +1028,7 @@ async fn measure(
     for worker in 0..concurrency {
         callers.push(match scenario {
             Scenario::Stateless => stateless_caller(&uri, worker, authorization.as_ref())?,
-            Scenario::Sessions | Scenario::Sequential => {
+            Scenario::Sessions | Scenario::Sequential | Scenario::FixedRate => {
                 session_caller(&client, &uri, worker, authorization.as_ref())
                     .await
                     .context("opening a session")?
@@ -893,12 +1036,22 @@ async fn measure(
         });
     }
 
+    let cpu_before = target.cpu.and_then(cpu_ticks);
     let started = Instant::now();
     let deadline = started + duration;
+    let mut ticks = Vec::new();
     let workers: Vec<_> = callers
         .into_iter()
-        .map(|caller| tokio::spawn(worker(client.clone(), caller, deadline)))
+        .map(|caller| match scenario {
+            Scenario::FixedRate => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                ticks.push(tx);
+                tokio::spawn(paced_worker(client.clone(), caller, rx))
+            }
+            _ => tokio::spawn(worker(client.clone(), caller, deadline)),
+        })
         .collect();
+    let pacer = (!ticks.is_empty()).then(|| pace(ticks, interval, deadline));
     let mut total = Sample::default();
     let mut callers = Vec::with_capacity(concurrency);
     for handle in workers {
@@ -907,6 +1060,14 @@ async fn measure(
         callers.push(caller);
     }
     let elapsed = started.elapsed();
+    if let Some(pacer) = pacer {
+        let _ = pacer.join();
+    }
+    let cpu_after = target.cpu.and_then(cpu_ticks);
+    let cpu_us = match (cpu_before, cpu_after) {
+        (Some(before), Some(after)) => Some(ticks_to_us(after.saturating_sub(before))),
+        _ => None,
+    };
 
     if scenario != Scenario::Stateless {
         for caller in &callers {
@@ -920,6 +1081,7 @@ async fn measure(
         concurrency,
         elapsed,
         total,
+        cpu_us,
     ))
 }
 
@@ -941,6 +1103,11 @@ struct Run {
     p90_us: u64,
     p99_us: u64,
     max_us: u64,
+    /// CPU time (user + system) the target's process spent per successful call, from its own
+    /// `/proc/<pid>/stat` (nginx: master and workers) over the run.
+    cpu_us_per_request: Option<f64>,
+    /// That process's CPU time over the run's wall time, in cores.
+    cpu_cores: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     first_error: Option<String>,
 }
@@ -953,6 +1120,7 @@ impl Run {
         concurrency: usize,
         elapsed: Duration,
         mut sample: Sample,
+        cpu_us: Option<f64>,
     ) -> Self {
         sample.latencies_us.sort_unstable();
         let latencies = &sample.latencies_us;
@@ -970,7 +1138,25 @@ impl Run {
             p90_us: percentile(latencies, 0.90),
             p99_us: percentile(latencies, 0.99),
             max_us: latencies.last().copied().unwrap_or(0),
+            cpu_us_per_request: cpu_us
+                .filter(|_| requests > 0)
+                .map(|us| us / requests as f64),
+            cpu_cores: cpu_us.map(|us| us / 1e6 / elapsed.as_secs_f64()),
             first_error: sample.first_error,
+        }
+    }
+}
+
+impl Run {
+    /// Which of two rounds is kept: the one with more requests/s; at a fixed rate (where
+    /// requests/s is what was asked for), the one with the lower p50.
+    fn better_than(&self, other: &Run) -> bool {
+        match self.scenario {
+            Scenario::FixedRate => {
+                self.errors <= other.errors
+                    && (self.p50_us, self.p99_us) < (other.p50_us, other.p99_us)
+            }
+            _ => self.requests_per_s > other.requests_per_s,
         }
     }
 }
@@ -996,6 +1182,10 @@ const COMPARISONS: [(&str, &str); 6] = [
 
 #[derive(Serialize)]
 struct Report<'a> {
+    /// The command line that produced this report.
+    command: String,
+    /// The gateway binary measured.
+    gateway_bin: String,
     cores: usize,
     seconds_per_run: f64,
     concurrency: usize,
@@ -1005,22 +1195,27 @@ struct Report<'a> {
     selected: Vec<&'a Run>,
     /// Every run, in the order they ran.
     runs: &'a [Run],
+    /// Memory per idle session and open SSE streams of one gateway.
+    capacity: Capacity,
 }
 
 impl<'a> Report<'a> {
-    fn new(options: &Options, runs: &'a [Run]) -> Self {
+    fn new(options: &Options, runs: &'a [Run], capacity: Capacity) -> Self {
         let mut selected: Vec<&Run> = Vec::new();
         for run in runs {
             match selected
                 .iter_mut()
                 .find(|kept| kept.scenario == run.scenario && kept.target == run.target)
             {
-                Some(kept) if run.requests_per_s > kept.requests_per_s => *kept = run,
+                Some(kept) if run.better_than(kept) => *kept = run,
                 Some(_) => {}
                 None => selected.push(run),
             }
         }
         Self {
+            command: String::new(),
+            gateway_bin: String::new(),
+            capacity,
             cores: std::thread::available_parallelism().map_or(0, usize::from),
             seconds_per_run: options.run_duration().as_secs_f64(),
             concurrency: options.concurrency(),
@@ -1059,7 +1254,13 @@ impl<'a> Report<'a> {
                 self.render_comparisons(&mut out, scenario)?;
             }
         }
+        self.capacity.render(&mut out)?;
         self.render_errors(&mut out)?;
+        writeln!(
+            out,
+            "\nCommand: {} (gateway: {})",
+            self.command, self.gateway_bin
+        )?;
         Ok(out)
     }
 
@@ -1071,9 +1272,15 @@ impl<'a> Report<'a> {
             ) else {
                 continue;
             };
+            let cpu = match (a.cpu_us_per_request, b.cpu_us_per_request) {
+                (Some(x), Some(y)) if y > 0.0 && baseline != "direct" => {
+                    format!(", CPU per request {:.2}x", x / y)
+                }
+                _ => String::new(),
+            };
             writeln!(
                 out,
-                "  {:<32} throughput {:.2}x, p50 {:+} µs, p99 {:+} µs",
+                "  {:<32} throughput {:.2}x, p50 {:+} µs, p99 {:+} µs{cpu}",
                 format!("{measured} vs {baseline}:"),
                 a.requests_per_s / b.requests_per_s,
                 signed_diff(a.p50_us, b.p50_us),
@@ -1108,14 +1315,23 @@ impl<'a> Report<'a> {
 fn render_table(out: &mut String, rows: &[&Run]) -> std::fmt::Result {
     writeln!(
         out,
-        "  {:<20} {:>10} {:>9} {:>9} {:>9} {:>8}",
-        "target", "req/s", "p50 µs", "p90 µs", "p99 µs", "errors"
+        "  {:<20} {:>10} {:>9} {:>9} {:>9} {:>12} {:>9} {:>8}",
+        "target", "req/s", "p50 µs", "p90 µs", "p99 µs", "CPU µs/req", "CPU cores", "errors"
     )?;
     for run in rows {
         writeln!(
             out,
-            "  {:<20} {:>10.0} {:>9} {:>9} {:>9} {:>8}",
-            run.target, run.requests_per_s, run.p50_us, run.p90_us, run.p99_us, run.errors
+            "  {:<20} {:>10.0} {:>9} {:>9} {:>9} {:>12} {:>9} {:>8}",
+            run.target,
+            run.requests_per_s,
+            run.p50_us,
+            run.p90_us,
+            run.p99_us,
+            run.cpu_us_per_request
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}")),
+            run.cpu_cores
+                .map_or_else(|| "-".to_owned(), |c| format!("{c:.2}")),
+            run.errors
         )?;
     }
     Ok(())
@@ -1123,4 +1339,360 @@ fn render_table(out: &mut String, rows: &[&Run]) -> std::fmt::Result {
 
 fn signed_diff(a: u64, b: u64) -> i128 {
     i128::from(a) - i128::from(b)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes: CPU time, memory, file descriptors
+
+/// Process ids of what is measured.
+#[derive(Default)]
+struct Pids {
+    replicas: Vec<u32>,
+    gateway: Option<u32>,
+    gateway_auth: Option<u32>,
+    gateway_traced: Option<u32>,
+    nginx: Option<u32>,
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`getconf CLK_TCK`, normally 100).
+fn clock_ticks() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|out| String::from_utf8_lossy(&out.stdout).trim().parse().ok())
+            .unwrap_or(100)
+    })
+}
+
+fn ticks_to_us(ticks: u64) -> f64 {
+    ticks as f64 * 1e6 / clock_ticks() as f64
+}
+
+/// User + system CPU time of `pid` and of its child processes (nginx's workers), in clock
+/// ticks; `None` when the process is gone.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let mut total = 0;
+    let mut found = false;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(p) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // The fields after the command name (which may hold spaces): state is field 3, ppid 4,
+        // utime 14 and stime 15 of proc(5).
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        if p == pid || field(4) == Some(u64::from(pid)) {
+            total += field(14).unwrap_or(0) + field(15).unwrap_or(0);
+            found |= p == pid;
+        }
+    }
+    found.then_some(total)
+}
+
+/// Resident memory of `pid`, in KiB (`VmRSS` of `/proc/<pid>/status`).
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Open file descriptors of `pid`.
+fn fd_count(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
+/// Raises this process's soft limit of open files to the hard limit (the SSE scenario holds
+/// thousands of connections), and returns the limit.
+fn raise_fd_limit() -> anyhow::Result<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("reading RLIMIT_NOFILE")?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("raising RLIMIT_NOFILE")?;
+    Ok(hard)
+}
+
+/// Raises a child's soft limit of open files to `limit` with util-linux `prlimit`.
+fn raise_child_fd_limit(pid: u32, limit: u64) -> anyhow::Result<()> {
+    let status = Command::new("prlimit")
+        .arg(format!("--pid={pid}"))
+        .arg(format!("--nofile={limit}:{limit}"))
+        .status()
+        .context("running prlimit (util-linux)")?;
+    if !status.success() {
+        bail!("prlimit --pid={pid} --nofile={limit}:{limit} failed ({status})");
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Capacity: memory per idle session, open SSE streams
+
+#[derive(Serialize, Default)]
+struct Capacity {
+    idle_sessions: Option<IdleSessions>,
+    sse_streams: Option<SseStreams>,
+}
+
+/// Sessions opened through the gateway and left idle, and what the gateway's memory grew by.
+#[derive(Serialize)]
+struct IdleSessions {
+    asked: usize,
+    opened: usize,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    bytes_per_session: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_error: Option<String>,
+}
+
+/// Legacy SSE streams held open through one gateway at once.
+#[derive(Serialize)]
+struct SseStreams {
+    asked: usize,
+    /// Streams that delivered their (rewritten) endpoint event.
+    opened: usize,
+    /// Of those, still open once the last was opened.
+    still_open: usize,
+    /// The gateway's open file descriptors then, and its limit.
+    gateway_fds: usize,
+    fd_limit: u64,
+    /// The gateway's resident memory before and with the streams open.
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_error: Option<String>,
+}
+
+impl Capacity {
+    fn render(&self, out: &mut String) -> std::fmt::Result {
+        if let Some(m) = &self.idle_sessions {
+            writeln!(
+                out,
+                "\nidle sessions: {} of {} opened through the gateway; its RSS {} -> {} KiB: \
+                 {:.0} bytes per session",
+                m.opened, m.asked, m.rss_before_kib, m.rss_after_kib, m.bytes_per_session
+            )?;
+            if let Some(e) = &m.first_error {
+                writeln!(out, "  first failure: {e}")?;
+            }
+        }
+        if let Some(s) = &self.sse_streams {
+            writeln!(
+                out,
+                "SSE streams: {} of {} opened through one gateway in {:.1} s, {} still open; \
+                 gateway fds {} (limit {}), RSS {} -> {} KiB",
+                s.opened,
+                s.asked,
+                s.seconds,
+                s.still_open,
+                s.gateway_fds,
+                s.fd_limit,
+                s.rss_before_kib,
+                s.rss_after_kib
+            )?;
+            if let Some(e) = &s.first_error {
+                writeln!(out, "  first failure: {e}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Idle sessions, then SSE streams, against the main gateway (`/adapters/single`).
+async fn measure_capacity(stack: &Stack, options: &Options) -> anyhow::Result<Capacity> {
+    let Some(pid) = stack.pids.gateway else {
+        return Ok(Capacity::default());
+    };
+    let limit = raise_fd_limit()?;
+    raise_child_fd_limit(pid, limit)?;
+    for replica in &stack.pids.replicas {
+        raise_child_fd_limit(*replica, limit)?;
+    }
+    let url: Uri = format!("{}/adapters/single/mcp", stack.gateway).parse()?;
+    let idle = idle_sessions(&url, pid, options.idle_sessions()).await?;
+    eprintln!(
+        "bench: idle sessions: {} opened, {:.0} bytes each",
+        idle.opened, idle.bytes_per_session
+    );
+    let addr: SocketAddr = stack.gateway.trim_start_matches("http://").parse()?;
+    let sse = sse_streams(addr, pid, options.sse_streams(), limit).await?;
+    eprintln!(
+        "bench: SSE streams: {} opened, {} still open",
+        sse.opened, sse.still_open
+    );
+    Ok(Capacity {
+        idle_sessions: Some(idle),
+        sse_streams: Some(sse),
+    })
+}
+
+/// Workers opening things concurrently.
+const OPENERS: usize = 32;
+
+/// Opens `n` sessions (`initialize` + `notifications/initialized`) and leaves them idle.
+async fn idle_sessions(url: &Uri, pid: u32, n: usize) -> anyhow::Result<IdleSessions> {
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before_kib = rss_kib(pid).context("reading the gateway's RSS")?;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut openers = tokio::task::JoinSet::new();
+    for _ in 0..OPENERS {
+        let (next, url) = (next.clone(), url.clone());
+        openers.spawn(async move {
+            let client = http_client(1);
+            let (mut opened, mut first_error) = (0, None);
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                match session_caller(&client, &url, 0, None).await {
+                    Ok(_) => opened += 1,
+                    Err(e) => {
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                }
+            }
+            (opened, first_error)
+        });
+    }
+    let (mut opened, mut first_error) = (0, None);
+    while let Some(done) = openers.join_next().await {
+        let (o, e) = done.context("a session opener panicked")?;
+        opened += o;
+        first_error = first_error.or(e);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after_kib = rss_kib(pid).context("reading the gateway's RSS")?;
+    Ok(IdleSessions {
+        asked: n,
+        opened,
+        rss_before_kib,
+        rss_after_kib,
+        bytes_per_session: rss_after_kib.saturating_sub(rss_before_kib) as f64 * 1024.0
+            / opened.max(1) as f64,
+        first_error,
+    })
+}
+
+/// Opens one legacy SSE stream through the gateway and reads it up to its endpoint event,
+/// which the gateway rewrites to its own `/adapters/single/messages` once it recorded the
+/// session.
+async fn open_sse(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpStream> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!(
+                "GET /adapters/single/sse HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await?;
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 2048];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            bail!(
+                "closed before the endpoint event: {}",
+                String::from_utf8_lossy(&seen)
+            );
+        }
+        seen.extend_from_slice(&chunk[..n]);
+        if seen.len() >= 12 && !seen.starts_with(b"HTTP/1.1 200") {
+            bail!(
+                "answered {}",
+                String::from_utf8_lossy(&seen[..seen.len().min(200)])
+            );
+        }
+        if contains(&seen, b"/adapters/single/messages") {
+            return Ok(stream);
+        }
+        if seen.len() > 64 * 1024 {
+            bail!("no endpoint event in the first 64 KiB");
+        }
+    }
+}
+
+/// Opens up to `n` SSE streams at once through the gateway and holds them; stops early after
+/// 20 failures.
+async fn sse_streams(
+    addr: SocketAddr,
+    pid: u32,
+    n: usize,
+    fd_limit: u64,
+) -> anyhow::Result<SseStreams> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let rss_before_kib = rss_kib(pid).context("reading the gateway's RSS")?;
+    let started = Instant::now();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let failures = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut openers = tokio::task::JoinSet::new();
+    for _ in 0..OPENERS {
+        let (next, failures) = (next.clone(), failures.clone());
+        openers.spawn(async move {
+            let (mut held, mut first_error) = (Vec::new(), None);
+            while failures.load(Relaxed) < 20 && next.fetch_add(1, Relaxed) < n {
+                match tokio::time::timeout(REQUEST_TIMEOUT, open_sse(addr)).await {
+                    Ok(Ok(stream)) => held.push(stream),
+                    Ok(Err(e)) => {
+                        failures.fetch_add(1, Relaxed);
+                        first_error.get_or_insert_with(|| format!("{e:#}"));
+                    }
+                    Err(_) => {
+                        failures.fetch_add(1, Relaxed);
+                        first_error.get_or_insert_with(|| "timed out".to_owned());
+                    }
+                }
+            }
+            (held, first_error)
+        });
+    }
+    let (mut held, mut first_error) = (Vec::new(), None);
+    while let Some(done) = openers.join_next().await {
+        let (h, e) = done.context("an SSE opener panicked")?;
+        held.extend(h);
+        first_error = first_error.or(e);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut buf = [0u8; 512];
+    let still_open = held
+        .iter()
+        .filter(|s| match s.try_read(&mut buf) {
+            Ok(0) => false,
+            Ok(_) => true,
+            Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+        })
+        .count();
+    let gateway_fds = fd_count(pid).unwrap_or(0);
+    let rss_after_kib = rss_kib(pid).unwrap_or(0);
+    let opened = held.len();
+    drop(held);
+    Ok(SseStreams {
+        asked: n,
+        opened,
+        still_open,
+        gateway_fds,
+        fd_limit,
+        rss_before_kib,
+        rss_after_kib,
+        seconds,
+        first_error,
+    })
 }
