@@ -5,8 +5,8 @@
 //! - [`Replayable`]: hands a request body to the upstream client while keeping the means to
 //!   take it back if the client never touched it (connection refused), so the request can go to
 //!   another replica.
-//! - [`Tracked`]: a response body with an idle timeout and a guard that runs when the stream
-//!   ends or the client goes away.
+//! - [`Tracked`]: every response body: an idle timeout, guards that run when the stream ends
+//!   or the client goes away, and the observer that reads the answer on its way.
 //! - [`EndpointRewriter`]: a legacy SSE stream whose `endpoint` event is rewritten (after the
 //!   session is recorded) before it reaches the client; every later byte passes untouched.
 
@@ -19,6 +19,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
 use tokio::time::{Instant, Sleep};
 
 use crate::error::ProxyError;
@@ -233,31 +234,100 @@ impl Drop for OnClose {
     }
 }
 
-/// A response body with an idle timeout and close hooks.
+/// Reads a response body as it streams to the client, and is told once how it ended.
+pub(crate) trait Watch: Send {
+    fn frame(&mut self, data: &Bytes);
+    /// `complete`: the stream reached its end (rather than failing, idling out or being
+    /// dropped).
+    fn end(self: Box<Self>, complete: bool);
+}
+
+/// The idle timeout of a response stream. The timer is made the first time the stream has
+/// nothing to give (a JSON answer read at once never makes one), and re-armed only when it
+/// fires early: re-arming per frame would touch the timer wheel on every chunk.
+struct Idle {
+    after: Duration,
+    last_frame: Instant,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+/// Every response of the gateway: its body, with an optional idle timeout, the hooks to run
+/// when it ends or the client goes away ([`OnClose`]), and an optional [`Watch`] that reads it
+/// on the way (the MCP operation's observation). One wrapper, polled once per frame.
 pub struct Tracked {
     inner: ProxyBody,
-    idle: Duration,
-    last_frame: Instant,
-    timer: Pin<Box<Sleep>>,
+    idle: Option<Idle>,
     on_close: Vec<OnClose>,
+    watch: Option<Box<dyn Watch>>,
+    /// The attempt on a replica that produced this response, until the observer takes it.
+    pub(crate) attempt: Option<crate::observe::Upstream>,
+    /// Counts the response as in flight on its replica until it ends.
+    pub(crate) in_flight: Option<crate::placement::InFlight>,
 }
 
 impl Tracked {
+    /// A replica's response stream: idles out after `idle` without a frame.
     pub fn new(inner: ProxyBody, idle: Duration, on_close: Vec<OnClose>) -> Self {
-        let now = Instant::now();
         Self {
             inner,
-            idle,
-            last_frame: now,
-            timer: Box::pin(tokio::time::sleep_until(now + idle)),
+            idle: Some(Idle {
+                after: idle,
+                last_frame: Instant::now(),
+                timer: None,
+            }),
             on_close,
+            watch: None,
+            attempt: None,
+            in_flight: None,
         }
     }
 
+    /// A body the gateway made itself (an error answer): no timeout, no hooks yet.
+    pub fn plain(inner: ProxyBody) -> Self {
+        Self {
+            inner,
+            idle: None,
+            on_close: Vec::new(),
+            watch: None,
+            attempt: None,
+            in_flight: None,
+        }
+    }
+
+    /// Wraps the stream inside the timeout and hooks (e.g. to rewrite it).
+    pub fn map_inner(mut self, f: impl FnOnce(ProxyBody) -> ProxyBody) -> Self {
+        let inner = std::mem::replace(
+            &mut self.inner,
+            http_body_util::Empty::new()
+                .map_err(|n| match n {})
+                .boxed_unsync(),
+        );
+        self.inner = f(inner);
+        self
+    }
+
+    pub fn on_close(&mut self, hook: OnClose) {
+        self.on_close.push(hook);
+    }
+
+    pub(crate) fn watch(&mut self, watch: Box<dyn Watch>) {
+        self.watch = Some(watch);
+    }
+
     fn close(&mut self, complete: bool) {
+        if let Some(watch) = self.watch.take() {
+            watch.end(complete);
+        }
         for hook in &mut self.on_close {
             hook.fire(complete);
         }
+        self.in_flight = None;
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.close(false);
     }
 }
 
@@ -272,9 +342,18 @@ impl Body for Tracked {
         let this = &mut *self;
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                // Re-arming the timer per frame would touch the timer wheel on every chunk;
-                // remember the time instead and re-arm only when the timer fires early.
-                this.last_frame = Instant::now();
+                if let Some(idle) = &mut this.idle
+                    && idle.timer.is_some()
+                {
+                    idle.last_frame = Instant::now();
+                }
+                if let (Some(data), Some(watch)) = (frame.data_ref(), this.watch.as_mut()) {
+                    watch.frame(data);
+                }
+                if this.inner.is_end_stream() {
+                    // The server may not poll again after the last frame.
+                    this.close(true);
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
@@ -285,15 +364,25 @@ impl Body for Tracked {
                 this.close(true);
                 Poll::Ready(None)
             }
-            Poll::Pending => loop {
-                ready!(this.timer.as_mut().poll(cx));
-                let deadline = this.last_frame + this.idle;
-                if Instant::now() >= deadline {
-                    this.close(false);
-                    return Poll::Ready(Some(Err(Box::new(StreamIdle(this.idle)))));
+            Poll::Pending => {
+                let Some(idle) = &mut this.idle else {
+                    return Poll::Pending;
+                };
+                let timer = idle.timer.get_or_insert_with(|| {
+                    idle.last_frame = Instant::now();
+                    Box::pin(tokio::time::sleep_until(idle.last_frame + idle.after))
+                });
+                loop {
+                    ready!(timer.as_mut().poll(cx));
+                    let deadline = idle.last_frame + idle.after;
+                    if Instant::now() >= deadline {
+                        let after = idle.after;
+                        this.close(false);
+                        return Poll::Ready(Some(Err(Box::new(StreamIdle(after)))));
+                    }
+                    timer.as_mut().reset(deadline);
                 }
-                this.timer.as_mut().reset(deadline);
-            },
+            }
         }
     }
 

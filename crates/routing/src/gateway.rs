@@ -26,13 +26,13 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::RoutingConfig;
-use crate::body::{BodyTooLarge, BoxError, ForwardBody, ProxyBody, Replayable};
+use crate::body::{BodyTooLarge, BoxError, ForwardBody, ProxyBody, Replayable, Tracked};
 use crate::error::{ProxyError, find_source};
 use crate::headers::{self, MCP_METHOD, MCP_NAME, MCP_SESSION_ID};
 use crate::jsonrpc::{self, Envelope, Scan};
 use crate::observe::{self, Observer, Probe, TracePropagator};
 use crate::placement::{self, HealthTable, Placing};
-use crate::stats::{method_label, status_label};
+use crate::stats::Meters;
 use crate::upstream::{self, SendError};
 
 /// Request extension: the peer address of the client connection, for `X-Forwarded-For`.
@@ -53,6 +53,7 @@ pub(crate) struct Shared {
     pub(crate) store: Arc<dyn SessionStore>,
     pub(crate) client: Client<HttpConnector, Replayable>,
     pub(crate) health: HealthTable,
+    meters: Meters,
 }
 
 /// A failed request: the error and the JSON-RPC id to answer, when known.
@@ -142,6 +143,7 @@ impl Gateway {
                 store,
                 client,
                 health: HealthTable::default(),
+                meters: Meters::default(),
             }),
             authorizer: None,
             observer: Arc::default(),
@@ -224,7 +226,7 @@ impl Gateway {
                 }
                 metrics::counter!("mcp_gateway_refusals_total", "reason" => err.kind())
                     .increment(1);
-                err.into_response(id)
+                err.into_response(id).map(Tracked::plain)
             }
         };
         let res = observe::observe_response(
@@ -237,27 +239,20 @@ impl Gateway {
             res,
         );
         let adapter: Arc<str> = adapter.map_or_else(|| Arc::from("unknown"), |a| a.shared());
-        metrics::counter!(
-            "mcp_gateway_requests_total",
-            "adapter" => adapter.clone(),
-            "route" => route,
-            "status" => status_label(res.status())
-        )
-        .increment(1);
-        metrics::histogram!(
-            "mcp_gateway_request_duration_seconds",
-            "adapter" => adapter,
-            "route" => route
-        )
-        .record(started.elapsed().as_secs_f64());
-        res
+        self.shared.meters.request(
+            &adapter,
+            route,
+            res.status(),
+            started.elapsed().as_secs_f64(),
+        );
+        res.map(BodyExt::boxed_unsync)
     }
 
     async fn dispatch<B>(
         &self,
         mut req: Request<B>,
         adapter: &mut Option<AdapterName>,
-    ) -> Result<Response<ProxyBody>, Fail>
+    ) -> Result<Response<Tracked>, Fail>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -370,7 +365,7 @@ impl Gateway {
         target: Arc<AdapterTarget>,
         parts: http::request::Parts,
         body: ProxyBody,
-    ) -> Result<Response<ProxyBody>, Fail> {
+    ) -> Result<Response<Tracked>, Fail> {
         let limit = self.body_limit(&parts.headers)?;
         let (prefix, rest, env) = read_envelope(body, limit).await?;
         let id = env.as_ref().and_then(|e| e.id.clone());
@@ -384,12 +379,9 @@ impl Gateway {
         );
         let rest = observe::digest_arguments(&self.observer, probe, &prefix, rest);
         check_mcp_headers(&parts.headers, env.as_ref()).with_id(&id)?;
-        metrics::counter!(
-            "mcp_gateway_mcp_requests_total",
-            "adapter" => target.name.shared(),
-            "method" => method_label(env.as_ref())
-        )
-        .increment(1);
+        self.shared
+            .meters
+            .mcp_request(&target.name.shared(), env.as_ref());
         let initialize = env.as_ref().is_some_and(Envelope::is_initialize);
         let (prefix, rest) = match rest {
             // Held whole (it is small), so a replica's 5xx can be retried on the next one.
@@ -450,7 +442,7 @@ impl Gateway {
         body: ForwardBody,
         sid: SessionId,
         upstream: UpstreamPath,
-    ) -> Result<Response<ProxyBody>, Fail> {
+    ) -> Result<Response<Tracked>, Fail> {
         let store = &self.shared.store;
         let key = SessionKey {
             adapter: target.name.clone(),

@@ -21,7 +21,7 @@ impl Gateway {
         &self,
         target: Arc<AdapterTarget>,
         parts: http::request::Parts,
-    ) -> Result<Response<ProxyBody>, Fail> {
+    ) -> Result<Response<Tracked>, Fail> {
         self.check_session_limit(&parts).await?;
         let (candidates, placing) = self.session_candidates(&target).await?;
         let path = match parts.uri.query() {
@@ -93,13 +93,13 @@ impl Gateway {
                 });
             }
         });
-        let (parts, body) = res.into_parts();
-        let body = Tracked::new(
-            EndpointRewriter::new(body, on_endpoint).boxed_unsync(),
-            self.shared.config.stream_idle_timeout,
-            vec![close],
-        );
-        Ok(Response::from_parts(parts, body.boxed_unsync()))
+        // The rewriter goes inside the replica stream's timeout and hooks.
+        Ok(res.map(|body| {
+            let mut body =
+                body.map_inner(|inner| EndpointRewriter::new(inner, on_endpoint).boxed_unsync());
+            body.on_close(close);
+            body
+        }))
     }
 
     /// `POST /adapters/{name}/messages?sessionId=…`: a client message of a legacy session.
@@ -108,7 +108,7 @@ impl Gateway {
         target: Arc<AdapterTarget>,
         parts: http::request::Parts,
         body: ProxyBody,
-    ) -> Result<Response<ProxyBody>, Fail> {
+    ) -> Result<Response<Tracked>, Fail> {
         let limit = self.body_limit(&parts.headers)?;
         let (_, sid) = sse::session_param(parts.uri.query().unwrap_or(""))
             .ok_or(ProxyError::MissingSessionParam)?;

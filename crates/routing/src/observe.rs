@@ -21,22 +21,21 @@
 //! ([`crate::jsonwalk`]); nothing is held back.
 
 use std::collections::{HashMap, HashSet};
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{HeaderMap, Response, header};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use mcp_gateway_core::{AuditEvent, AuditPrincipal, AuditSink, Principal, SessionRecord};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tracing::Span;
 
-use crate::body::{BoxError, ProxyBody};
+use crate::body::{ProxyBody, Tracked, Watch};
 use crate::jsonrpc::Envelope;
 use crate::jsonwalk::{Frame as Path, Interest, SseData, Visit, Walker, path_is};
+use crate::stats::Handles;
+use metrics::Histogram;
 
 /// Target of the spans this module creates, so a subscriber can route them to its exporter
 /// (and keep them out of log lines).
@@ -108,6 +107,8 @@ pub(crate) struct Observer {
     pub audit: Option<Arc<dyn AuditSink>>,
     pub audit_arguments: bool,
     pub(crate) names: RwLock<HashMap<Arc<str>, Names>>,
+    /// The operation histograms (SERVER, CLIENT) by label set, registered once.
+    pub(crate) operations: Handles<(Histogram, Histogram)>,
 }
 
 #[derive(Default)]
@@ -134,6 +135,55 @@ impl Observer {
         } else {
             metrics::SharedString::const_str(OTHER)
         }
+    }
+
+    fn knows(&self, adapter: &str, listing: Listing, name: &str) -> bool {
+        let names = self.names.read().unwrap_or_else(|e| e.into_inner());
+        names.get(adapter).is_some_and(|n| match listing {
+            Listing::Tools => n.tools.contains(name),
+            Listing::Prompts => n.prompts.contains(name),
+        })
+    }
+
+    /// The SERVER and CLIENT operation histograms of a label set (the CLIENT one a no-op
+    /// without a replica), from the cache.
+    fn operation_histograms(
+        &self,
+        adapter: &str,
+        replica: Option<&Arc<str>>,
+        method: &str,
+        target: Option<&str>,
+        error_type: Option<&str>,
+    ) -> (Histogram, Histogram) {
+        let listed = match (method, target) {
+            ("tools/call", Some(t)) => Some((Listing::Tools, t)),
+            ("prompts/get", Some(t)) => Some((Listing::Prompts, t)),
+            _ => None,
+        };
+        let (kind, name) = match listed {
+            Some((listing, t)) if self.knows(adapter, listing, t) => ("listed", t),
+            Some(_) => ("listed", OTHER),
+            None => ("", ""),
+        };
+        let key = [
+            adapter,
+            replica.map_or("", |r| r),
+            method_label(method),
+            kind,
+            name,
+            error_type.unwrap_or("\0"),
+        ];
+        self.operations.get(&key, || {
+            let labels = labels(self, adapter, replica, method, target, error_type);
+            let client = match replica {
+                Some(_) => metrics::histogram!(CLIENT_OPERATION_DURATION, labels.clone()),
+                None => Histogram::noop(),
+            };
+            (
+                metrics::histogram!(SERVER_OPERATION_DURATION, labels),
+                client,
+            )
+        })
     }
 
     fn learn(&self, adapter: &Arc<str>, listing: Listing, found: Vec<String>) {
@@ -416,15 +466,10 @@ fn span_error(span: &Span, error_type: &str, message: Option<&str>) {
 
 impl Upstream {
     /// Attaches this attempt to the response it produced.
-    pub fn attach(self, res: &mut Response<ProxyBody>) {
-        res.extensions_mut()
-            .insert(UpstreamSlot(Arc::new(Mutex::new(Some(self)))));
+    pub fn attach(self, res: &mut Response<Tracked>) {
+        res.body_mut().attempt = Some(self);
     }
 }
-
-/// `Response` extensions must be `Clone + Sync`; the attempt is taken out once.
-#[derive(Clone)]
-struct UpstreamSlot(Arc<Mutex<Option<Upstream>>>);
 
 fn labels(
     observer: &Observer,
@@ -639,15 +684,9 @@ struct Finish {
     outcome: Outcome,
 }
 
-/// The response body of an observed operation: passes every frame through at once, reading
-/// it on the way, and records the operation when the body ends or the client goes away.
-pub(crate) struct Observed {
-    inner: ProxyBody,
-    finish: Option<Box<Finish>>,
-}
-
-/// Wraps the response of an MCP operation so it is recorded when it ends. Requests that were
-/// not JSON-RPC messages (GET streams, DELETE, legacy posts) pass untouched.
+/// Has the response of an MCP operation read on its way and the operation recorded when it
+/// ends (the body's [`Watch`]). Requests that were not JSON-RPC messages (GET streams, DELETE,
+/// legacy posts) pass untouched.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn observe_response(
     observer: &Arc<Observer>,
@@ -656,12 +695,9 @@ pub(crate) fn observe_response(
     principal: Option<&Principal>,
     started: Instant,
     refused: Option<&'static str>,
-    mut res: Response<ProxyBody>,
-) -> Response<ProxyBody> {
-    let upstream = res
-        .extensions_mut()
-        .remove::<UpstreamSlot>()
-        .and_then(|slot| slot.0.lock().unwrap_or_else(|e| e.into_inner()).take());
+    mut res: Response<Tracked>,
+) -> Response<Tracked> {
+    let upstream = res.body_mut().attempt.take();
     let facts = std::mem::take(&mut *probe.lock());
     let (Some(method), Some(adapter)) = (facts.method.clone(), adapter) else {
         return res;
@@ -699,13 +735,8 @@ pub(crate) fn observe_response(
             ..Outcome::default()
         },
     });
-    res.map(|inner| {
-        Observed {
-            inner,
-            finish: Some(finish),
-        }
-        .boxed_unsync()
-    })
+    res.body_mut().watch(finish);
+    res
 }
 
 impl Finish {
@@ -751,19 +782,12 @@ impl Finish {
             );
         }
         let elapsed = self.started.elapsed();
-        let labels = labels(
-            observer,
-            adapter,
-            replica,
-            method,
-            target,
-            error_type.as_deref(),
-        );
+        let (server, client) =
+            observer.operation_histograms(adapter, replica, method, target, error_type.as_deref());
         if let Some(up) = &self.upstream {
-            metrics::histogram!(CLIENT_OPERATION_DURATION, labels.clone())
-                .record(up.started.elapsed().as_secs_f64());
+            client.record(up.started.elapsed().as_secs_f64());
         }
-        metrics::histogram!(SERVER_OPERATION_DURATION, labels).record(elapsed.as_secs_f64());
+        server.record(elapsed.as_secs_f64());
         if let Some(e) = &error_type {
             let message = self.outcome.message.as_deref();
             if let Some(span) = &self.facts.server {
@@ -811,52 +835,13 @@ impl Finish {
     }
 }
 
-impl Observed {
-    fn done(&mut self, complete: bool) {
-        if let Some(finish) = self.finish.take() {
-            finish.record(complete);
-        }
-    }
-}
-
-impl Drop for Observed {
-    fn drop(&mut self) {
-        self.done(false);
-    }
-}
-
-impl Body for Observed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(finish)) = (frame.data_ref(), this.finish.as_mut()) {
-                    finish.read(data);
-                }
-                if this.inner.is_end_stream() {
-                    this.done(true);
-                }
-            }
-            Poll::Ready(Some(Err(_))) => this.done(false),
-            Poll::Ready(None) => this.done(true),
-            Poll::Pending => {}
-        }
-        polled
+impl Watch for Finish {
+    fn frame(&mut self, data: &Bytes) {
+        self.read(data);
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+    fn end(self: Box<Self>, complete: bool) {
+        self.record(complete);
     }
 }
 

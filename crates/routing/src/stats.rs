@@ -3,9 +3,105 @@
 //! are bounded: methods outside [`KNOWN_METHODS`] count as `other`. (The MCP semantic
 //! conventions' histograms are in [`crate::observe`].)
 
+use std::collections::HashMap;
+use std::hash::{Hash as _, Hasher as _};
+use std::sync::{Arc, RwLock};
+
 use http::StatusCode;
+use metrics::{Counter, Histogram};
 
 use crate::jsonrpc::Envelope;
+
+/// Metric handles, registered once per label set and kept, so a request records into its
+/// counters and histograms without building labels and looking them up in the recorder's
+/// registry (which hashes, compares and allocates the labels every time). Label values are
+/// bounded by construction, and so is the cache.
+pub(crate) struct Handles<T> {
+    map: RwLock<HashMap<u64, Vec<(Box<[Box<str>]>, T)>>>,
+}
+
+impl<T> Default for Handles<T> {
+    fn default() -> Self {
+        Self {
+            map: RwLock::default(),
+        }
+    }
+}
+
+impl<T: Clone> Handles<T> {
+    /// The handle of the label values `key`, registered with `register` the first time.
+    pub(crate) fn get(&self, key: &[&str], register: impl FnOnce() -> T) -> T {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        let hash = hasher.finish();
+        let same =
+            |k: &[Box<str>]| k.len() == key.len() && k.iter().zip(key).all(|(a, b)| **a == **b);
+        {
+            let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+            if let Some((_, t)) = map.get(&hash).and_then(|v| v.iter().find(|(k, _)| same(k))) {
+                return t.clone();
+            }
+        }
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let slot = map.entry(hash).or_default();
+        if let Some((_, t)) = slot.iter().find(|(k, _)| same(k)) {
+            return t.clone();
+        }
+        let t = register();
+        slot.push((key.iter().map(|s| Box::from(*s)).collect(), t.clone()));
+        t
+    }
+}
+
+/// The handles of the data plane's request metrics.
+#[derive(Default)]
+pub(crate) struct Meters {
+    requests: Handles<(Counter, Histogram)>,
+    mcp_requests: Handles<Counter>,
+}
+
+impl Meters {
+    /// `mcp_gateway_requests_total` and `mcp_gateway_request_duration_seconds` of one request.
+    pub(crate) fn request(
+        &self,
+        adapter: &Arc<str>,
+        route: &'static str,
+        status: StatusCode,
+        secs: f64,
+    ) {
+        let (count, duration) = self.requests.get(&[adapter, route, status.as_str()], || {
+            (
+                metrics::counter!(
+                    "mcp_gateway_requests_total",
+                    "adapter" => adapter.clone(),
+                    "route" => route,
+                    "status" => status_label(status)
+                ),
+                metrics::histogram!(
+                    "mcp_gateway_request_duration_seconds",
+                    "adapter" => adapter.clone(),
+                    "route" => route
+                ),
+            )
+        });
+        count.increment(1);
+        duration.record(secs);
+    }
+
+    /// `mcp_gateway_mcp_requests_total` of one posted message.
+    pub(crate) fn mcp_request(&self, adapter: &Arc<str>, env: Option<&Envelope>) {
+        let method = method_label(env);
+        self.mcp_requests
+            .get(&[adapter, method], || {
+                metrics::counter!(
+                    "mcp_gateway_mcp_requests_total",
+                    "adapter" => adapter.clone(),
+                    "method" => method
+                )
+            })
+            .increment(1);
+    }
+}
 
 /// MCP methods counted by name in metrics; others count as `other`, so a client cannot
 /// create label values.

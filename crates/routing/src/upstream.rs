@@ -11,7 +11,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use mcp_gateway_core::{AdapterTarget, Principal, Replica};
 
 use crate::RoutingConfig;
-use crate::body::{BodyTooLarge, BoxError, ForwardBody, OnClose, ProxyBody, Replayable, Tracked};
+use crate::body::{BodyTooLarge, BoxError, ForwardBody, Replayable, Tracked};
 use crate::error::{ProxyError, find_source};
 use crate::gateway::{ClientAddr, Gateway};
 use crate::headers;
@@ -67,7 +67,7 @@ impl Gateway {
         body: ForwardBody,
         path: &str,
         retry_5xx: bool,
-    ) -> Result<(&'r Replica, Response<ProxyBody>), ProxyError> {
+    ) -> Result<(&'r Replica, Response<Tracked>), ProxyError> {
         let mut body = Some(body);
         let mut last = None;
         // A 5xx answer passed over, returned should no later candidate answer at all.
@@ -111,7 +111,7 @@ impl Gateway {
         parts: &http::request::Parts,
         body: ForwardBody,
         path_and_query: &str,
-    ) -> Result<Response<ProxyBody>, SendError> {
+    ) -> Result<Response<Tracked>, SendError> {
         let config = &self.shared.config;
         let adapter = target.name.as_str();
         let upstream_error = |kind: &'static str| {
@@ -227,15 +227,16 @@ impl Gateway {
         &self,
         res: Response<Incoming>,
         in_flight: InFlight,
-    ) -> Response<ProxyBody> {
+    ) -> Response<Tracked> {
         let (mut parts, body) = res.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        let body = Tracked::new(
+        let mut body = Tracked::new(
             body.map_err(BoxError::from).boxed_unsync(),
             self.shared.config.stream_idle_timeout,
-            vec![OnClose::new(move |_| drop(in_flight))],
+            Vec::new(),
         );
-        Response::from_parts(parts, body.boxed_unsync())
+        body.in_flight = Some(in_flight);
+        Response::from_parts(parts, body)
     }
 }
 
