@@ -64,8 +64,8 @@ pub struct IdentityHeaders {
 impl Default for IdentityHeaders {
     fn default() -> Self {
         Self {
-            user_id: http::HeaderName::from_static("x-mcp-userid"),
-            roles: http::HeaderName::from_static("x-mcp-roles"),
+            user_id: crate::headers::DEFAULT_USER_ID,
+            roles: crate::headers::DEFAULT_ROLES,
         }
     }
 }

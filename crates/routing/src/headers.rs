@@ -17,13 +17,34 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// The default names of the identity headers ([`crate::IdentityHeaders`]), dropped from
+/// every client request whatever names are configured.
+pub(crate) const DEFAULT_USER_ID: HeaderName = HeaderName::from_static("x-mcp-userid");
+pub(crate) const DEFAULT_ROLES: HeaderName = HeaderName::from_static("x-mcp-roles");
 
 /// The first revision of the stateless era: requests that announce it (or a later one) in
 /// `MCP-Protocol-Version` carry no session.
 pub const STATELESS_REVISION: &str = "2026-07-28";
 
+/// The hop-by-hop headers every proxy removes, whatever `Connection` names.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named by `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one pass over the names instead of nine removals.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -62,7 +83,8 @@ pub fn to_upstream(headers: &mut HeaderMap, client: Option<SocketAddr>) {
             Some(prev) => format!("{prev}, {ip}"),
             None => ip,
         };
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        // From the String itself: no copy.
+        if let Ok(v) = HeaderValue::try_from(value) {
             headers.insert(X_FORWARDED_FOR, v);
         }
     }
@@ -81,12 +103,14 @@ pub fn identity_to_upstream(
     upstream: &[(http::HeaderName, HeaderValue)],
 ) {
     headers.remove(header::AUTHORIZATION);
-    let defaults = crate::IdentityHeaders::default();
-    for name in [&defaults.user_id, &defaults.roles]
-        .into_iter()
-        .chain(names.into_iter().flat_map(|n| [&n.user_id, &n.roles]))
-    {
-        headers.remove(name);
+    headers.remove(DEFAULT_USER_ID);
+    headers.remove(DEFAULT_ROLES);
+    if let Some(n) = names {
+        for name in [&n.user_id, &n.roles] {
+            if name != DEFAULT_USER_ID && name != DEFAULT_ROLES {
+                headers.remove(name);
+            }
+        }
     }
     for (name, value) in upstream {
         headers.insert(name.clone(), value.clone());
@@ -311,6 +335,26 @@ mod tests {
         assert_eq!(h["x-forwarded-host"], "gw.example:8080");
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn each_hop_by_hop_header_alone_is_removed() {
+        for name in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            let mut h = map(&[(name, "x"), ("accept", "*/*")]);
+            strip_hop_by_hop(&mut h);
+            assert!(!h.contains_key(name), "{name} must not be forwarded");
+            assert!(h.contains_key("accept"));
+        }
     }
 
     #[test]
