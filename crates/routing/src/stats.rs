@@ -17,8 +17,11 @@ use crate::jsonrpc::Envelope;
 /// registry (which hashes, compares and allocates the labels every time). Label values are
 /// bounded by construction, and so is the cache.
 pub(crate) struct Handles<T> {
-    map: RwLock<HashMap<u64, Vec<(Box<[Box<str>]>, T)>>>,
+    map: RwLock<HashMap<u64, Vec<Entry<T>>>>,
 }
+
+/// Label values and their handle; several per hash only on a collision.
+type Entry<T> = (Box<[Box<str>]>, T);
 
 impl<T> Default for Handles<T> {
     fn default() -> Self {
