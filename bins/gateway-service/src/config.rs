@@ -146,6 +146,12 @@ pub struct Args {
     /// readiness probe's period, e.g. 5s, so no client is refused before it is taken out).
     #[arg(long, env = "MCP_GATEWAY_SHUTDOWN_DELAY", value_parser = parse_duration)]
     pub shutdown_delay: Option<Duration>,
+    /// Threads serving the data listener, each with a runtime, a listening socket
+    /// (SO_REUSEPORT) and a pool of replica connections of its own, so a request's client
+    /// connection, replica connection and tasks stay on one thread (default 0: the data
+    /// listener is served by the main multi-threaded runtime).
+    #[arg(long, env = "MCP_GATEWAY_DATA_THREADS")]
+    pub data_threads: Option<usize>,
     /// Serve without authentication: every caller is an anonymous admin. Refused unless the
     /// listen address is loopback. Without it and without [auth] issuers or api_keys, the
     /// gateway creates an admin API key in the data directory (admin.key) on first start.
@@ -262,6 +268,7 @@ struct FileConfig {
         deserialize_with = "mcp_gateway_core::deserialize_optional_duration"
     )]
     shutdown_delay: Option<Duration>,
+    data_threads: Option<usize>,
     management: Option<bool>,
     runtime: Option<RuntimeKind>,
     kubernetes_namespace: Option<String>,
@@ -437,6 +444,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Readiness fails this long before the data listener closes.
     pub shutdown_delay: Duration,
+    /// Threads with a runtime of their own serving the data listener; 0: the main runtime.
+    pub data_threads: usize,
     pub session_store: SessionStoreConfig,
     /// Serve the management API with the local runtime.
     pub management: bool,
@@ -638,6 +647,7 @@ impl Config {
                 .shutdown_delay
                 .or(file.shutdown_delay)
                 .unwrap_or(Duration::ZERO),
+            data_threads: args.data_threads.or(file.data_threads).unwrap_or(0),
             session_store: session_store(
                 args.session_store.or(file.session_store),
                 args.redis_password_file.or(file.redis_password_file),

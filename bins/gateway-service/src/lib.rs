@@ -202,15 +202,25 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
         config::Runtime::Local => (None, None),
     };
 
-    let data = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (listen)", config.listen))?;
+    let data = if config.data_threads == 0 {
+        DataListener::Main(
+            TcpListener::bind(config.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (listen)", config.listen))?,
+        )
+    } else {
+        DataListener::Threads(
+            server::bind_reuseport(config.listen, config.data_threads)
+                .with_context(|| format!("cannot listen on {} (listen)", config.listen))?,
+        )
+    };
     let admin = TcpListener::bind(config.admin_listen)
         .await
         .with_context(|| format!("cannot listen on {} (admin_listen)", config.admin_listen))?;
     let data_addr = data.local_addr()?;
+    let threads = config.data_threads;
     let admin_addr = admin.local_addr()?;
-    tracing::info!(%data_addr, %admin_addr, adapters = config.adapters.len(), "gateway listening");
+    tracing::info!(%data_addr, %admin_addr, adapters = config.adapters.len(), threads, "gateway listening");
 
     // Shutdown, in order: readiness fails at once; the data listener keeps serving new
     // connections for `shutdown_delay` (the load balancer is still sending), then closes and
@@ -253,14 +263,22 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
     let data_task = {
         let grace = config.shutdown_grace;
         tokio::spawn(async move {
-            server::serve(data, data_rx, grace, move |peer| {
-                let front = front.clone();
-                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ClientAddr(peer));
-                    front.clone().serve(req)
-                })
-            })
-            .await;
+            match data {
+                DataListener::Main(data) => {
+                    server::serve(data, data_rx, grace, move |peer| front.service(peer)).await;
+                }
+                DataListener::Threads(listeners) => {
+                    server::serve_threads(listeners, data_rx, grace, move || {
+                        // Each thread its own pool of replica connections.
+                        let front = Front {
+                            gateway: front.gateway.clone().with_own_upstream_pool(),
+                            ..front.clone()
+                        };
+                        move |peer| front.service(peer)
+                    })
+                    .await;
+                }
+            }
             if let Some(k) = kube_runtime {
                 k.stop().await;
             }
@@ -318,7 +336,45 @@ struct Front {
     auth: Option<AuthLayer<auth::Refusal>>,
 }
 
+/// Where the data plane listens: on the main runtime, or one socket per data thread.
+enum DataListener {
+    Main(TcpListener),
+    Threads(Vec<std::net::TcpListener>),
+}
+
+impl DataListener {
+    fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        match self {
+            DataListener::Main(l) => l.local_addr(),
+            DataListener::Threads(ls) => ls.first().map_or_else(
+                || Err(std::io::ErrorKind::NotFound.into()),
+                |l| l.local_addr(),
+            ),
+        }
+    }
+}
+
 impl Front {
+    /// The service of one client connection from `peer`.
+    fn service(
+        &self,
+        peer: std::net::SocketAddr,
+    ) -> impl hyper::service::Service<
+        Request<hyper::body::Incoming>,
+        Response = Response<ProxyBody>,
+        Error = Infallible,
+        Future = ServeFuture,
+    >
+    + Send
+    + 'static
+    + use<> {
+        let front = self.clone();
+        hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ClientAddr(peer));
+            front.clone().serve(req)
+        })
+    }
+
     /// A boxed future built outside any `async` block: the compiler then proves the
     /// authentication layer's future `Send` for the concrete body type (inside an `async`
     /// block it would have to for every lifetime, and cannot; rust-lang/rust#102211).

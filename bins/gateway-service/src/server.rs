@@ -15,6 +15,78 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+/// `n` listening sockets on `addr` with `SO_REUSEPORT`, so the kernel spreads new connections
+/// over them (port 0: the port the first one got, for all).
+pub fn bind_reuseport(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    let mut addr = addr;
+    let mut listeners = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Serves each listener on a thread of its own with a single-threaded runtime, a connection's
+/// tasks and the replica connections it opens staying on that thread, until `shutdown` turns
+/// true and every thread has finished [`serve`].
+pub async fn serve_threads<F, G, S, B>(
+    listeners: Vec<std::net::TcpListener>,
+    shutdown: watch::Receiver<bool>,
+    grace: Duration,
+    per_thread: F,
+) where
+    F: Fn() -> G,
+    G: Fn(SocketAddr) -> S + Send + 'static,
+    S: Service<http::Request<Incoming>, Response = http::Response<B>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut finished = Vec::new();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let (done, finished_rx) = tokio::sync::oneshot::channel::<()>();
+        let (shutdown, service_for) = (shutdown.clone(), per_thread());
+        let spawned = std::thread::Builder::new()
+            .name(format!("data-{i}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot start a data-plane runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => serve(listener, shutdown, grace, service_for).await,
+                        Err(e) => tracing::error!(error = %e, "cannot serve a data listener"),
+                    }
+                });
+                drop(done);
+            });
+        match spawned {
+            Ok(_) => finished.push(finished_rx),
+            Err(e) => tracing::error!(error = %e, "cannot start a data-plane thread"),
+        }
+    }
+    for thread in finished {
+        let _ = thread.await;
+    }
+}
+
 /// Serves `listener` until `shutdown` turns true, then waits up to `grace` for open
 /// connections to finish their requests and closes the rest.
 pub async fn serve<S, B>(

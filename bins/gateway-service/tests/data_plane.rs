@@ -850,3 +850,58 @@ async fn http2_clients_are_served() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert!(reply.header("mcp-session-id").is_some());
 }
+
+/// With `data_threads`, each thread serves its own SO_REUSEPORT socket with its own runtime
+/// and replica pool: sessions keep their replica and their state, legacy streams work, and the
+/// gateway still shuts down gracefully.
+#[tokio::test]
+async fn data_threads_serve_sessions_and_streams_and_shut_down() {
+    let replicas = Replicas::start(2).await.unwrap();
+    let gw = gateway(vec![adapter("demo", replicas.urls())], |c| {
+        c.data_threads = 2;
+    })
+    .await;
+    let url = mcp_url(&gw, "demo");
+    let runs = (0..16).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let mut s = McpSession::open(&url).await?;
+            for i in 1..=5 {
+                let text = s.call_text("counter_increment", json!({})).await?;
+                let (_, count) = text.rsplit_once(':').expect("replica:count");
+                assert_eq!(count, i.to_string(), "session state lost: {text}");
+            }
+            anyhow::Ok(())
+        })
+    });
+    for run in runs {
+        run.await.unwrap().unwrap();
+    }
+    let stream = open_legacy_stream(&gw).await;
+    assert!(stream.contains("/adapters/demo/messages"), "{stream}");
+    tokio::time::timeout(Duration::from_secs(10), gw.shutdown())
+        .await
+        .expect("the data threads finish on shutdown");
+}
+
+/// Opens `GET /adapters/demo/sse` over a raw socket and reads up to the endpoint event.
+async fn open_legacy_stream(gw: &Handle) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(gw.data_addr).await.unwrap();
+    let head = format!(
+        "GET /adapters/demo/sse HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n\r\n",
+        gw.data_addr
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&seen).contains("messages?") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("endpoint event within 5 s")
+            .unwrap();
+        assert!(n > 0, "stream closed: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}

@@ -43,6 +43,8 @@ pub struct ClientAddr(pub SocketAddr);
 #[derive(Clone)]
 pub struct Gateway {
     pub(crate) shared: Arc<Shared>,
+    /// The pool of replica connections (shared by clones; see [`Gateway::with_own_upstream_pool`]).
+    pub(crate) client: Client<HttpConnector, Replayable>,
     authorizer: Option<Arc<dyn Authorizer>>,
     pub(crate) observer: Arc<Observer>,
 }
@@ -51,7 +53,6 @@ pub(crate) struct Shared {
     pub(crate) config: RoutingConfig,
     resolver: Arc<dyn ReplicaResolver>,
     pub(crate) store: Arc<dyn SessionStore>,
-    pub(crate) client: Client<HttpConnector, Replayable>,
     pub(crate) health: HealthTable,
     meters: Meters,
 }
@@ -141,10 +142,10 @@ impl Gateway {
                 config,
                 resolver,
                 store,
-                client,
                 health: HealthTable::default(),
                 meters: Meters::default(),
             }),
+            client,
             authorizer: None,
             observer: Arc::default(),
         }
@@ -182,6 +183,16 @@ impl Gateway {
     /// adapter (the embedder decides elsewhere).
     pub fn with_authorizer(mut self, authorizer: Arc<dyn Authorizer>) -> Self {
         self.authorizer = Some(authorizer);
+        self
+    }
+
+    /// The same gateway (sessions, health, metrics, settings) with a pool of replica
+    /// connections of its own. A pooled connection is driven by a task of the runtime that
+    /// opened it; a server that runs one single-threaded runtime per core gives each its own
+    /// clone, so a request and its replica connection stay on one thread. Clones made with
+    /// `clone()` share one pool, which is right in one multi-threaded runtime.
+    pub fn with_own_upstream_pool(mut self) -> Self {
+        self.client = upstream::client(&self.shared.config);
         self
     }
 

@@ -153,8 +153,7 @@ impl Gateway {
 
         let health = self.shared.health.get(adapter, &replica.id);
         let in_flight = health.start();
-        let sent =
-            tokio::time::timeout(config.request_timeout, self.shared.client.request(req)).await;
+        let sent = tokio::time::timeout(config.request_timeout, self.client.request(req)).await;
         let err = match sent {
             Ok(Ok(res)) => {
                 let outcome = if res.status().is_server_error() {
