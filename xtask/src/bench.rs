@@ -74,6 +74,11 @@ struct Options {
     /// copy of an earlier build, to compare two versions with the same benchmark.
     #[arg(long)]
     gateway_bin: Option<PathBuf>,
+    /// Run the gateways with `data_threads = N` (threads with a runtime, a SO_REUSEPORT
+    /// socket and a replica pool each); 0 leaves it out of their configuration (the default of
+    /// the gateway, and what earlier builds understand).
+    #[arg(long, default_value_t = 0)]
+    data_threads: u64,
 }
 
 impl Options {
@@ -122,7 +127,7 @@ pub fn run(args: Vec<String>) -> anyhow::Result<()> {
         .gateway_bin
         .clone()
         .unwrap_or_else(|| target_dir().join("release/gateway-service"));
-    let mut stack = Stack::start(&dir, nginx.as_deref(), &gateway_bin)?;
+    let mut stack = Stack::start(&dir, nginx.as_deref(), &gateway_bin, options.data_threads)?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -311,7 +316,19 @@ impl Drop for Stack {
 }
 
 impl Stack {
-    fn start(dir: &Path, nginx: Option<&Path>, gateway_bin: &Path) -> anyhow::Result<Self> {
+    fn start(
+        dir: &Path,
+        nginx: Option<&Path>,
+        gateway_bin: &Path,
+        data_threads: u64,
+    ) -> anyhow::Result<Self> {
+        let gateway_config = |port, admin_port, replicas: &[String; 2]| {
+            let mut config = gateway_config(port, admin_port, replicas);
+            if data_threads > 0 {
+                config.insert_str(0, &format!("data_threads = {data_threads}\n"));
+            }
+            config
+        };
         let mut pids = Pids::default();
         let mut children = Vec::new();
         let mut replicas = [String::new(), String::new()];
