@@ -20,6 +20,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use mcp_gateway_testkit::cluster::TestCluster;
+use mcp_gateway_testkit::kubelet::TestKubelet;
 use mcp_gateway_testkit::{McpSession, netns, wait_for};
 use serde_json::Value;
 
@@ -1192,34 +1193,134 @@ async fn ready_pod_ips(
     .await
 }
 
+/// The node of the full-path tests: the example server, the gateway's two images (as the
+/// kustomize base and the chart name them) run as our binaries, Redis.
+async fn full_path_node(cluster: &TestCluster) -> anyhow::Result<TestKubelet> {
+    use mcp_gateway_testkit::kubelet::{Image, Images, KubeletOptions};
+    let t0 = std::time::Instant::now();
+    let management_binary = gateway_management();
+    eprintln!("gateway-management built in {:?}", t0.elapsed());
+    let service = Image::new(env!("CARGO_BIN_EXE_gateway-service"));
+    let management = Image::new(management_binary);
+    let images = Images::new()
+        .with_example_server()
+        // kustomize's names (the base's `images:` tag) and the chart's (docker.io/<repo>/...:<appVersion>).
+        .add("mcp-gateway/gateway-service:0.1.0", service.clone())
+        .add("docker.io/mcp-gateway/gateway-service:0.1.0", service)
+        .add("mcp-gateway/gateway-management:0.1.0", management.clone())
+        .add("docker.io/mcp-gateway/gateway-management:0.1.0", management)
+        // The official image's entrypoint runs its arguments (redis-server ...).
+        .add("docker.io/library/redis:7.4", Image::new("/usr/bin/env"));
+    let opts = KubeletOptions {
+        api_server: cluster.url().trim_start_matches("https://").parse().ok(),
+        sandboxes: true,
+        ..KubeletOptions::default()
+    };
+    TestKubelet::start_with(cluster.client(), images, opts).await
+}
+
+/// With the gateway applied to namespace `mcp-gateway` (names as the base and a release named
+/// `mcp-gateway` make them) and `key` an admin API key: both binaries' pods get ready, the
+/// management API of a management pod creates an adapter, the controller makes its pod, and an
+/// MCP session opens through one gateway pod and continues through the other.
+async fn reach_an_adapter_through_the_gateway_pods(
+    cluster: &TestCluster,
+    kubelet: &TestKubelet,
+    key: &str,
+) -> anyhow::Result<()> {
+    let t0 = std::time::Instant::now();
+    let pods: Api<Pod> = Api::namespaced(cluster.client(), "mcp-gateway");
+    let status = async || {
+        let out = cluster
+            .kubectl_ok(&["get", "pods", "-n", "mcp-gateway", "-o", "wide"])
+            .unwrap_or_default();
+        let logs = cluster
+            .kubectl_ok(&[
+                "logs",
+                "-n",
+                "mcp-gateway",
+                "-l",
+                "app.kubernetes.io/part-of=mcp-gateway",
+                "--tail=20",
+                "--prefix",
+            ])
+            .unwrap_or_default();
+        format!("{out}\n{logs}\nprocesses: {:?}", kubelet.processes())
+    };
+    let gateways = match ready_pod_ips(&pods, "app.kubernetes.io/component=gateway", 2).await {
+        Ok(ips) => ips,
+        Err(e) => anyhow::bail!("{e:#}\n{}", status().await),
+    };
+    let management = ready_pod_ips(&pods, "app.kubernetes.io/component=management", 2).await?;
+    eprintln!("gateway pods ready at {:?}", t0.elapsed());
+
+    // The management API of a gateway-management pod creates an adapter...
+    let h = mcp_gateway_testkit::Http::default();
+    let auth = format!("Bearer {key}");
+    let reply = h
+        .send(
+            http::Method::POST,
+            &format!("http://{}:8080/adapters", management[0]),
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &auth),
+            ],
+            serde_json::json!({
+                "name": "echo", "imageName": "mcp-example-server", "imageVersion": "test",
+                "replicaCount": 1, "port": 8000,
+            })
+            .to_string(),
+        )
+        .await?;
+    assert_eq!(reply.status, http::StatusCode::CREATED, "{}", reply.text());
+    // ...whose pod the controller (the leader among the two) makes, in the restricted
+    // namespace...
+    ready_pod_ips(&pods, "mcp-gateway.io/adapter=echo", 1).await?;
+    eprintln!("adapter pod ready at {:?}", t0.elapsed());
+    // ...and an MCP client reaches it through either gateway pod, one session across both
+    // (shared through the Redis of the base).
+    let url = |ip: &str| format!("http://{ip}:8080/adapters/echo/mcp");
+    let mut session = wait_for(
+        "a session through the gateway",
+        Duration::from_secs(30),
+        async || {
+            Ok(
+                McpSession::open_with(&url(&gateways[0]), &[("authorization", &auth)])
+                    .await
+                    .ok(),
+            )
+        },
+    )
+    .await?;
+    let who = session.call_text("whoami", serde_json::json!({})).await?;
+    assert!(who.contains("echo-0"), "{who}");
+    assert_eq!(
+        session
+            .call_text("counter_increment", serde_json::json!({}))
+            .await?,
+        "echo-0:1"
+    );
+    let mut other = McpSession::resume(&url(&gateways[1]), &session.id);
+    other.headers.push(("authorization".into(), auth.clone()));
+    let count = other
+        .call_text("counter_increment", serde_json::json!({}))
+        .await?;
+    assert_eq!(
+        count, "echo-0:2",
+        "the session continued on the other gateway pod"
+    );
+    // Without the key: 401.
+    let anon = McpSession::open_with(&url(&gateways[0]), &[]).await;
+    assert!(anon.is_err(), "a session without the key was opened");
+    Ok(())
+}
+
 #[test]
 fn after_kubectl_apply_k_the_management_api_in_the_cluster_creates_an_adapter_that_an_mcp_client_reaches_through_the_gateway_pods()
  {
     netns::run(|| async {
-        use mcp_gateway_testkit::kubelet::{Image, Images, KubeletOptions, TestKubelet};
-        let t0 = std::time::Instant::now();
-        let management_binary = gateway_management();
-        eprintln!("gateway-management built in {:?}", t0.elapsed());
         let cluster = TestCluster::start().await?;
-        let images = Images::new()
-            .with_example_server()
-            .add(
-                "mcp-gateway/gateway-service:0.1.0",
-                Image::new(env!("CARGO_BIN_EXE_gateway-service")),
-            )
-            .add(
-                "mcp-gateway/gateway-management:0.1.0",
-                Image::new(management_binary),
-            )
-            // The official image's entrypoint runs its arguments (redis-server ...).
-            .add("docker.io/library/redis:7.4", Image::new("/usr/bin/env"));
-        let opts = KubeletOptions {
-            api_server: cluster.url().trim_start_matches("https://").parse().ok(),
-            sandboxes: true,
-            ..KubeletOptions::default()
-        };
-        let kubelet = TestKubelet::start_with(cluster.client(), images, opts).await?;
-
+        let kubelet = full_path_node(&cluster).await?;
         // As the README says: the namespace, the Redis password, then the base (here with an
         // API key added by an overlay).
         cluster.kubectl_ok(&["create", "namespace", "mcp-gateway"])?;
@@ -1240,89 +1341,42 @@ fn after_kubectl_apply_k_the_management_api_in_the_cluster_creates_an_adapter_th
             "-k",
             overlay.path().to_str().unwrap(),
         ])?;
-        let pods: Api<Pod> = Api::namespaced(cluster.client(), "mcp-gateway");
-        let status = async || {
-            let out = cluster
-                .kubectl_ok(&["get", "pods", "-n", "mcp-gateway", "-o", "wide"])
-                .unwrap_or_default();
-            let logs = cluster
-                .kubectl_ok(&[
-                    "logs",
-                    "-n",
-                    "mcp-gateway",
-                    "-l",
-                    "app.kubernetes.io/part-of=mcp-gateway",
-                    "--tail=20",
-                    "--prefix",
-                ])
-                .unwrap_or_default();
-            format!("{out}\n{logs}\nprocesses: {:?}", kubelet.processes())
-        };
-        let gateways = match ready_pod_ips(&pods, "app.kubernetes.io/component=gateway", 2).await {
-            Ok(ips) => ips,
-            Err(e) => anyhow::bail!("{e:#}\n{}", status().await),
-        };
-        let management = ready_pod_ips(&pods, "app.kubernetes.io/component=management", 2).await?;
-        eprintln!("gateway pods ready at {:?}", t0.elapsed());
+        reach_an_adapter_through_the_gateway_pods(&cluster, &kubelet, key).await
+    });
+}
 
-        // The management API of a gateway-management pod creates an adapter...
-        let h = mcp_gateway_testkit::Http::default();
-        let auth = format!("Bearer {key}");
-        let reply = h
-            .send(
-                http::Method::POST,
-                &format!("http://{}:8080/adapters", management[0]),
-                &[
-                    ("content-type", "application/json"),
-                    ("authorization", &auth),
-                ],
-                serde_json::json!({
-                    "name": "echo", "imageName": "mcp-example-server", "imageVersion": "test",
-                    "replicaCount": 1, "port": 8000,
-                })
-                .to_string(),
-            )
-            .await?;
-        assert_eq!(reply.status, http::StatusCode::CREATED, "{}", reply.text());
-        // ...whose pod the controller (the leader among the two) makes, in the restricted
-        // namespace...
-        ready_pod_ips(&pods, "mcp-gateway.io/adapter=echo", 1).await?;
-        eprintln!("adapter pod ready at {:?}", t0.elapsed());
-        // ...and an MCP client reaches it through either gateway pod, one session across both
-        // (shared through the Redis of the base).
-        let url = |ip: &str| format!("http://{ip}:8080/adapters/echo/mcp");
-        let mut session = wait_for(
-            "a session through the gateway",
-            Duration::from_secs(30),
-            async || {
-                Ok(
-                    McpSession::open_with(&url(&gateways[0]), &[("authorization", &auth)])
-                        .await
-                        .ok(),
-                )
-            },
-        )
-        .await?;
-        let who = session.call_text("whoami", serde_json::json!({})).await?;
-        assert!(who.contains("echo-0"), "{who}");
-        assert_eq!(
-            session
-                .call_text("counter_increment", serde_json::json!({}))
-                .await?,
-            "echo-0:1"
-        );
-        let mut other = McpSession::resume(&url(&gateways[1]), &session.id);
-        other.headers.push(("authorization".into(), auth.clone()));
-        let count = other
-            .call_text("counter_increment", serde_json::json!({}))
-            .await?;
-        assert_eq!(
-            count, "echo-0:2",
-            "the session continued on the other gateway pod"
-        );
-        // Without the key: 401.
-        let anon = McpSession::open_with(&url(&gateways[0]), &[]).await;
-        assert!(anon.is_err(), "a session without the key was opened");
-        Ok(())
+#[test]
+fn after_helm_install_the_management_api_in_the_cluster_creates_an_adapter_that_an_mcp_client_reaches_through_the_gateway_pods()
+ {
+    netns::run(|| async {
+        let cluster = TestCluster::start().await?;
+        let kubelet = full_path_node(&cluster).await?;
+        // What `helm install mcp-gateway deployment/helm/mcp-gateway -n mcp-gateway
+        // --create-namespace --set auth.apiKeys[0]...` sends: the rendered chart, CRD included,
+        // with an API key and the bundled Redis (its password generated by the chart).
+        cluster.kubectl_ok(&["create", "namespace", "mcp-gateway"])?;
+        let key = "mcp_test_admin_key_0123456789abcdef";
+        let sha = mcp_gateway_auth::hash_api_key(key);
+        let rendered = {
+            let mut cmd = helm();
+            cmd.args(["template", "mcp-gateway"])
+                .arg(chart())
+                .args(["--namespace", "mcp-gateway", "--include-crds"])
+                .args(["--set", "auth.apiKeys[0].subject=admin"])
+                .args(["--set", "auth.apiKeys[0].roles={mcp.admin}"])
+                .args(["--set", &format!("auth.apiKeys[0].sha256={sha}")]);
+            run(&mut cmd)
+        };
+        let file = tempfile::NamedTempFile::new()?;
+        std::fs::write(file.path(), &rendered)?;
+        cluster.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "-n",
+            "mcp-gateway",
+            "-f",
+            file.path().to_str().unwrap(),
+        ])?;
+        reach_an_adapter_through_the_gateway_pods(&cluster, &kubelet, key).await
     });
 }
