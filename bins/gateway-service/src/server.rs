@@ -2,6 +2,8 @@
 //! graceful shutdown with a deadline.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -87,8 +89,21 @@ pub async fn serve_threads<F, G, S, B>(
     }
 }
 
+/// How long a stopping listener keeps its idle keep-alive connections open, answering each
+/// request on them with `Connection: close`, before it closes the rest (at most the grace).
+///
+/// Closing an idle keep-alive connection races with a client (a load balancer's pool) that
+/// writes a request on it at that moment: the client sees a reset after sending, and does not
+/// retry a POST (nginx answers 502). So a stopping gateway first lets each pooled connection
+/// carry one more request and close cleanly after its answer; the client's next new connection
+/// is refused (the listener is closed), which a balancer retries elsewhere since nothing was
+/// sent. Only connections left idle through the whole linger are closed under the client.
+pub const LINGER: Duration = Duration::from_secs(1);
+
 /// Serves `listener` until `shutdown` turns true, then waits up to `grace` for open
-/// connections to finish their requests and closes the rest.
+/// connections to finish their requests and closes the rest: for [`LINGER`] connections stay
+/// open and every answer carries `Connection: close`, then idle ones are closed and busy ones
+/// (streams) get the rest of the grace.
 pub async fn serve<S, B>(
     listener: TcpListener,
     mut shutdown: watch::Receiver<bool>,
@@ -111,13 +126,20 @@ pub async fn serve<S, B>(
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
+    let closing = Arc::new(AtomicBool::new(false));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
                     let conn = builder
-                        .serve_connection(TokioIo::new(stream), service_for(peer))
+                        .serve_connection(
+                            TokioIo::new(stream),
+                            CloseWhenStopping {
+                                inner: service_for(peer),
+                                closing: closing.clone(),
+                            },
+                        )
                         .into_owned();
                     let conn = graceful.watch(conn);
                     connections.spawn(async move {
@@ -137,13 +159,64 @@ pub async fn serve<S, B>(
         }
     }
     drop(listener);
+    closing.store(true, Ordering::Relaxed);
+    let linger = LINGER.min(grace);
+    let lingering = tokio::time::sleep(linger);
+    tokio::pin!(lingering);
+    while !connections.is_empty() {
+        tokio::select! {
+            _ = connections.join_next() => {}
+            () = &mut lingering => break,
+        }
+    }
     let open = graceful.count();
     tokio::select! {
         _ = graceful.shutdown() => tracing::debug!(open, "connections finished"),
-        _ = tokio::time::sleep(grace) => {
+        _ = tokio::time::sleep(grace.saturating_sub(linger)) => {
             tracing::info!(open = connections.len(), "shutdown grace period over; closing remaining streams");
         }
     }
     connections.abort_all();
     while connections.join_next().await.is_some() {}
+}
+
+/// The connection's service, whose answers carry `Connection: close` once the listener stops
+/// (HTTP/1.1: hyper closes the connection after writing such an answer; HTTP/2 drops the
+/// header, and its connections get GOAWAY from the graceful shutdown).
+struct CloseWhenStopping<S> {
+    inner: S,
+    closing: Arc<AtomicBool>,
+}
+
+type Finish<B> = fn(http::Response<B>) -> http::Response<B>;
+
+fn keep<B>(response: http::Response<B>) -> http::Response<B> {
+    response
+}
+
+fn close<B>(mut response: http::Response<B>) -> http::Response<B> {
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
+impl<S, B> Service<http::Request<Incoming>> for CloseWhenStopping<S>
+where
+    S: Service<http::Request<Incoming>, Response = http::Response<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures_util::future::MapOk<S::Future, Finish<B>>;
+
+    fn call(&self, req: http::Request<Incoming>) -> Self::Future {
+        use futures_util::TryFutureExt as _;
+        let finish: Finish<B> = if self.closing.load(Ordering::Relaxed) {
+            close
+        } else {
+            keep
+        };
+        self.inner.call(req).map_ok(finish)
+    }
 }

@@ -839,6 +839,73 @@ async fn readyz_turns_503_at_sigterm_while_connections_drain_and_new_ones_are_se
     assert_eq!(readyz(admin).await, None, "admin listener closed last");
 }
 
+/// Reads one HTTP/1.1 response (head and a `content-length` body) from `conn`: its head, or
+/// `None` when the connection was closed or reset first.
+async fn read_response(conn: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return Some(head);
+            }
+        }
+        match conn.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// A load balancer's pooled keep-alive connection, idle when the gateway is told to stop, then
+/// used for one more request (nginx does exactly this): it gets a whole answer with
+/// `Connection: close` and is then closed cleanly, rather than being closed under the request
+/// (which nginx answers 502 for a POST, since it cannot know whether it was processed).
+#[tokio::test]
+async fn an_idle_keep_alive_connection_used_right_after_sigterm_gets_its_answer_and_a_clean_close()
+{
+    use tokio::io::AsyncWriteExt as _;
+    let replicas = Replicas::start(1).await.unwrap();
+    let gw = gateway(vec![adapter("demo", replicas.urls())], |c| {
+        c.shutdown_grace = Duration::from_secs(3);
+    })
+    .await;
+    let addr = gw.data_addr;
+    let body = initialize_request(1).to_string();
+    let request = format!(
+        "POST /adapters/demo/mcp HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         accept: application/json, text/event-stream\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut pooled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    pooled.write_all(request.as_bytes()).await.unwrap();
+    let first = read_response(&mut pooled).await.expect("first answer");
+    assert!(first.starts_with("http/1.1 200"), "{first}");
+    assert!(!first.contains("connection: close"), "{first}");
+    // The connection is idle in the pool; the gateway is told to stop.
+    let stopping = tokio::spawn(gw.shutdown());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    pooled.write_all(request.as_bytes()).await.unwrap();
+    let second = read_response(&mut pooled)
+        .await
+        .expect("the pooled connection was closed under a request sent on it after SIGTERM");
+    assert!(second.starts_with("http/1.1 200"), "{second}");
+    assert!(second.contains("connection: close"), "{second}");
+    // Then the gateway closes it, cleanly (EOF), and stops.
+    assert_eq!(read_response(&mut pooled).await, None);
+    tokio::time::timeout(Duration::from_secs(5), stopping)
+        .await
+        .expect("the gateway stops")
+        .unwrap();
+}
+
 #[tokio::test]
 async fn http2_clients_are_served() {
     let (_replicas, gw) = two_replicas().await;
