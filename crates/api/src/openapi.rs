@@ -186,6 +186,11 @@ fn adapter_schema(mut spec: Object) -> Object {
             "lastUpdatedAt",
             "When it was last created or replaced (RFC 3339, UTC).",
         ),
+        (
+            "revision",
+            "Changes whenever the adapter is changed; also the response's `ETag`. Send it back \
+             as `If-Match` on `PUT` or `DELETE` to change the adapter only if nobody did since.",
+        ),
     ] {
         let schema = ObjectBuilder::new()
             .schema_type(Type::String)
