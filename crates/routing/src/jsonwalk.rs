@@ -49,6 +49,10 @@ pub(crate) enum Interest {
     Scalar,
     /// Its raw bytes, in pieces, as they pass.
     Raw,
+    /// Nothing in it, nor below it: an object or array is passed over at a byte scan's cost
+    /// (strings and brackets only, no paths; its inside is not checked for being JSON). For a
+    /// scalar, the same as `None`.
+    Skip,
 }
 
 pub(crate) trait Visit {
@@ -74,6 +78,12 @@ enum State {
         escaped: bool,
     },
     Bare,
+    /// Inside a skipped object or array, `depth` brackets deep.
+    Skip {
+        depth: u32,
+        in_str: bool,
+        escaped: bool,
+    },
     Failed,
 }
 
@@ -121,13 +131,15 @@ impl Walker {
         self.state == State::Failed
     }
 
-    fn begin(&mut self, at: usize, raw_start: &mut Option<usize>, v: &mut impl Visit) {
+    /// A value starts at `at`; returns whether the visitor wants it skipped.
+    fn begin(&mut self, at: usize, raw_start: &mut Option<usize>, v: &mut impl Visit) -> bool {
         if self.capture != Capture::None {
-            return;
+            return false;
         }
         let level = self.frames.len();
         match v.interest(&self.frames) {
             Interest::None => {}
+            Interest::Skip => return true,
             Interest::Scalar => {
                 self.capture = Capture::Scalar { level };
                 self.scalar.clear();
@@ -137,6 +149,7 @@ impl Walker {
                 *raw_start = Some(at);
             }
         }
+        false
     }
 
     /// A value ended just before `end`, at the current level.
@@ -193,7 +206,15 @@ impl Walker {
                     }
                     match b {
                         b'{' | b'[' => {
-                            self.begin(i, &mut raw_start, v);
+                            if self.begin(i, &mut raw_start, v) {
+                                self.state = State::Skip {
+                                    depth: 1,
+                                    in_str: false,
+                                    escaped: false,
+                                };
+                                i += 1;
+                                continue;
+                            }
                             if !self.push(b == b'{') {
                                 return;
                             }
@@ -204,14 +225,14 @@ impl Walker {
                             };
                         }
                         b'"' => {
-                            self.begin(i, &mut raw_start, v);
+                            let _ = self.begin(i, &mut raw_start, v);
                             self.state = State::Str {
                                 key: false,
                                 escaped: false,
                             };
                         }
                         b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
-                            self.begin(i, &mut raw_start, v);
+                            let _ = self.begin(i, &mut raw_start, v);
                             self.state = State::Bare;
                             continue; // the byte is part of the scalar
                         }
@@ -300,6 +321,46 @@ impl Walker {
                             }
                         }
                     }
+                }
+                State::Skip {
+                    mut depth,
+                    mut in_str,
+                    mut escaped,
+                } => {
+                    while i < chunk.len() && depth > 0 {
+                        if in_str {
+                            if escaped {
+                                escaped = false;
+                                i += 1;
+                                continue;
+                            }
+                            match chunk[i..].iter().position(|&c| c == b'"' || c == b'\\') {
+                                None => i = chunk.len(),
+                                Some(n) => {
+                                    escaped = chunk[i + n] == b'\\';
+                                    in_str = escaped;
+                                    i += n + 1;
+                                }
+                            }
+                            continue;
+                        }
+                        match chunk[i] {
+                            b'"' => in_str = true,
+                            b'{' | b'[' => depth += 1,
+                            b'}' | b']' => depth -= 1,
+                            _ => {}
+                        }
+                        i += 1;
+                    }
+                    self.state = if depth == 0 {
+                        State::After
+                    } else {
+                        State::Skip {
+                            depth,
+                            in_str,
+                            escaped,
+                        }
+                    };
                 }
                 State::Bare => {
                     if is_ws(b) || matches!(b, b',' | b'}' | b']') {
@@ -461,12 +522,34 @@ impl SseData {
 mod tests {
     use super::*;
 
-    /// Records scalars at the given paths and the raw bytes of `params.arguments`.
+    /// Records scalars at the given paths and the raw bytes of `params.arguments`; with `skip`,
+    /// passes over every value no pattern lies under.
     #[derive(Default)]
     struct Rec {
+        skip: bool,
         scalars: Vec<(String, String)>,
         raw: Vec<u8>,
         raw_done: usize,
+    }
+
+    impl Rec {
+        const PATTERNS: [&[&str]; 4] = [
+            &["params", "arguments"],
+            &["error", "code"],
+            &["result", "isError"],
+            &["result", "tools", "*", "name"],
+        ];
+        fn skipping() -> Self {
+            Self {
+                skip: true,
+                ..Self::default()
+            }
+        }
+    }
+
+    /// Whether `pattern` starts with `path`.
+    fn leads_to(path: &[Frame], pattern: &[&str]) -> bool {
+        path.len() <= pattern.len() && path_is(path, &pattern[..path.len()])
     }
 
     impl Visit for Rec {
@@ -478,6 +561,8 @@ mod tests {
                 || path_is(path, &["result", "tools", "*", "name"])
             {
                 Interest::Scalar
+            } else if self.skip && !Self::PATTERNS.iter().any(|p| leads_to(path, p)) {
+                Interest::Skip
             } else {
                 Interest::None
             }
@@ -501,7 +586,8 @@ mod tests {
         }
     }
 
-    /// Feeds `body` in every split into two chunks, and byte by byte: the result never changes.
+    /// Feeds `body` whole, in every split into two chunks, and byte by byte, each with and
+    /// without skipping what no pattern needs: the result never changes.
     fn walk(body: &str) -> Rec {
         let whole = {
             let mut r = Rec::default();
@@ -509,21 +595,25 @@ mod tests {
             r
         };
         let b = body.as_bytes();
-        for cut in 0..=b.len() {
-            let mut r = Rec::default();
+        for (cut, skip) in (0..=b.len()).flat_map(|cut| [(cut, false), (cut, true)]) {
+            let mut r = Rec {
+                skip,
+                ..Rec::default()
+            };
             let mut w = Walker::default();
             w.feed(&b[..cut], &mut r);
             w.feed(&b[cut..], &mut r);
-            assert_eq!(r.scalars, whole.scalars, "split at {cut}");
-            assert_eq!(r.raw, whole.raw, "split at {cut}");
+            assert_eq!(r.scalars, whole.scalars, "split at {cut}, skip {skip}");
+            assert_eq!(r.raw, whole.raw, "split at {cut}, skip {skip}");
         }
-        let mut r = Rec::default();
-        let mut w = Walker::default();
-        for byte in b.chunks(1) {
-            w.feed(byte, &mut r);
+        for mut r in [Rec::default(), Rec::skipping()] {
+            let mut w = Walker::default();
+            for byte in b.chunks(1) {
+                w.feed(byte, &mut r);
+            }
+            assert_eq!(r.scalars, whole.scalars, "byte by byte, skip {}", r.skip);
+            assert_eq!(r.raw, whole.raw, "byte by byte, skip {}", r.skip);
         }
-        assert_eq!(r.scalars, whole.scalars, "byte by byte");
-        assert_eq!(r.raw, whole.raw, "byte by byte");
         whole
     }
 
@@ -563,6 +653,22 @@ mod tests {
         assert_eq!(r.raw_done, 1);
         let scalar_args = r#"{"params":{"arguments":42}}"#;
         assert_eq!(walk(scalar_args).raw, b"42");
+    }
+
+    #[test]
+    fn a_skipped_value_ends_at_its_own_bracket_whatever_its_strings_hold() {
+        // Brackets, quotes and backslashes inside the skipped strings must not end the skip.
+        let body = r#"{"jsonrpc":"2.0","_meta":{"a":["}",{"b":"\\"},"\"]{["],"c":[[[]]]},"id":1,"result":{"content":[{"text":"] } \" ["}],"structured":{"isError":true},"isError":false}}"#;
+        let r = walk(body);
+        assert_eq!(r.scalars, [("result.isError".into(), "false".into())]);
+        // Deep nesting inside a skipped value costs no frames: it is not refused.
+        let deep = format!(
+            r#"{{"_meta":{},"error":{{"code":-1}}}}"#,
+            format!("{}{}", "[".repeat(200), "]".repeat(200))
+        );
+        let mut r = Rec::skipping();
+        Walker::default().feed(deep.as_bytes(), &mut r);
+        assert_eq!(r.scalars, [("error.code".into(), "-1".into())]);
     }
 
     #[test]

@@ -538,8 +538,11 @@ impl Visit for ArgumentDigest {
     fn interest(&mut self, path: &[Path]) -> Interest {
         if self.done.is_none() && path_is(path, &["params", "arguments"]) {
             Interest::Raw
-        } else {
+        } else if path.is_empty() || path_is(path, &["params"]) {
             Interest::None
+        } else {
+            // Nothing else holds the arguments.
+            Interest::Skip
         }
     }
     fn raw(&mut self, bytes: &[u8]) {
@@ -624,30 +627,40 @@ struct Outcome {
 }
 
 impl Visit for Outcome {
+    /// Everything but `result`, `error` and the listing's array is skipped: a tool's content
+    /// (most of a response's bytes) is passed over at a byte scan's cost.
     fn interest(&mut self, path: &[Path]) -> Interest {
+        let listed: &[u8] = match self.listing {
+            Some(Listing::Tools) => b"tools",
+            Some(Listing::Prompts) => b"prompts",
+            None => b"",
+        };
         match path.len() {
-            1 => {
-                if matches!(path[0].key(), Some(b"result" | b"error")) {
+            0 => Interest::None,
+            1 => match path[0].key() {
+                Some(b"result" | b"error") => {
                     self.responded = true;
+                    Interest::None
                 }
-                Interest::None
-            }
+                Some(_) => Interest::Skip,
+                None => Interest::None,
+            },
             2 if path_is(path, &["error", "code"])
                 || path_is(path, &["error", "message"])
                 || path_is(path, &["result", "isError"]) =>
             {
                 Interest::Scalar
             }
-            4 => match self.listing {
-                Some(Listing::Tools) if path_is(path, &["result", "tools", "*", "name"]) => {
-                    Interest::Scalar
-                }
-                Some(Listing::Prompts) if path_is(path, &["result", "prompts", "*", "name"]) => {
-                    Interest::Scalar
-                }
-                _ => Interest::None,
-            },
-            _ => Interest::None,
+            2 if path[0].key() == Some(b"result")
+                && !listed.is_empty()
+                && path[1].key() == Some(listed) =>
+            {
+                Interest::None
+            }
+            // An entry of the listing (only reached under `result.<listed>`).
+            3 if path[2].key().is_none() => Interest::None,
+            4 if path[3].key() == Some(b"name") => Interest::Scalar,
+            _ => Interest::Skip,
         }
     }
 
@@ -884,6 +897,65 @@ mod tests {
             (0..2 * MAX_NAMES).map(|i| format!("t{i}")).collect(),
         );
         assert_eq!(o.names.read().unwrap()["a"].tools.len(), MAX_NAMES);
+    }
+
+    /// Reads `body` whole and byte by byte with an [`Outcome`] for `listing`.
+    fn outcome_of(listing: Option<Listing>, body: &str) -> Outcome {
+        let mut whole = Outcome {
+            listing,
+            ..Outcome::default()
+        };
+        Walker::default().feed(body.as_bytes(), &mut whole);
+        let mut bytes = Outcome {
+            listing,
+            ..Outcome::default()
+        };
+        let mut w = Walker::default();
+        for b in body.as_bytes().chunks(1) {
+            w.feed(b, &mut bytes);
+        }
+        for o in [&whole, &bytes] {
+            assert_eq!(o.found, whole.found);
+            assert_eq!((&o.code, &o.message), (&whole.code, &whole.message));
+            assert_eq!((o.is_error, o.responded), (whole.is_error, whole.responded));
+        }
+        whole
+    }
+
+    #[test]
+    fn the_outcome_is_read_past_skipped_content_and_metadata() {
+        let o = outcome_of(
+            None,
+            r#"{"_meta":{"isError":true,"error":{"code":1}},"id":2,"jsonrpc":"2.0","result":{"content":[{"type":"text","text":"\"isError\": true } ]"}],"structuredContent":{"isError":true},"isError":true}}"#,
+        );
+        assert!(o.responded && o.is_error);
+        assert_eq!(o.code, None);
+        let o = outcome_of(
+            None,
+            r#"{"id":2,"error":{"data":{"code":7},"code":-32602,"message":"Unknown tool: x"}}"#,
+        );
+        assert!(o.responded);
+        assert_eq!(o.code.as_deref(), Some("-32602"));
+        assert_eq!(o.message.as_deref(), Some("Unknown tool: x"));
+        let o = outcome_of(
+            None,
+            r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"result":{}}}"#,
+        );
+        assert!(!o.responded);
+    }
+
+    #[test]
+    fn a_listing_yields_its_entries_names_only() {
+        let tools = r#"{"result":{"_meta":{"name":"no"},"tools":[{"name":"echo","inputSchema":{"properties":{"name":{"type":"string"}}}},{"inputSchema":{},"name":"add"}],"nextCursor":"x"},"id":1}"#;
+        assert_eq!(
+            outcome_of(Some(Listing::Tools), tools).found,
+            ["echo", "add"]
+        );
+        assert!(outcome_of(Some(Listing::Prompts), tools).found.is_empty());
+        assert!(outcome_of(None, tools).found.is_empty());
+        let prompts =
+            r#"{"result":{"prompts":[{"name":"greet","arguments":[{"name":"who"}]}]},"id":1}"#;
+        assert_eq!(outcome_of(Some(Listing::Prompts), prompts).found, ["greet"]);
     }
 
     #[test]
