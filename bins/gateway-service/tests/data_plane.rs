@@ -918,14 +918,24 @@ async fn http2_clients_are_served() {
     assert!(reply.header("mcp-session-id").is_some());
 }
 
-/// With `data_threads`, each thread serves its own SO_REUSEPORT socket with its own runtime
-/// and replica pool: sessions keep their replica and their state, legacy streams work, and the
-/// gateway still shuts down gracefully.
+/// Per-CPU data threads (the default; each its own SO_REUSEPORT socket, runtime and replica
+/// pool) and the shared runtime (`data_threads = 0`) both keep sessions on their replica with
+/// their state, serve legacy streams, and shut down gracefully.
 #[tokio::test]
-async fn data_threads_serve_sessions_and_streams_and_shut_down() {
+async fn data_threads_and_the_shared_runtime_serve_sessions_and_streams_and_shut_down() {
+    assert!(
+        Config::for_tests().data_threads >= 1,
+        "data threads are the default"
+    );
+    for threads in [3, 0] {
+        serve_sessions_and_streams_and_shut_down(threads).await;
+    }
+}
+
+async fn serve_sessions_and_streams_and_shut_down(threads: usize) {
     let replicas = Replicas::start(2).await.unwrap();
     let gw = gateway(vec![adapter("demo", replicas.urls())], |c| {
-        c.data_threads = 2;
+        c.data_threads = threads;
     })
     .await;
     let url = mcp_url(&gw, "demo");
