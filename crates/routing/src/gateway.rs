@@ -16,8 +16,6 @@ use futures_util::future::BoxFuture;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use mcp_gateway_core::{
     Action, AdapterName, AdapterTarget, AuditSink, Authorizer, Principal, Replica, ReplicaResolver,
     SessionId, SessionKey, SessionRecord, SessionStore,
@@ -26,7 +24,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::RoutingConfig;
-use crate::body::{BodyTooLarge, BoxError, ForwardBody, ProxyBody, Replayable, Tracked};
+use crate::body::{BodyTooLarge, BoxError, ForwardBody, ProxyBody, Tracked};
 use crate::error::{ProxyError, find_source};
 use crate::headers::{self, MCP_METHOD, MCP_NAME, MCP_SESSION_ID};
 use crate::jsonrpc::{self, Envelope, Scan};
@@ -44,7 +42,7 @@ pub struct ClientAddr(pub SocketAddr);
 pub struct Gateway {
     pub(crate) shared: Arc<Shared>,
     /// The pool of replica connections (shared by clones; see [`Gateway::with_own_upstream_pool`]).
-    pub(crate) client: Client<HttpConnector, Replayable>,
+    pub(crate) upstream: Arc<upstream::Pool>,
     authorizer: Option<Arc<dyn Authorizer>>,
     pub(crate) observer: Arc<Observer>,
 }
@@ -136,7 +134,7 @@ impl Gateway {
         resolver: Arc<dyn ReplicaResolver>,
         store: Arc<dyn SessionStore>,
     ) -> Self {
-        let client = upstream::client(&config);
+        let upstream = Arc::new(upstream::Pool::new(&config));
         Self {
             shared: Arc::new(Shared {
                 config,
@@ -145,7 +143,7 @@ impl Gateway {
                 health: HealthTable::default(),
                 meters: Meters::default(),
             }),
-            client,
+            upstream,
             authorizer: None,
             observer: Arc::default(),
         }
@@ -192,7 +190,7 @@ impl Gateway {
     /// clone, so a request and its replica connection stay on one thread. Clones made with
     /// `clone()` share one pool, which is right in one multi-threaded runtime.
     pub fn with_own_upstream_pool(mut self) -> Self {
-        self.client = upstream::client(&self.shared.config);
+        self.upstream = Arc::new(upstream::Pool::new(&self.shared.config));
         self
     }
 

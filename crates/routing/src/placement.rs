@@ -146,14 +146,16 @@ impl Drop for Placing {
     }
 }
 
-/// (adapter, replica id).
-type ReplicaKey = (String, Arc<str>);
+/// By replica id, or by adapter name; foldhash, as names come from the configuration or the
+/// runtime, never from callers.
+type ByName<V> = HashMap<Arc<str>, V, foldhash::fast::RandomState>;
 
-/// Health of every replica this process has forwarded to, by (adapter, replica id).
+/// Health of every replica this process has forwarded to, by adapter, then replica id: looked
+/// up with borrowed names, so a request allocates nothing to find its replica's health.
 #[derive(Debug)]
 pub struct HealthTable {
     epoch: Instant,
-    replicas: RwLock<HashMap<ReplicaKey, Arc<ReplicaHealth>>>,
+    replicas: RwLock<ByName<ByName<Arc<ReplicaHealth>>>>,
 }
 
 impl Default for HealthTable {
@@ -167,17 +169,19 @@ impl Default for HealthTable {
 
 impl HealthTable {
     pub fn get(&self, adapter: &str, replica: &Arc<str>) -> Arc<ReplicaHealth> {
-        let key = (adapter.to_owned(), replica.clone());
         if let Some(h) = self
             .replicas
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
+            .get(adapter)
+            .and_then(|replicas| replicas.get(&**replica))
         {
             return h.clone();
         }
         let mut map = self.replicas.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(key)
+        map.entry(Arc::from(adapter))
+            .or_default()
+            .entry(replica.clone())
             .or_insert_with(|| Arc::new(ReplicaHealth::new(self.epoch)))
             .clone()
     }

@@ -4,7 +4,7 @@
 //! conventions' histograms are in [`crate::observe`].)
 
 use std::collections::HashMap;
-use std::hash::{Hash as _, Hasher as _};
+use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
 use std::sync::{Arc, RwLock};
 
 use http::StatusCode;
@@ -17,7 +17,10 @@ use crate::jsonrpc::Envelope;
 /// registry (which hashes, compares and allocates the labels every time). Label values are
 /// bounded by construction, and so is the cache.
 pub(crate) struct Handles<T> {
-    map: RwLock<HashMap<u64, Vec<Entry<T>>>>,
+    /// By foldhash of the label values (they come from the configuration and a bounded set,
+    /// not from callers, so no keyed hash is needed against flooding).
+    map: RwLock<HashMap<u64, Vec<Entry<T>>, foldhash::fast::RandomState>>,
+    state: foldhash::fast::RandomState,
 }
 
 /// Label values and their handle; several per hash only on a collision.
@@ -27,6 +30,7 @@ impl<T> Default for Handles<T> {
     fn default() -> Self {
         Self {
             map: RwLock::default(),
+            state: foldhash::fast::RandomState::default(),
         }
     }
 }
@@ -34,7 +38,7 @@ impl<T> Default for Handles<T> {
 impl<T: Clone> Handles<T> {
     /// The handle of the label values `key`, registered with `register` the first time.
     pub(crate) fn get(&self, key: &[&str], register: impl FnOnce() -> T) -> T {
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        let mut hasher = self.state.build_hasher();
         key.hash(&mut hasher);
         let hash = hasher.finish();
         let same =

@@ -2,7 +2,11 @@
 //! replica or to the first of several candidates that accepts it, feeds each exchange's outcome
 //! to the replica's outlier detection, and wraps the replica's response for the client.
 
-use http::{Request, Response, Uri};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
@@ -19,15 +23,104 @@ use crate::observe::{self, Probe};
 use crate::placement::{InFlight, Outcome, ReplicaHealth};
 
 /// The pooled HTTP/1.1 client of a gateway (keep-alive, `TCP_NODELAY`, the configured connect
-/// and idle timeouts).
-pub(crate) fn client(config: &RoutingConfig) -> Client<HttpConnector, Replayable> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    connector.set_nodelay(true);
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(config.upstream_idle_timeout)
-        .build(connector)
+/// and idle timeouts), and the replicas' addresses it has parsed.
+pub(crate) struct Pool {
+    client: Client<HttpConnector, Replayable>,
+    /// By base URL. Names come from the resolver, not from callers; the map is emptied when
+    /// it reaches [`MAX_ADDRS`] (replicas come and go in Kubernetes).
+    addrs: RwLock<HashMap<Arc<str>, Addr, foldhash::fast::RandomState>>,
+}
+
+const MAX_ADDRS: usize = 4096;
+
+/// A replica's base URL, parsed once: what its requests' URIs start with and their `Host`.
+#[derive(Clone)]
+struct Addr {
+    scheme: Scheme,
+    authority: Authority,
+    /// The base URL's path, without its trailing `/` (usually empty).
+    prefix: Box<str>,
+    /// The authority, without the scheme's default port (as a client sets it).
+    host: HeaderValue,
+}
+
+impl Pool {
+    pub(crate) fn new(config: &RoutingConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(config.upstream_idle_timeout)
+            .build(connector);
+        Self {
+            client,
+            addrs: RwLock::default(),
+        }
+    }
+
+    fn addr(&self, base_url: &Arc<str>) -> Result<Addr, String> {
+        let known = self.addrs.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(addr) = known.get(&**base_url) {
+            return Ok(addr.clone());
+        }
+        drop(known);
+        let addr = Addr::parse(base_url)?;
+        let mut known = self.addrs.write().unwrap_or_else(|e| e.into_inner());
+        if known.len() >= MAX_ADDRS {
+            known.clear();
+        }
+        known.insert(base_url.clone(), addr.clone());
+        Ok(addr)
+    }
+
+    /// The URI of `path_and_query` on the replica at `base_url`, and the `Host` to send.
+    fn uri(&self, base_url: &Arc<str>, path_and_query: &str) -> Result<(Uri, HeaderValue), String> {
+        let addr = self.addr(base_url)?;
+        let path = if addr.prefix.is_empty() {
+            PathAndQuery::try_from(path_and_query)
+        } else {
+            PathAndQuery::try_from(format!("{}{path_and_query}", addr.prefix))
+        }
+        .map_err(|e| e.to_string())?;
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(addr.scheme);
+        parts.authority = Some(addr.authority);
+        parts.path_and_query = Some(path);
+        let uri = Uri::from_parts(parts).map_err(|e| e.to_string())?;
+        Ok((uri, addr.host))
+    }
+}
+
+impl Addr {
+    fn parse(base_url: &str) -> Result<Self, String> {
+        let uri: Uri = base_url.parse().map_err(|e| format!("{e}"))?;
+        let parts = uri.into_parts();
+        let (Some(scheme), Some(authority)) = (parts.scheme, parts.authority) else {
+            return Err("no scheme and authority".into());
+        };
+        let default_port = match scheme.as_str() {
+            "http" => Some(80),
+            "https" => Some(443),
+            _ => None,
+        };
+        let host = if authority.port_u16().is_some() && authority.port_u16() != default_port {
+            authority.as_str()
+        } else {
+            authority.host()
+        };
+        let host = HeaderValue::from_str(host).map_err(|e| e.to_string())?;
+        let prefix = parts
+            .path_and_query
+            .map(|p| p.path().trim_end_matches('/').into())
+            .unwrap_or_default();
+        Ok(Self {
+            scheme,
+            authority,
+            prefix,
+            host,
+        })
+    }
 }
 
 /// Why a request could not be sent to a replica.
@@ -123,8 +216,9 @@ impl Gateway {
             )
             .increment(1);
         };
-        let uri: Uri = format!("{}{}", replica.base_url, path_and_query)
-            .parse()
+        let (uri, host) = self
+            .upstream
+            .uri(&replica.base_url, path_and_query)
             .map_err(|e| {
                 SendError::Other(ProxyError::BadUpstreamResponse {
                     adapter: adapter.to_owned(),
@@ -141,6 +235,7 @@ impl Gateway {
             req.headers_mut(),
             parts.extensions.get::<ClientAddr>().map(|a| a.0),
         );
+        req.headers_mut().insert(http::header::HOST, host);
         headers::identity_to_upstream(
             req.headers_mut(),
             config.identity_headers.as_ref(),
@@ -153,7 +248,8 @@ impl Gateway {
 
         let health = self.shared.health.get(adapter, &replica.id);
         let in_flight = health.start();
-        let sent = tokio::time::timeout(config.request_timeout, self.client.request(req)).await;
+        let sent =
+            tokio::time::timeout(config.request_timeout, self.upstream.client.request(req)).await;
         let err = match sent {
             Ok(Ok(res)) => {
                 let outcome = if res.status().is_server_error() {
@@ -265,4 +361,47 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         cur = e.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replica_uri_joins_its_base_and_the_path_and_sends_the_host_a_client_would() {
+        let pool = Pool::new(&RoutingConfig::default());
+        for (base, path, uri, host) in [
+            (
+                "http://127.0.0.1:9001",
+                "/mcp",
+                "http://127.0.0.1:9001/mcp",
+                "127.0.0.1:9001",
+            ),
+            (
+                "http://echo-0.echo:8080",
+                "/messages?sessionId=a",
+                "http://echo-0.echo:8080/messages?sessionId=a",
+                "echo-0.echo:8080",
+            ),
+            ("http://[::1]:80", "/mcp", "http://[::1]:80/mcp", "[::1]"),
+            ("http://host", "/mcp", "http://host/mcp", "host"),
+            ("https://host:443", "/mcp", "https://host:443/mcp", "host"),
+            (
+                "http://host:8080/base/",
+                "/mcp",
+                "http://host:8080/base/mcp",
+                "host:8080",
+            ),
+        ] {
+            let base: Arc<str> = base.into();
+            // The second time from the parsed address.
+            for _ in 0..2 {
+                let (u, h) = pool.uri(&base, path).unwrap();
+                assert_eq!(u.to_string(), uri);
+                assert_eq!(h, host);
+            }
+        }
+        assert!(pool.uri(&"not a url".into(), "/mcp").is_err());
+        assert!(pool.uri(&"http://h:1".into(), "/a b").is_err());
+    }
 }
