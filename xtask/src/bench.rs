@@ -75,10 +75,11 @@ struct Options {
     #[arg(long)]
     gateway_bin: Option<PathBuf>,
     /// Run the gateways with `data_threads = N` (threads with a runtime, a SO_REUSEPORT
-    /// socket and a replica pool each); 0 leaves it out of their configuration (the default of
-    /// the gateway, and what earlier builds understand).
-    #[arg(long, default_value_t = 0)]
-    data_threads: u64,
+    /// socket and a replica pool each; 0: the shared multi-threaded runtime). Not given: left
+    /// out of their configuration (the gateway's default, one per CPU; what earlier builds
+    /// understand).
+    #[arg(long)]
+    data_threads: Option<u64>,
 }
 
 impl Options {
@@ -320,12 +321,12 @@ impl Stack {
         dir: &Path,
         nginx: Option<&Path>,
         gateway_bin: &Path,
-        data_threads: u64,
+        data_threads: Option<u64>,
     ) -> anyhow::Result<Self> {
         let gateway_config = |port, admin_port, replicas: &[String; 2]| {
             let mut config = gateway_config(port, admin_port, replicas);
-            if data_threads > 0 {
-                config.insert_str(0, &format!("data_threads = {data_threads}\n"));
+            if let Some(n) = data_threads {
+                config.insert_str(0, &format!("data_threads = {n}\n"));
             }
             config
         };

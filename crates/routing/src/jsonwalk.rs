@@ -8,8 +8,10 @@
 
 /// Deepest nesting followed; deeper input stops the walk (nothing more is reported).
 const MAX_DEPTH: usize = 64;
-/// Longest key kept for path matching; longer keys never match.
-const MAX_KEY: usize = 64;
+/// Longest key kept for path matching; longer keys never match (no visitor asks for one:
+/// the MCP keys it follows are `result`, `isError`, `arguments`...). Kept inline in its frame,
+/// so walking into an object allocates nothing.
+const MAX_KEY: usize = 22;
 /// Longest scalar reported; longer ones are cut (a tool name is at most 128 bytes).
 const MAX_SCALAR: usize = 256;
 
@@ -17,15 +19,16 @@ const MAX_SCALAR: usize = 256;
 #[derive(Debug, Default)]
 pub(crate) struct Frame {
     object: bool,
-    key: Vec<u8>,
     key_too_long: bool,
+    key_len: u8,
+    key: [u8; MAX_KEY],
     index: usize,
 }
 
 impl Frame {
     /// The key (objects) under which the current value sits.
     pub fn key(&self) -> Option<&[u8]> {
-        (self.object && !self.key_too_long).then_some(&self.key[..])
+        (self.object && !self.key_too_long).then_some(&self.key[..usize::from(self.key_len)])
     }
 }
 
@@ -267,7 +270,7 @@ impl Walker {
                         self.state = State::After;
                     } else if b == b'"' {
                         if let Some(top) = self.frames.last_mut() {
-                            top.key.clear();
+                            top.key_len = 0;
                             top.key_too_long = false;
                         }
                         self.state = State::Str {
@@ -408,10 +411,13 @@ impl Walker {
     fn string_bytes(&mut self, key: bool, bytes: &[u8]) {
         if key {
             if let Some(top) = self.frames.last_mut() {
-                if top.key.len() + bytes.len() > MAX_KEY {
-                    top.key_too_long = true;
-                } else {
-                    top.key.extend_from_slice(bytes);
+                let len = usize::from(top.key_len);
+                match top.key.get_mut(len..len + bytes.len()) {
+                    Some(room) if !top.key_too_long => {
+                        room.copy_from_slice(bytes);
+                        top.key_len += bytes.len() as u8; // at most MAX_KEY
+                    }
+                    _ => top.key_too_long = true,
                 }
             }
         } else {
