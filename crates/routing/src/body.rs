@@ -2,9 +2,6 @@
 //!
 //! - [`ForwardBody`]: a request body whose first bytes were read for routing, replayed in front
 //!   of the rest, which streams under the size limit.
-//! - [`Replayable`]: hands a request body to the upstream client while keeping the means to
-//!   take it back if the client never touched it (connection refused), so the request can go to
-//!   another replica.
 //! - [`Tracked`]: every response body: an idle timeout, guards that run when the stream ends
 //!   or the client goes away, and the observer that reads the answer on its way.
 //! - [`EndpointRewriter`]: a legacy SSE stream whose `endpoint` event is rewritten (after the
@@ -12,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -127,85 +124,6 @@ impl Body for ForwardBody {
                 }
                 hint
             }
-        }
-    }
-}
-
-// === impl Replayable ===
-
-/// A request body the upstream client may or may not start reading. Until it does, the body
-/// stays in a slot the caller shares, from which [`Replayable::reclaim`] takes it back.
-pub struct Replayable {
-    slot: Arc<Mutex<Option<ForwardBody>>>,
-    body: Option<ForwardBody>,
-}
-
-/// The caller's handle on a [`Replayable`] body.
-#[derive(Clone)]
-pub struct ReplaySlot(Arc<Mutex<Option<ForwardBody>>>);
-
-impl Replayable {
-    pub fn new(body: ForwardBody) -> (Self, ReplaySlot) {
-        let slot = Arc::new(Mutex::new(Some(body)));
-        (
-            Self {
-                slot: slot.clone(),
-                body: None,
-            },
-            ReplaySlot(slot),
-        )
-    }
-}
-
-impl ReplaySlot {
-    /// The body, if the upstream client never read from it.
-    pub fn reclaim(&self) -> Option<ForwardBody> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
-    }
-}
-
-impl Body for Replayable {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.body.is_none() {
-            let taken = self.slot.lock().unwrap_or_else(|e| e.into_inner()).take();
-            match taken {
-                Some(b) => self.body = Some(b),
-                None => return Poll::Ready(None),
-            }
-        }
-        match self.body.as_mut() {
-            Some(b) => Pin::new(b).poll_frame(cx),
-            None => Poll::Ready(None),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.body {
-            Some(b) => b.is_end_stream(),
-            None => self
-                .slot
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .is_none_or(|b| b.is_end_stream()),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match &self.body {
-            Some(b) => b.size_hint(),
-            None => self
-                .slot
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
-                .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint()),
         }
     }
 }
@@ -583,17 +501,6 @@ mod tests {
             4,
         );
         assert!(collect(body).await.unwrap_err().contains("exceeds 4 bytes"));
-    }
-
-    #[tokio::test]
-    async fn replayable_body_can_be_taken_back_until_read() {
-        let (body, slot) =
-            Replayable::new(ForwardBody::new(vec![Bytes::from_static(b"x")], None, 10));
-        drop(body);
-        let again = slot.reclaim().expect("never read, so reclaimable");
-        let (body, slot) = Replayable::new(again);
-        assert_eq!(collect(body).await.unwrap(), "x");
-        assert!(slot.reclaim().is_none());
     }
 
     #[tokio::test]

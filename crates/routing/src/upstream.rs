@@ -3,29 +3,47 @@
 //! to the replica's outlier detection, and wraps the replica's response for the client.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::io::ErrorKind;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
-use http::uri::{Authority, PathAndQuery, Scheme};
+use bytes::Bytes;
+use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::TokioIo;
 use mcp_gateway_core::{AdapterTarget, Principal, Replica};
 
 use crate::RoutingConfig;
-use crate::body::{BodyTooLarge, BoxError, ForwardBody, Replayable, Tracked};
+use crate::body::{BodyTooLarge, BoxError, ForwardBody, Tracked};
 use crate::error::{ProxyError, find_source};
 use crate::gateway::{ClientAddr, Gateway};
 use crate::headers;
 use crate::observe::{self, Probe};
 use crate::placement::{InFlight, Outcome, ReplicaHealth};
 
-/// The pooled HTTP/1.1 client of a gateway (keep-alive, `TCP_NODELAY`, the configured connect
-/// and idle timeouts), and the replicas' addresses it has parsed.
+/// The gateway's connections to replicas: HTTP/1.1 over hyper's connection API, kept alive
+/// and reused, per base URL. A connection is driven by a task of the runtime that opened it, so
+/// a pool of its own per single-threaded runtime ([`Gateway::with_own_upstream_pool`]) keeps a
+/// request and its replica connection on one thread; in a multi-threaded runtime one pool
+/// serves all workers (the same as a shared client's).
+///
+/// - A connection is taken from the pool for a request and given back when the response body
+///   has been read to its end; a body dropped before its end takes its connection with it
+///   (closed, never reused with bytes left unread).
+/// - Idle connections are reused newest first, never once idle for `upstream_idle_timeout`
+///   (the replica may be closing them), and closed by a sweep at that pace.
+/// - A request the pooled connection never wrote (the replica closed it just then) is sent
+///   again on a new connection, the race every keep-alive client must handle.
 pub(crate) struct Pool {
-    client: Client<HttpConnector, Replayable>,
+    connect_timeout: std::time::Duration,
+    idle_timeout: std::time::Duration,
+    /// Idle connections by base URL, oldest first.
+    idle: Mutex<HashMap<Arc<str>, Vec<IdleConn>, foldhash::fast::RandomState>>,
+    /// Whether the sweep of idle connections runs (started with the first idle connection, on
+    /// the runtime of the request that gave it back).
+    sweeping: AtomicBool,
     /// By base URL. Names come from the resolver, not from callers; the map is emptied when
     /// it reaches [`MAX_ADDRS`] (replicas come and go in Kubernetes).
     addrs: RwLock<HashMap<Arc<str>, Addr, foldhash::fast::RandomState>>,
@@ -33,28 +51,42 @@ pub(crate) struct Pool {
 
 const MAX_ADDRS: usize = 4096;
 
-/// A replica's base URL, parsed once: what its requests' URIs start with and their `Host`.
+type Sender = hyper::client::conn::http1::SendRequest<ForwardBody>;
+
+struct IdleConn {
+    sender: Sender,
+    since: std::time::Instant,
+}
+
+/// A replica's base URL, parsed once: where to connect, what its requests' paths start with,
+/// and their `Host`.
 #[derive(Clone)]
 struct Addr {
-    scheme: Scheme,
-    authority: Authority,
+    /// The host as a name or address to resolve (IPv6 without brackets), and the port.
+    host: Arc<str>,
+    port: u16,
     /// The base URL's path, without its trailing `/` (usually empty).
     prefix: Box<str>,
     /// The authority, without the scheme's default port (as a client sets it).
-    host: HeaderValue,
+    host_header: HeaderValue,
+}
+
+/// Why a connection to a replica could not be used.
+#[derive(Debug)]
+pub(crate) enum PoolError {
+    /// No connection could be made: refused, timed out (`TimedOut`), not resolved.
+    Connect(std::io::Error),
+    /// The connection failed during the exchange.
+    Request(hyper::Error),
 }
 
 impl Pool {
     pub(crate) fn new(config: &RoutingConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(config.upstream_idle_timeout)
-            .build(connector);
         Self {
-            client,
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.upstream_idle_timeout,
+            idle: Mutex::default(),
+            sweeping: AtomicBool::new(false),
             addrs: RwLock::default(),
         }
     }
@@ -74,7 +106,8 @@ impl Pool {
         Ok(addr)
     }
 
-    /// The URI of `path_and_query` on the replica at `base_url`, and the `Host` to send.
+    /// The origin-form URI of `path_and_query` on the replica at `base_url`, and the `Host` to
+    /// send.
     fn uri(&self, base_url: &Arc<str>, path_and_query: &str) -> Result<(Uri, HeaderValue), String> {
         let addr = self.addr(base_url)?;
         let path = if addr.prefix.is_empty() {
@@ -83,12 +116,151 @@ impl Pool {
             PathAndQuery::try_from(format!("{}{path_and_query}", addr.prefix))
         }
         .map_err(|e| e.to_string())?;
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(addr.scheme);
-        parts.authority = Some(addr.authority);
-        parts.path_and_query = Some(path);
-        let uri = Uri::from_parts(parts).map_err(|e| e.to_string())?;
-        Ok((uri, addr.host))
+        Ok((Uri::from(path), addr.host_header))
+    }
+
+    /// Sends `req` to the replica at `base_url` on an idle connection, else a new one; returns
+    /// the response and the connection, to give back with [`Pool::give_back`] once the
+    /// response's body has been read.
+    ///
+    /// A request no connection was made for comes back with the error, untouched.
+    async fn request(
+        &self,
+        base_url: &Arc<str>,
+        mut req: Request<ForwardBody>,
+    ) -> Result<(Response<Incoming>, Sender), (PoolError, Option<Request<ForwardBody>>)> {
+        // A pooled connection the replica closed unseen gives the request back: once more on
+        // each further idle one, then on a new connection.
+        while let Some(mut sender) = self.take_idle(base_url) {
+            if sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(req).await {
+                Ok(res) => return Ok((res, sender)),
+                Err(mut e) => match e.take_message() {
+                    Some(again) => req = again,
+                    None => return Err((PoolError::Request(e.into_error()), None)),
+                },
+            }
+        }
+        let mut sender = match self.connect(base_url).await {
+            Ok(sender) => sender,
+            Err(e) => return Err((e, Some(req))),
+        };
+        match sender.send_request(req).await {
+            Ok(res) => Ok((res, sender)),
+            Err(e) => Err((PoolError::Request(e), None)),
+        }
+    }
+
+    fn take_idle(&self, base_url: &str) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let conns = idle.get_mut(base_url)?;
+        while let Some(conn) = conns.pop() {
+            if conn.since.elapsed() < self.idle_timeout && !conn.sender.is_closed() {
+                return Some(conn.sender);
+            }
+        }
+        None
+    }
+
+    /// A connection whose response was read to its end, for the next request.
+    fn give_back(self: &Arc<Self>, base_url: &Arc<str>, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let conn = IdleConn {
+            sender,
+            since: std::time::Instant::now(),
+        };
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            match idle.get_mut(&**base_url) {
+                Some(conns) => conns.push(conn),
+                None => {
+                    idle.insert(base_url.clone(), vec![conn]);
+                }
+            }
+        }
+        if !self.sweeping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(sweep(Arc::downgrade(self)));
+        }
+    }
+
+    /// Closes connections idle for the idle timeout; whether any are left.
+    fn sweep_once(&self) -> bool {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        idle.retain(|_, conns| {
+            conns.retain(|c| c.since.elapsed() < self.idle_timeout && !c.sender.is_closed());
+            !conns.is_empty()
+        });
+        !idle.is_empty()
+    }
+
+    async fn connect(&self, base_url: &Arc<str>) -> Result<Sender, PoolError> {
+        let addr = self
+            .addr(base_url)
+            .map_err(|e| PoolError::Connect(std::io::Error::new(ErrorKind::InvalidInput, e)))?;
+        let timed_out = || {
+            std::io::Error::new(
+                ErrorKind::TimedOut,
+                format!("no connection within {:?}", self.connect_timeout),
+            )
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, open(&addr))
+            .await
+            .map_err(|_| PoolError::Connect(timed_out()))?
+            .map_err(PoolError::Connect)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(PoolError::Request)?;
+        let replica = base_url.clone();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%replica, error = %e, "replica connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// Resolves the replica's host (an address literal needs no lookup) and connects to its
+/// addresses in turn, with `TCP_NODELAY`.
+async fn open(addr: &Addr) -> std::io::Result<tokio::net::TcpStream> {
+    let mut last = None;
+    for a in tokio::net::lookup_host((&*addr.host, addr.port)).await? {
+        match tokio::net::TcpStream::connect(a).await {
+            Ok(stream) => {
+                stream.set_nodelay(true)?;
+                return Ok(stream);
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(ErrorKind::NotFound, format!("{} has no address", addr.host))
+    }))
+}
+
+/// Closes idle connections past their time, every idle timeout, while the pool lives and
+/// holds any.
+async fn sweep(pool: std::sync::Weak<Pool>) {
+    loop {
+        let Some(every) = pool.upgrade().map(|p| p.idle_timeout) else {
+            return;
+        };
+        tokio::time::sleep(every.max(std::time::Duration::from_millis(100))).await;
+        let Some(pool) = pool.upgrade() else {
+            return;
+        };
+        if !pool.sweep_once() {
+            pool.sweeping.store(false, Ordering::Relaxed);
+            // A connection given back between the sweep and the flag restarts it.
+            if pool.sweep_once() && !pool.sweeping.swap(true, Ordering::Relaxed) {
+                continue;
+            }
+            return;
+        }
     }
 }
 
@@ -99,27 +271,74 @@ impl Addr {
         let (Some(scheme), Some(authority)) = (parts.scheme, parts.authority) else {
             return Err("no scheme and authority".into());
         };
-        let default_port = match scheme.as_str() {
-            "http" => Some(80),
-            "https" => Some(443),
-            _ => None,
-        };
-        let host = if authority.port_u16().is_some() && authority.port_u16() != default_port {
-            authority.as_str()
-        } else {
+        if scheme != Scheme::HTTP {
+            return Err(format!("scheme {scheme} is not supported (http only)"));
+        }
+        let port = authority.port_u16().unwrap_or(80);
+        let host_header = if port == 80 {
             authority.host()
+        } else {
+            authority.as_str()
         };
-        let host = HeaderValue::from_str(host).map_err(|e| e.to_string())?;
+        let host_header = HeaderValue::from_str(host_header).map_err(|e| e.to_string())?;
+        let host = authority.host();
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
         let prefix = parts
             .path_and_query
             .map(|p| p.path().trim_end_matches('/').into())
             .unwrap_or_default();
         Ok(Self {
-            scheme,
-            authority,
+            host: host.into(),
+            port,
             prefix,
-            host,
+            host_header,
         })
+    }
+}
+
+/// A replica's response body holding its connection: given back to the pool when the body
+/// has been read to its end, closed with the body otherwise.
+struct Pooled {
+    inner: Incoming,
+    back: Option<(Arc<Pool>, Arc<str>, Sender)>,
+}
+
+impl Pooled {
+    fn done(&mut self) {
+        if let Some((pool, base_url, sender)) = self.back.take() {
+            pool.give_back(&base_url, sender);
+        }
+    }
+}
+
+impl http_body::Body for Pooled {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(None) => this.done(),
+            std::task::Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.done(),
+            std::task::Poll::Ready(Some(Err(_))) => this.back = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -226,7 +445,6 @@ impl Gateway {
                     reason: format!("invalid upstream URL: {e}"),
                 })
             })?;
-        let (body, slot) = Replayable::new(body);
         let mut req = Request::new(body);
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = uri;
@@ -248,21 +466,25 @@ impl Gateway {
 
         let health = self.shared.health.get(adapter, &replica.id);
         let in_flight = health.start();
-        let sent =
-            tokio::time::timeout(config.request_timeout, self.upstream.client.request(req)).await;
-        let err = match sent {
-            Ok(Ok(res)) => {
+        let sent = tokio::time::timeout(
+            config.request_timeout,
+            self.upstream.request(&replica.base_url, req),
+        )
+        .await;
+        let (err, unsent) = match sent {
+            Ok(Ok((res, sender))) => {
                 let outcome = if res.status().is_server_error() {
                     Outcome::ServerError
                 } else {
                     Outcome::Success
                 };
                 record_outcome(config, adapter, replica, &health, outcome);
-                let mut res = self.respond(res, in_flight);
+                let back = (self.upstream.clone(), replica.base_url.clone(), sender);
+                let mut res = self.respond(res, back, in_flight);
                 attempt.attach(&mut res);
                 return Ok(res);
             }
-            Ok(Err(e)) => e,
+            Ok(Err(failed)) => failed,
             Err(_) => {
                 observe::client_failed(probe, adapter, &self.observer, attempt, "timeout");
                 upstream_error("timeout");
@@ -273,28 +495,37 @@ impl Gateway {
                 }));
             }
         };
-        if let Some(limit) = find_source::<BodyTooLarge>(&err) {
-            observe::client_failed(probe, adapter, &self.observer, attempt, "body_too_large");
-            return Err(SendError::Other(ProxyError::BodyTooLarge(limit.0)));
-        }
-        let io_kind = find_source::<std::io::Error>(&err).map(std::io::Error::kind);
-        let error_type = match (err.is_connect(), io_kind) {
-            (true, Some(std::io::ErrorKind::TimedOut)) => "connect_timeout",
-            (true, _) => "connect_error",
-            _ => "io_error",
+        let err = match err {
+            PoolError::Connect(e) => e,
+            PoolError::Request(e) => {
+                if let Some(limit) = find_source::<BodyTooLarge>(&e) {
+                    observe::client_failed(
+                        probe,
+                        adapter,
+                        &self.observer,
+                        attempt,
+                        "body_too_large",
+                    );
+                    return Err(SendError::Other(ProxyError::BodyTooLarge(limit.0)));
+                }
+                observe::client_failed(probe, adapter, &self.observer, attempt, "io_error");
+                upstream_error("io");
+                return Err(SendError::Other(ProxyError::UpstreamUnavailable {
+                    adapter: adapter.to_owned(),
+                    replica: replica.id.to_string(),
+                    reason: error_chain(&e),
+                }));
+            }
+        };
+        let kind = err.kind();
+        let error_type = if kind == ErrorKind::TimedOut {
+            "connect_timeout"
+        } else {
+            "connect_error"
         };
         observe::client_failed(probe, adapter, &self.observer, attempt, error_type);
-        let reason = error_chain(&err);
-        if !err.is_connect() {
-            upstream_error("io");
-            return Err(SendError::Other(ProxyError::UpstreamUnavailable {
-                adapter: adapter.to_owned(),
-                replica: replica.id.to_string(),
-                reason,
-            }));
-        }
         record_outcome(config, adapter, replica, &health, Outcome::ConnectFailure);
-        let err = if io_kind == Some(std::io::ErrorKind::TimedOut) {
+        let err = if kind == ErrorKind::TimedOut {
             upstream_error("connect_timeout");
             ProxyError::UpstreamTimeout {
                 adapter: adapter.to_owned(),
@@ -306,25 +537,30 @@ impl Gateway {
             ProxyError::UpstreamUnavailable {
                 adapter: adapter.to_owned(),
                 replica: replica.id.to_string(),
-                reason,
+                reason: format!("cannot connect: {}", error_chain(&err)),
             }
         };
         tracing::warn!(adapter, replica = %replica.id, error = %err, "no connection to the replica");
         Err(SendError::NotConnected {
             err,
             // No byte of the body was read: the connection never opened.
-            body: slot.reclaim(),
-            refused: io_kind == Some(std::io::ErrorKind::ConnectionRefused),
+            body: unsent.map(Request::into_body),
+            refused: kind == ErrorKind::ConnectionRefused,
         })
     }
 
-    pub(crate) fn respond(
+    fn respond(
         &self,
         res: Response<Incoming>,
+        back: (Arc<Pool>, Arc<str>, Sender),
         in_flight: InFlight,
     ) -> Response<Tracked> {
-        let (mut parts, body) = res.into_parts();
+        let (mut parts, inner) = res.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
+        let body = Pooled {
+            inner,
+            back: Some(back),
+        };
         let mut body = Tracked::new(
             body.map_err(BoxError::from).boxed_unsync(),
             self.shared.config.stream_idle_timeout,
@@ -365,33 +601,192 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicUsize;
+    use std::time::Duration;
+
     use super::*;
 
+    /// A replica over real sockets: answers every request with its path, counts the
+    /// connections it accepted, and with `close_after_answer` closes each connection after its
+    /// first answer without saying so (as a server whose keep-alive timeout just passed).
+    struct Replica {
+        base_url: Arc<str>,
+        accepted: Arc<AtomicUsize>,
+        open: Arc<AtomicUsize>,
+    }
+
+    async fn replica(close_after_answer: bool) -> Replica {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap()).into();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (a, o) = (accepted.clone(), open.clone());
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                a.fetch_add(1, Ordering::SeqCst);
+                o.fetch_add(1, Ordering::SeqCst);
+                let o = o.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let path = req.uri().path().to_owned();
+                        let _ = req.into_body().collect().await;
+                        Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Full::new(
+                            Bytes::from(path),
+                        )))
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(!close_after_answer)
+                        .serve_connection(TokioIo::new(stream), service);
+                    let _ = conn.await;
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Replica {
+            base_url,
+            accepted,
+            open,
+        }
+    }
+
+    fn pool(idle: Duration) -> Arc<Pool> {
+        Arc::new(Pool::new(&RoutingConfig {
+            upstream_idle_timeout: idle,
+            connect_timeout: Duration::from_secs(2),
+            ..RoutingConfig::default()
+        }))
+    }
+
+    fn get(path: &str) -> Request<ForwardBody> {
+        let mut req = Request::new(ForwardBody::new(Vec::new(), None, 0));
+        *req.uri_mut() = Uri::try_from(path).unwrap();
+        req
+    }
+
+    /// Sends GET `path` and reads the answer through the pool's body, as the gateway does.
+    async fn call(pool: &Arc<Pool>, r: &Replica, path: &str) -> String {
+        let (res, sender) = pool
+            .request(&r.base_url, get(path))
+            .await
+            .map_err(|e| e.0)
+            .unwrap();
+        let body = Pooled {
+            inner: res.into_body(),
+            back: Some((pool.clone(), r.base_url.clone(), sender)),
+        };
+        String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{what}: not within 2 s");
+    }
+
+    #[tokio::test]
+    async fn a_connection_serves_request_after_request() {
+        let r = replica(false).await;
+        let pool = pool(Duration::from_secs(30));
+        for i in 0..20 {
+            assert_eq!(call(&pool, &r, &format!("/{i}")).await, format!("/{i}"));
+        }
+        assert_eq!(
+            r.accepted.load(Ordering::SeqCst),
+            1,
+            "one kept-alive connection"
+        );
+        // Concurrent requests each need a connection; afterwards they are all reused.
+        let calls = (0..4).map(|i| {
+            let (pool, r) = (pool.clone(), &r);
+            async move { call(&pool, r, &format!("/c{i}")).await }
+        });
+        futures_util::future::join_all(calls).await;
+        let after_burst = r.accepted.load(Ordering::SeqCst);
+        assert!((2..=4).contains(&after_burst), "{after_burst}");
+        for _ in 0..10 {
+            call(&pool, &r, "/again").await;
+        }
+        assert_eq!(r.accepted.load(Ordering::SeqCst), after_burst);
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_not_used_past_the_idle_timeout_and_are_closed() {
+        let r = replica(false).await;
+        let pool = pool(Duration::from_millis(150));
+        call(&pool, &r, "/a").await;
+        eventually("the idle connection closed by the sweep", || {
+            r.open.load(Ordering::SeqCst) == 0
+        })
+        .await;
+        call(&pool, &r, "/b").await;
+        assert_eq!(r.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_takes_its_connection_with_it() {
+        let r = replica(false).await;
+        let pool = pool(Duration::from_secs(30));
+        let (res, sender) = pool
+            .request(&r.base_url, get("/x"))
+            .await
+            .map_err(|e| e.0)
+            .unwrap();
+        drop(Pooled {
+            inner: res.into_body(),
+            back: Some((pool.clone(), r.base_url.clone(), sender)),
+        });
+        assert!(pool.take_idle(&r.base_url).is_none(), "not given back");
+        assert_eq!(call(&pool, &r, "/y").await, "/y");
+        assert_eq!(r.accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_replica_closed_unseen_costs_the_request_nothing() {
+        let r = replica(true).await;
+        let pool = pool(Duration::from_secs(30));
+        for i in 0..5 {
+            assert_eq!(call(&pool, &r, &format!("/{i}")).await, format!("/{i}"));
+            eventually("the replica closed it", || {
+                r.open.load(Ordering::SeqCst) == 0
+            })
+            .await;
+        }
+        assert_eq!(r.accepted.load(Ordering::SeqCst), 5);
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_gives_the_request_back() {
+        let free = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base: Arc<str> = format!("http://{}", free.local_addr().unwrap()).into();
+        drop(free);
+        let pool = pool(Duration::from_secs(30));
+        let Err((PoolError::Connect(e), Some(req))) = pool.request(&base, get("/mcp")).await else {
+            panic!("a refused connection is a connect error with the request");
+        };
+        assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
+        assert_eq!(req.uri(), "/mcp");
+    }
+
     #[test]
-    fn a_replica_uri_joins_its_base_and_the_path_and_sends_the_host_a_client_would() {
+    fn a_replica_uri_joins_its_base_path_and_the_path_and_sends_the_host_a_client_would() {
         let pool = Pool::new(&RoutingConfig::default());
         for (base, path, uri, host) in [
-            (
-                "http://127.0.0.1:9001",
-                "/mcp",
-                "http://127.0.0.1:9001/mcp",
-                "127.0.0.1:9001",
-            ),
+            ("http://127.0.0.1:9001", "/mcp", "/mcp", "127.0.0.1:9001"),
             (
                 "http://echo-0.echo:8080",
                 "/messages?sessionId=a",
-                "http://echo-0.echo:8080/messages?sessionId=a",
+                "/messages?sessionId=a",
                 "echo-0.echo:8080",
             ),
-            ("http://[::1]:80", "/mcp", "http://[::1]:80/mcp", "[::1]"),
-            ("http://host", "/mcp", "http://host/mcp", "host"),
-            ("https://host:443", "/mcp", "https://host:443/mcp", "host"),
-            (
-                "http://host:8080/base/",
-                "/mcp",
-                "http://host:8080/base/mcp",
-                "host:8080",
-            ),
+            ("http://[::1]:80", "/mcp", "/mcp", "[::1]"),
+            ("http://[::1]:9001", "/mcp", "/mcp", "[::1]:9001"),
+            ("http://host", "/mcp", "/mcp", "host"),
+            ("http://host:8080/base/", "/mcp", "/base/mcp", "host:8080"),
         ] {
             let base: Arc<str> = base.into();
             // The second time from the parsed address.
@@ -401,6 +796,10 @@ mod tests {
                 assert_eq!(h, host);
             }
         }
+        let v6 = pool.addr(&"http://[::1]:9001".into()).unwrap();
+        assert_eq!((&*v6.host, v6.port), ("::1", 9001));
+        let err = pool.uri(&"https://host:443".into(), "/mcp").unwrap_err();
+        assert!(err.contains("http only"), "{err}");
         assert!(pool.uri(&"not a url".into(), "/mcp").is_err());
         assert!(pool.uri(&"http://h:1".into(), "/a b").is_err());
     }
