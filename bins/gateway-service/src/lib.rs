@@ -259,7 +259,9 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
             .map(|a| auth::layer(a, config.auth.public_url.as_deref())),
         settings: Arc::new(config.auth.clone()),
         authenticator,
+        main: None,
     };
+    let main = tokio::runtime::Handle::current();
     let data_task = {
         let grace = config.shutdown_grace;
         tokio::spawn(async move {
@@ -272,6 +274,7 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
                         // Each thread its own pool of replica connections.
                         let front = Front {
                             gateway: front.gateway.clone().with_own_upstream_pool(),
+                            main: Some(main.clone()),
                             ..front.clone()
                         };
                         move |peer| front.service(peer)
@@ -334,6 +337,10 @@ struct Front {
     authenticator: Option<Authenticator>,
     /// Built once; `None` when authentication is off.
     auth: Option<AuthLayer<auth::Refusal>>,
+    /// On a data thread: the main runtime, where management API requests run, so that what
+    /// they start (an adapter's processes and their supervisors) lives on the runtime that
+    /// outlasts the data threads at shutdown and stops them last.
+    main: Option<tokio::runtime::Handle>,
 }
 
 /// Where the data plane listens: on the main runtime, or one socket per data thread.
@@ -411,7 +418,21 @@ impl Front {
     async fn route(self, req: Request<hyper::body::Incoming>) -> Response<ProxyBody> {
         let data_path = Gateway::handles_path(req.uri().path());
         match &self.api {
-            Some(api) if !data_path => serve_api(api.clone(), self.gateway.config(), req).await,
+            Some(api) if !data_path => {
+                let api = api.clone();
+                if let Err(e) =
+                    mcp_gateway_routing::check_host_and_origin(req.headers(), self.gateway.config())
+                {
+                    return problem(StatusCode::FORBIDDEN, &e.to_string());
+                }
+                match &self.main {
+                    None => serve_api(api, req).await,
+                    Some(main) => main.spawn(serve_api(api, req)).await.unwrap_or_else(|e| {
+                        tracing::error!(error = %e, "management API request failed");
+                        problem(StatusCode::INTERNAL_SERVER_ERROR, "the request failed")
+                    }),
+                }
+            }
             _ if data_path && !self.data_plane => problem(
                 StatusCode::NOT_FOUND,
                 "this is the control plane (gateway-management): MCP clients connect to \
@@ -422,17 +443,10 @@ impl Front {
     }
 }
 
-/// A management API request, behind the same DNS-rebinding checks as the data plane: a page
-/// in a browser must not be able to create adapters that run commands.
-async fn serve_api(
-    api: axum::Router,
-    config: &mcp_gateway_routing::RoutingConfig,
-    req: Request<hyper::body::Incoming>,
-) -> Response<ProxyBody> {
+/// A management API request, past the same DNS-rebinding checks as the data plane (a page in
+/// a browser must not be able to create adapters that run commands).
+async fn serve_api(api: axum::Router, req: Request<hyper::body::Incoming>) -> Response<ProxyBody> {
     use tower::ServiceExt;
-    if let Err(e) = mcp_gateway_routing::check_host_and_origin(req.headers(), config) {
-        return problem(StatusCode::FORBIDDEN, &e.to_string());
-    }
     match api.oneshot(req).await {
         Ok(res) => res.map(|b| b.map_err(Into::into).boxed_unsync()),
         Err(never) => match never {},
