@@ -83,6 +83,10 @@ async fn create(app: &Router, body: Value) -> Reply {
     send(app, json_req(Method::POST, "/adapters", body.to_string())).await
 }
 
+async fn put(app: &Router, uri: &str, body: Value) -> Reply {
+    send(app, json_req(Method::PUT, uri, body.to_string())).await
+}
+
 /// A returned resource as the store keeps it: without the `id` the API adds.
 fn record(mut resource: Value) -> Value {
     let id = resource.as_object_mut().unwrap().remove("id");
@@ -441,16 +445,9 @@ async fn unknown_adapters_are_404_on_every_endpoint() {
             "{method} {uri}"
         );
     }
-    let p = send(
-        &f.app,
-        json_req(
-            Method::PUT,
-            "/adapters/nope",
-            json!({"name": "nope"}).to_string(),
-        ),
-    )
-    .await
-    .problem(404);
+    let p = put(&f.app, "/adapters/nope", json!({"name": "nope"}))
+        .await
+        .problem(404);
     assert!(p.detail.contains("does not exist"));
     assert!(
         !f.calls()
@@ -534,12 +531,9 @@ async fn update_replaces_the_spec_and_keeps_the_creation_fields() {
 async fn update_with_another_name_in_the_body_is_400() {
     let f = Fakes::new();
     create(&f.app, json!({"name": "a"})).await;
-    let p = send(
-        &f.app,
-        json_req(Method::PUT, "/adapters/a", json!({"name": "b"}).to_string()),
-    )
-    .await
-    .problem(400);
+    let p = put(&f.app, "/adapters/a", json!({"name": "b"}))
+        .await
+        .problem(400);
     assert!(p.detail.contains("differs from the path"), "{}", p.detail);
     assert!(p.kind.ends_with("name-mismatch"));
     assert_eq!(f.stored("a").await["name"], "a");
@@ -555,12 +549,7 @@ async fn update_validates_like_create_and_changes_nothing_when_refused() {
         json!({"name": "a", "unknown": 1}),
         json!({"name": "a", "command": "no-such-program"}),
     ] {
-        send(
-            &f.app,
-            json_req(Method::PUT, "/adapters/a", body.to_string()),
-        )
-        .await
-        .problem(400);
+        put(&f.app, "/adapters/a", body).await.problem(400);
     }
     send(&f.app, req(Method::PUT, "/adapters/a"))
         .await
@@ -575,13 +564,10 @@ async fn a_failed_roll_out_restores_the_previous_spec() {
         .await
         .json();
     f.fail_apply(AdapterError::Unavailable("replica 1 did not start".into()));
-    let p = send(
+    let p = put(
         &f.app,
-        json_req(
-            Method::PUT,
-            "/adapters/a",
-            json!({"name": "a", "replicaCount": 4}).to_string(),
-        ),
+        "/adapters/a",
+        json!({"name": "a", "replicaCount": 4}),
     )
     .await
     .problem(503);
@@ -608,12 +594,9 @@ async fn the_resource_carries_its_name_as_id_everywhere_it_is_returned() {
     assert_eq!(got["id"], "a");
     let listed = send(&f.app, req(Method::GET, "/adapters")).await.json();
     assert_eq!(listed[0]["id"], "a");
-    let updated = send(
-        &f.app,
-        json_req(Method::PUT, "/adapters/a", json!({"name": "a"}).to_string()),
-    )
-    .await
-    .json();
+    let updated = put(&f.app, "/adapters/a", json!({"name": "a"}))
+        .await
+        .json();
     assert_eq!(updated["id"], "a");
 }
 
@@ -642,11 +625,7 @@ async fn a_get_then_a_put_of_the_same_object_with_one_change_succeeds() {
     // A client may send the server-set fields back with other values: they are the server's.
     object["createdBy"] = json!("mallory");
     object["createdAt"] = json!("1999-01-01T00:00:00Z");
-    let res = send(
-        &f.app,
-        json_req(Method::PUT, "/adapters/a", object.to_string()),
-    )
-    .await;
+    let res = put(&f.app, "/adapters/a", object).await;
     assert_eq!(res.status, 200, "{}", res.text());
     let body = res.json();
     assert_eq!(body["replicaCount"], 3);
@@ -669,6 +648,14 @@ fn with_if_match(mut r: Request<Body>, tag: &str) -> Request<Body> {
     r
 }
 
+async fn put_if_match(app: &Router, uri: &str, body: Value, tag: &str) -> Reply {
+    send(
+        app,
+        with_if_match(json_req(Method::PUT, uri, body.to_string()), tag),
+    )
+    .await
+}
+
 #[tokio::test]
 async fn every_returned_adapter_carries_its_revision_as_etag_and_a_change_moves_it() {
     let f = Fakes::new();
@@ -678,17 +665,14 @@ async fn every_returned_adapter_carries_its_revision_as_etag_and_a_change_moves_
     assert_eq!(created.json()["revision"], "1");
     let got = send(&f.app, req(Method::GET, "/adapters/a")).await;
     assert_eq!(got.headers[header::ETAG], "\"1\"");
-    let put = send(
+    let updated = put(
         &f.app,
-        json_req(
-            Method::PUT,
-            "/adapters/a",
-            json!({"name": "a", "replicaCount": 2}).to_string(),
-        ),
+        "/adapters/a",
+        json!({"name": "a", "replicaCount": 2}),
     )
     .await;
-    assert_eq!(put.status, 200, "{}", put.text());
-    assert_eq!(put.headers[header::ETAG], "\"2\"");
+    assert_eq!(updated.status, 200, "{}", updated.text());
+    assert_eq!(updated.headers[header::ETAG], "\"2\"");
     let got = send(&f.app, req(Method::GET, "/adapters/a")).await;
     assert_eq!(got.headers[header::ETAG], "\"2\"");
     assert_eq!(got.json()["revision"], "2");
@@ -698,26 +682,17 @@ async fn every_returned_adapter_carries_its_revision_as_etag_and_a_change_moves_
 async fn a_put_with_a_stale_if_match_is_412_and_changes_nothing() {
     let f = Fakes::new();
     create(&f.app, json!({"name": "a"})).await;
-    let body = json!({"name": "a", "replicaCount": 2}).to_string();
+    let body = json!({"name": "a", "replicaCount": 2});
     // Two clients read revision 1; the first PUT wins.
-    let first = send(
-        &f.app,
-        with_if_match(json_req(Method::PUT, "/adapters/a", body.clone()), "\"1\""),
-    )
-    .await;
+    let first = put_if_match(&f.app, "/adapters/a", body.clone(), "\"1\"").await;
     assert_eq!(first.status, 200, "{}", first.text());
     let applies = |f: &Fakes| f.calls().iter().filter(|c| c.starts_with("apply")).count();
     let applied = applies(&f);
-    let second = send(
+    let second = put_if_match(
         &f.app,
-        with_if_match(
-            json_req(
-                Method::PUT,
-                "/adapters/a",
-                json!({"name": "a", "replicaCount": 5}).to_string(),
-            ),
-            "\"1\"",
-        ),
+        "/adapters/a",
+        json!({"name": "a", "replicaCount": 5}),
+        "\"1\"",
     )
     .await
     .problem(412);
@@ -730,20 +705,13 @@ async fn a_put_with_a_stale_if_match_is_412_and_changes_nothing() {
     assert_eq!(applies(&f), applied, "nothing deployed");
     // A list of tags matches any of them; `*` matches whatever exists; weak tags never do.
     for (tag, status) in [("\"7\", \"2\"", 200), ("*", 200), ("W/\"4\"", 412)] {
-        let res = send(
-            &f.app,
-            with_if_match(json_req(Method::PUT, "/adapters/a", body.clone()), tag),
-        )
-        .await;
+        let res = put_if_match(&f.app, "/adapters/a", body.clone(), tag).await;
         assert_eq!(res.status, status, "If-Match {tag}: {}", res.text());
     }
     // A value that is not an entity tag is a 400 saying what to send.
-    let p = send(
-        &f.app,
-        with_if_match(json_req(Method::PUT, "/adapters/a", body), "4"),
-    )
-    .await
-    .problem(400);
+    let p = put_if_match(&f.app, "/adapters/a", body, "4")
+        .await
+        .problem(400);
     assert!(p.detail.contains("with its quotes"), "{}", p.detail);
 }
 
@@ -751,13 +719,10 @@ async fn a_put_with_a_stale_if_match_is_412_and_changes_nothing() {
 async fn a_delete_with_a_stale_if_match_is_412_and_deletes_nothing() {
     let f = Fakes::new();
     create(&f.app, json!({"name": "a"})).await;
-    send(
+    put(
         &f.app,
-        json_req(
-            Method::PUT,
-            "/adapters/a",
-            json!({"name": "a", "replicaCount": 2}).to_string(),
-        ),
+        "/adapters/a",
+        json!({"name": "a", "replicaCount": 2}),
     )
     .await;
     send(
@@ -781,27 +746,15 @@ async fn put_still_refuses_unknown_fields_and_an_id_that_is_not_the_name() {
     create(&f.app, json!({"name": "a"})).await;
     let mut object = send(&f.app, req(Method::GET, "/adapters/a")).await.json();
     object["replicas"] = json!(2);
-    let p = send(
-        &f.app,
-        json_req(Method::PUT, "/adapters/a", object.to_string()),
-    )
-    .await
-    .problem(400);
+    let p = put(&f.app, "/adapters/a", object).await.problem(400);
     assert!(
         p.detail.contains("unknown field `replicas`"),
         "{}",
         p.detail
     );
-    let p = send(
-        &f.app,
-        json_req(
-            Method::PUT,
-            "/adapters/a",
-            json!({"name": "a", "id": "b"}).to_string(),
-        ),
-    )
-    .await
-    .problem(400);
+    let p = put(&f.app, "/adapters/a", json!({"name": "a", "id": "b"}))
+        .await
+        .problem(400);
     assert!(
         p.detail.contains("id \"b\" differs from name \"a\""),
         "{}",
