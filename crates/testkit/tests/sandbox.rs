@@ -90,9 +90,11 @@ fn sandboxed_pods_listen_on_the_same_port_and_see_their_volumes_token_and_servic
         }
 
         // A pod that prints what it sees: a ConfigMap at a path this machine does not have, a
-        // Secret item read-only, an emptyDir at the top level, its token, and a Service's name.
+        // Secret item read-only, an emptyDir at the top level, its token, a Service's name, and
+        // fields of its own from downwardAPI volumes, at the top level and projected (with their
+        // modes: the volume's default, an item's own).
         let reader: Pod = serde_json::from_value(json!({
-            "metadata": { "name": "reader" },
+            "metadata": { "name": "reader", "labels": { "kind": "reader" } },
             "spec": {
                 "terminationGracePeriodSeconds": 1,
                 "containers": [{
@@ -105,11 +107,17 @@ fn sandboxed_pods_listen_on_the_same_port_and_see_their_volumes_token_and_servic
                         test -s /var/run/secrets/kubernetes.io/serviceaccount/token && echo token; \
                         grep -q 'BEGIN CERTIFICATE' /var/run/secrets/kubernetes.io/serviceaccount/ca.crt && echo ca; \
                         grep -w web.default.svc.cluster.local /etc/hosts | cut -f1; \
+                        echo $(cat /etc/podinfo/name) $(stat -c %a /etc/podinfo/name); \
+                        echo $(cat /etc/podinfo/labels) $(stat -c %a /etc/podinfo/labels); \
+                        echo $(cat /etc/projected/ns) $(stat -c %a /etc/projected/ns); \
+                        echo $(cat /etc/projected/uid) $(stat -c %a /etc/projected/uid); \
                         echo done; sleep 600"],
                     "volumeMounts": [
                         { "name": "config", "mountPath": "/etc/mcp-gateway-test", "readOnly": true },
                         { "name": "creds", "mountPath": "/run/creds", "readOnly": true },
                         { "name": "scratch", "mountPath": "/scratch" },
+                        { "name": "podinfo", "mountPath": "/etc/podinfo", "readOnly": true },
+                        { "name": "projected", "mountPath": "/etc/projected", "readOnly": true },
                     ],
                 }],
                 "volumes": [
@@ -117,6 +125,19 @@ fn sandboxed_pods_listen_on_the_same_port_and_see_their_volumes_token_and_servic
                     { "name": "creds", "secret": { "secretName": "creds",
                         "items": [{ "key": "token", "path": "api-token" }] } },
                     { "name": "scratch", "emptyDir": {} },
+                    { "name": "podinfo", "downwardAPI": { "defaultMode": 0o440,
+                        "items": [
+                            { "path": "name", "fieldRef": { "fieldPath": "metadata.name" } },
+                            { "path": "labels", "mode": 0o600,
+                              "fieldRef": { "fieldPath": "metadata.labels" } },
+                        ] } },
+                    { "name": "projected", "projected": { "defaultMode": 0o400, "sources": [
+                        { "downwardAPI": { "items": [
+                            { "path": "ns", "fieldRef": { "fieldPath": "metadata.namespace" } },
+                            { "path": "uid", "mode": 0o604,
+                              "fieldRef": { "fieldPath": "metadata.uid" } },
+                        ] } },
+                    ] } },
                 ],
             },
         }))?;
@@ -157,8 +178,20 @@ fn sandboxed_pods_listen_on_the_same_port_and_see_their_volumes_token_and_servic
         assert_eq!(lines[5], "token", "{logs}");
         assert_eq!(lines[6], "ca", "{logs}");
         assert!(ips.contains(&lines[7].to_owned()), "{logs}");
+        let uid = pods.get("reader").await?.metadata.uid.unwrap_or_default();
+        assert!(!uid.is_empty());
+        assert_eq!(lines[8], "reader 440", "{logs}");
+        assert_eq!(lines[9], "kind=\"reader\" 600", "{logs}");
+        assert_eq!(lines[10], "default 400", "{logs}");
+        assert_eq!(lines[11], format!("{uid} 604"), "{logs}");
         // Nothing of it on this machine.
-        for path in ["/etc/mcp-gateway-test", "/scratch", "/run/creds"] {
+        for path in [
+            "/etc/mcp-gateway-test",
+            "/scratch",
+            "/run/creds",
+            "/etc/podinfo",
+            "/etc/projected",
+        ] {
             assert!(
                 !std::path::Path::new(path).exists(),
                 "{path} made on the machine"
