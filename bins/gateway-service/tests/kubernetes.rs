@@ -369,20 +369,7 @@ fn a_scale_down_waits_for_the_live_sessions_of_the_pod_it_removes() {
         ready?;
         let url = format!("{base}/adapters/echo/mcp");
         // Sessions until one is on echo-1 (placement prefers the emptier, lowest ordinal).
-        let mut on_one = None;
-        let mut others = Vec::new();
-        for _ in 0..4 {
-            let mut s = McpSession::open(&url).await?;
-            if s.call_text("whoami", json!({})).await? == "echo-1" && on_one.is_none() {
-                on_one = Some(s);
-            } else {
-                others.push(s);
-            }
-        }
-        let mut on_one = on_one.context("no session on echo-1")?;
-        for s in &others {
-            s.delete().await?;
-        }
+        let mut on_one = session_on(&url, "echo-1", 4).await?;
 
         // Scale to 1: echo-1 drains, keeps its session, takes no new one.
         cluster.kubectl_ok(&[
