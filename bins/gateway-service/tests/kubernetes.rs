@@ -100,18 +100,30 @@ fn kubernetes(cluster: &TestCluster, drain: Duration) -> Runtime {
     })
 }
 
+/// A request with a JSON body (or none) and `headers`: its status, its `ETag` and its body
+/// (`null` if not JSON).
+async fn request(
+    h: &Http,
+    method: http::Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&Value>,
+) -> anyhow::Result<(StatusCode, Option<String>, Value)> {
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let headers = [&[("content-type", "application/json")], headers].concat();
+    let reply = h.send(method, url, &headers, body).await?;
+    let v = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
+    Ok((reply.status, reply.header("etag").map(str::to_owned), v))
+}
+
 async fn api(
     h: &Http,
     method: http::Method,
     url: &str,
     body: Option<Value>,
 ) -> anyhow::Result<(StatusCode, Value)> {
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let reply = h
-        .send(method, url, &[("content-type", "application/json")], body)
-        .await?;
-    let v = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
-    Ok((reply.status, v))
+    let (code, _, v) = request(h, method, url, &[], body.as_ref()).await?;
+    Ok((code, v))
 }
 
 async fn status(h: &Http, base: &str, name: &str) -> anyhow::Result<Value> {
@@ -624,32 +636,13 @@ async fn put_if_match(
     body: &Value,
     tag: &str,
 ) -> anyhow::Result<(StatusCode, Option<String>, Value)> {
-    let reply = h
-        .send(
-            http::Method::PUT,
-            url,
-            &[("content-type", "application/json"), ("if-match", tag)],
-            body.to_string(),
-        )
-        .await?;
-    let etag = reply
-        .headers
-        .get(http::header::ETAG)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    let v = serde_json::from_slice(&reply.body).unwrap_or(Value::Null);
-    Ok((reply.status, etag, v))
+    request(h, http::Method::PUT, url, &[("if-match", tag)], Some(body)).await
 }
 
 /// The `ETag` of a GET of the adapter.
 async fn etag(h: &Http, url: &str) -> anyhow::Result<String> {
-    let reply = h.send(http::Method::GET, url, &[], String::new()).await?;
-    reply
-        .headers
-        .get(http::header::ETAG)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .with_context(|| format!("no ETag on GET {url}: {}", reply.status))
+    let (code, etag, _) = request(h, http::Method::GET, url, &[], None).await?;
+    etag.with_context(|| format!("no ETag on GET {url}: {code}"))
 }
 
 /// Opens sessions through `gateway` until one is on `pod` (at most `tries`); closes the others.
