@@ -140,6 +140,21 @@ async fn status(h: &Http, base: &str, name: &str) -> anyhow::Result<Value> {
     Ok(v)
 }
 
+/// For a wait that timed out: prints what `kubectl` says to each of `commands`, and the
+/// adapter `echo`'s status through the API (or why there is none).
+async fn diagnose(cluster: &TestCluster, h: &Http, base: &str, commands: &[&[&str]]) {
+    for args in commands {
+        eprintln!("{}", cluster.kubectl_ok(args).unwrap_or_default());
+    }
+    eprintln!(
+        "{}",
+        status(h, base, "echo")
+            .await
+            .map(|v| v.to_string())
+            .unwrap_or_else(|e| e.to_string())
+    );
+}
+
 #[test]
 fn an_adapter_created_through_the_api_runs_as_a_statefulset_and_sessions_spread_over_its_pods() {
     netns::run(|| async {
@@ -358,25 +373,16 @@ fn a_scale_down_waits_for_the_live_sessions_of_the_pod_it_removes() {
         })
         .await;
         if ready.is_err() {
-            eprintln!(
-                "{}",
-                cluster
-                    .kubectl_ok(&["get", "mcpadapter,sts,pods", "-o", "wide"])
-                    .unwrap_or_default()
-            );
-            eprintln!(
-                "{}",
-                cluster
-                    .kubectl_ok(&["get", "mcpadapter", "echo", "-o", "yaml"])
-                    .unwrap_or_default()
-            );
-            eprintln!(
-                "{}",
-                status(&h, &base, "echo")
-                    .await
-                    .map(|v| v.to_string())
-                    .unwrap_or_else(|e| e.to_string())
-            );
+            diagnose(
+                &cluster,
+                &h,
+                &base,
+                &[
+                    &["get", "mcpadapter,sts,pods", "-o", "wide"],
+                    &["get", "mcpadapter", "echo", "-o", "yaml"],
+                ],
+            )
+            .await;
         }
         ready?;
         let url = format!("{base}/adapters/echo/mcp");
@@ -518,25 +524,16 @@ fn a_rollout_replaces_pods_one_at_a_time_each_after_its_sessions_end() {
         )
         .await;
         if replaced.is_err() {
-            eprintln!(
-                "{}",
-                cluster
-                    .kubectl_ok(&["get", "pods", "-o", "yaml"])
-                    .unwrap_or_default()
-            );
-            eprintln!(
-                "{}",
-                cluster
-                    .kubectl_ok(&["get", "sts", "echo", "-o", "jsonpath={.status}"])
-                    .unwrap_or_default()
-            );
-            eprintln!(
-                "{}",
-                status(&h, &base, "echo")
-                    .await
-                    .map(|v| v.to_string())
-                    .unwrap_or_default()
-            );
+            diagnose(
+                &cluster,
+                &h,
+                &base,
+                &[
+                    &["get", "pods", "-o", "yaml"],
+                    &["get", "sts", "echo", "-o", "jsonpath={.status}"],
+                ],
+            )
+            .await;
         }
         replaced?;
         // Then echo-0, the same way; its session still answers meanwhile.
