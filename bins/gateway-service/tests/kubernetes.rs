@@ -37,6 +37,26 @@ async fn marked_draining(pods: &Api<Pod>, pod: &str) -> anyhow::Result<()> {
     .await
 }
 
+/// Waits until `pod` is there again under another UID than `old_uid`, and ready.
+async fn replaced_and_ready(
+    pods: &Api<Pod>,
+    pod: &str,
+    old_uid: &Option<String>,
+) -> anyhow::Result<()> {
+    wait_for(
+        &format!("{pod} replaced and ready"),
+        Duration::from_secs(60),
+        async || {
+            let p = pods.get_opt(pod).await?;
+            Ok(
+                p.filter(|p| p.metadata.uid != *old_uid && mcp_gateway_k8s::pod_ready(p))
+                    .map(|_| ()),
+            )
+        },
+    )
+    .await
+}
+
 /// A cluster with the McpAdapter CRD, its node, and one gateway-service running the data plane,
 /// the management API and the controller on it.
 async fn setup(drain: Duration) -> anyhow::Result<(TestCluster, TestKubelet, Handle)> {
@@ -279,18 +299,7 @@ fn an_adapter_created_through_the_api_runs_as_a_statefulset_and_sessions_spread_
         let pods_api = Api::<Pod>::default_namespaced(client.clone());
         let old_uid = pods_api.get("echo-0").await?.metadata.uid;
         pods_api.delete("echo-0", &Default::default()).await?;
-        wait_for(
-            "echo-0 replaced and ready",
-            Duration::from_secs(60),
-            async || {
-                let p = pods_api.get_opt("echo-0").await?;
-                Ok(
-                    p.filter(|p| p.metadata.uid != old_uid && mcp_gateway_k8s::pod_ready(p))
-                        .map(|_| ()),
-                )
-            },
-        )
-        .await?;
+        replaced_and_ready(&pods_api, "echo-0", &old_uid).await?;
         let (_, on_zero) = sessions
             .iter_mut()
             .find(|(w, _)| w == "echo-0")
@@ -511,18 +520,8 @@ fn a_rollout_replaces_pods_one_at_a_time_each_after_its_sessions_end() {
         fresh.delete().await?;
         assert_eq!(on1.call_text("whoami", json!({})).await?, "echo-1");
         on1.delete().await?;
-        let replaced = wait_for(
-            "echo-1 at the new revision and ready",
-            Duration::from_secs(60),
-            async || {
-                let p = pods_api.get_opt("echo-1").await?;
-                Ok(
-                    p.filter(|p| p.metadata.uid != uid1 && mcp_gateway_k8s::pod_ready(p))
-                        .map(|_| ()),
-                )
-            },
-        )
-        .await;
+        // A new pod, the rollout's (the image it runs is checked below).
+        let replaced = replaced_and_ready(&pods_api, "echo-1", &uid1).await;
         if replaced.is_err() {
             diagnose(
                 &cluster,
