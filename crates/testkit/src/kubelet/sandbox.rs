@@ -34,7 +34,8 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, KeyToPath, Pod, Secret, Service, ServiceAccount, Volume,
+    ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, Service, ServiceAccount,
+    Volume,
 };
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, PostParams};
@@ -510,15 +511,7 @@ async fn volume(
         .await;
     }
     if let Some(d) = &v.downward_api {
-        for item in d.items.iter().flatten() {
-            let value = downward(pod, item.field_ref.as_ref().map(|f| f.field_path.as_str()))?;
-            write_file(
-                &path.join(&item.path),
-                value.as_bytes(),
-                item.mode.map_or(mode(d.default_mode), |m| m as u32),
-            )?;
-        }
-        return Ok(());
+        return downward_files(pod, d.items.as_ref(), mode(d.default_mode), path);
     }
     if let Some(p) = &v.projected {
         let default_mode = mode(p.default_mode);
@@ -565,15 +558,7 @@ async fn volume(
                 .await?;
             }
             if let Some(d) = &src.downward_api {
-                for item in d.items.iter().flatten() {
-                    let value =
-                        downward(pod, item.field_ref.as_ref().map(|f| f.field_path.as_str()))?;
-                    write_file(
-                        &path.join(&item.path),
-                        value.as_bytes(),
-                        item.mode.map_or(default_mode, |m| m as u32),
-                    )?;
-                }
+                downward_files(pod, d.items.as_ref(), default_mode, path)?;
             }
         }
         return Ok(());
@@ -582,6 +567,21 @@ async fn volume(
         "volume {}: only emptyDir, configMap, secret, downwardAPI and projected volumes are supported by the test kubelet",
         v.name
     ))
+}
+
+/// A downwardAPI volume's (or projection's) files: each item's field of the pod at its path.
+fn downward_files(
+    pod: &Pod,
+    items: Option<&Vec<DownwardAPIVolumeFile>>,
+    default_mode: u32,
+    dir: &Path,
+) -> Result<(), String> {
+    for item in items.into_iter().flatten() {
+        let value = downward(pod, item.field_ref.as_ref().map(|f| f.field_path.as_str()))?;
+        let mode = item.mode.map_or(default_mode, |m| m as u32);
+        write_file(&dir.join(&item.path), value.as_bytes(), mode)?;
+    }
+    Ok(())
 }
 
 fn downward(pod: &Pod, field: Option<&str>) -> Result<String, String> {
