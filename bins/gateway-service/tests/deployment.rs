@@ -1171,26 +1171,7 @@ async fn ready_pod_ips(
     selector: &str,
     want: usize,
 ) -> anyhow::Result<Vec<String>> {
-    wait_for(
-        &format!("{want} ready pods {selector}"),
-        Duration::from_secs(90),
-        async || {
-            let list = pods.list(&ListParams::default().labels(selector)).await?;
-            let ips: Vec<String> = list
-                .items
-                .iter()
-                .filter(|p| {
-                    p.status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-                })
-                .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
-                .collect();
-            Ok((ips.len() >= want).then_some(ips))
-        },
-    )
-    .await
+    mcp_gateway_testkit::kubelet::ready_pod_ips(pods, selector, want, Duration::from_secs(90)).await
 }
 
 /// The node of the full-path tests: the example server, the gateway's two images (as the

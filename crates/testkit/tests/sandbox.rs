@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, PostParams};
 use mcp_gateway_testkit::McpSession;
 use mcp_gateway_testkit::cluster::TestCluster;
-use mcp_gateway_testkit::kubelet::{Image, Images, KubeletOptions, TestKubelet};
+use mcp_gateway_testkit::kubelet::{Image, Images, KubeletOptions, TestKubelet, ready_pod_ips};
 use mcp_gateway_testkit::{netns, wait_for};
 use serde_json::json;
 
@@ -66,22 +66,8 @@ fn sandboxed_pods_listen_on_the_same_port_and_see_their_volumes_token_and_servic
         Api::<Service>::default_namespaced(client.clone())
             .create(&PostParams::default(), &svc)
             .await?;
-        let ips = wait_for("both servers ready", Duration::from_secs(30), async || {
-            let list = pods.list(&ListParams::default().labels("app=web")).await?;
-            let ips: Vec<String> = list
-                .items
-                .iter()
-                .filter(|p| {
-                    p.status
-                        .as_ref()
-                        .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-                })
-                .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
-                .collect();
-            Ok((ips.len() == 2).then_some(ips))
-        })
-        .await?;
+        let ips = ready_pod_ips(&pods, "app=web", 2, Duration::from_secs(30)).await?;
+        assert_eq!(ips.len(), 2, "{ips:?}");
         for ip in &ips {
             assert!(ip.starts_with("10.244.1."), "sandbox address {ip}");
             let mut s = McpSession::open(&format!("http://{ip}:8000/mcp")).await?;

@@ -46,7 +46,7 @@ use anyhow::Context;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, Node, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use tokio::sync::mpsc;
@@ -205,6 +205,36 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&ip);
     }
+}
+
+/// Waits up to `within` until at least `want` pods that match the label `selector` are Ready;
+/// returns the addresses of the ready ones.
+pub async fn ready_pod_ips(
+    pods: &Api<Pod>,
+    selector: &str,
+    want: usize,
+    within: Duration,
+) -> anyhow::Result<Vec<String>> {
+    crate::wait_for(
+        &format!("{want} ready pods {selector}"),
+        within,
+        async || {
+            let list = pods.list(&ListParams::default().labels(selector)).await?;
+            let ips: Vec<String> = list
+                .items
+                .iter()
+                .filter(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+                .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+                .collect();
+            Ok((ips.len() >= want).then_some(ips))
+        },
+    )
+    .await
 }
 
 /// The running test kubelet. Dropping it stops its pods' processes (SIGKILL) without touching
