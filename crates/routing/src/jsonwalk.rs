@@ -669,8 +669,9 @@ mod tests {
         assert_eq!(r.scalars, [("result.isError".into(), "false".into())]);
         // Deep nesting inside a skipped value costs no frames: it is not refused.
         let deep = format!(
-            r#"{{"_meta":{},"error":{{"code":-1}}}}"#,
-            format!("{}{}", "[".repeat(200), "]".repeat(200))
+            r#"{{"_meta":{}{},"error":{{"code":-1}}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
         );
         let mut r = Rec::skipping();
         Walker::default().feed(deep.as_bytes(), &mut r);

@@ -4,7 +4,7 @@
 //! conventions' histograms are in [`crate::observe`].)
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher as _, Hash as _, Hasher as _};
+use std::hash::BuildHasher as _;
 use std::sync::{Arc, RwLock};
 
 use http::StatusCode;
@@ -38,9 +38,7 @@ impl<T> Default for Handles<T> {
 impl<T: Clone> Handles<T> {
     /// The handle of the label values `key`, registered with `register` the first time.
     pub(crate) fn get(&self, key: &[&str], register: impl FnOnce() -> T) -> T {
-        let mut hasher = self.state.build_hasher();
-        key.hash(&mut hasher);
-        let hash = hasher.finish();
+        let hash = self.state.hash_one(key);
         let same =
             |k: &[Box<str>]| k.len() == key.len() && k.iter().zip(key).all(|(a, b)| **a == **b);
         {
