@@ -27,7 +27,7 @@
 //! [[api_keys]]
 //! subject = "ci"
 //! roles = ["mcp.admin"]
-//! sha256 = "…"                      # hash_api_key(key); the key itself is never stored
+//! sha256 = "…"                      # hash_api_key(key); the key itself is never configured
 //! ```
 //!
 //! [`Authenticator::new`] refuses a configuration that could not be secure or could not
@@ -113,6 +113,11 @@ struct Inner {
     issuers: Vec<(Issuer, IssuerKeys)>,
     by_iss: HashMap<String, usize>,
     api_keys: HashMap<String, ApiKey>,
+    /// Configured API keys already presented and matched, by the key itself: a key is hashed
+    /// once, not on every request. Holds at most one entry per configured key (only a match
+    /// enters). The key file's key is not remembered: its file is read on every use, so that
+    /// deleting it revokes the key at once.
+    known_keys: std::sync::RwLock<HashMap<Box<str>, Principal, foldhash::fast::RandomState>>,
     key_file: Option<KeyFileConfig>,
     /// `None` when no issuer is configured.
     fetcher: Option<Fetcher>,
@@ -162,6 +167,7 @@ impl Authenticator {
                     .collect(),
                 by_iss,
                 api_keys: validated.api_keys,
+                known_keys: std::sync::RwLock::default(),
                 key_file: config.key_file.clone(),
                 fetcher,
                 timing: Timing {
@@ -229,6 +235,15 @@ impl Authenticator {
     }
 
     fn api_key(&self, key: &str) -> Result<Principal, AuthError> {
+        let known = self
+            .inner
+            .known_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = known.get(key) {
+            return Ok(p.clone());
+        }
+        drop(known);
         let digest = hash_api_key(key);
         let principal = |subject: &str, roles: &[String]| {
             Principal::new(
@@ -238,7 +253,13 @@ impl Authenticator {
             )
         };
         if let Some(k) = self.inner.api_keys.get(&digest) {
-            return Ok(principal(&k.subject, &k.roles));
+            let p = principal(&k.subject, &k.roles);
+            self.inner
+                .known_keys
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.into(), p.clone());
+            return Ok(p);
         }
         match &self.inner.key_file {
             Some(file) if key_file_holds(file, &digest) => {

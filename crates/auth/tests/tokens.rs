@@ -158,6 +158,21 @@ async fn api_key_yields_configured_principal_and_unknown_key_is_refused() {
     assert_eq!(kind(&err), Some(TokenErrorKind::UnknownKey));
     assert_eq!(err.reason(), "unknown_key");
     assert_eq!(err.to_string(), "unknown API key");
+    // Once matched, the key is remembered (hashed once): the same answer again, and a key
+    // that differs from it in its last character is still refused.
+    for _ in 0..3 {
+        assert_eq!(auth.authenticate(&bearer(&key)).await.unwrap(), p);
+    }
+    let last = key.chars().last().unwrap();
+    let near = format!(
+        "{}{}",
+        &key[..key.len() - 1],
+        if last == 'A' { 'B' } else { 'A' }
+    );
+    assert_eq!(refusal(&auth, &near).await.reason(), "unknown_key");
+    // A clone shares what it remembers, and still refuses what it never matched.
+    assert_eq!(auth.clone().authenticate(&bearer(&key)).await.unwrap(), p);
+    assert_eq!(refusal(&auth.clone(), &near).await.reason(), "unknown_key");
     // A JWT when no issuer is configured.
     let idp = OidcServer::start().await.unwrap();
     let err = refusal(&auth, &idp.token(idp.claims("a", &[], AUD))).await;
