@@ -304,7 +304,7 @@ pub async fn run(config: Config) -> anyhow::Result<Handle> {
                 let metrics = metrics.clone();
                 let accepting = accepting.clone();
                 let store = store.clone();
-                hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                hyper::service::service_fn(move |req: Request<server::ClientBody>| {
                     let res = admin_response(req.uri().path(), &metrics, &accepting, &*store);
                     async move { Ok::<_, std::convert::Infallible>(res) }
                 })
@@ -367,7 +367,7 @@ impl Front {
         &self,
         peer: std::net::SocketAddr,
     ) -> impl hyper::service::Service<
-        Request<hyper::body::Incoming>,
+        Request<server::ClientBody>,
         Response = Response<ProxyBody>,
         Error = Infallible,
         Future = ServeFuture,
@@ -376,7 +376,7 @@ impl Front {
     + 'static
     + use<> {
         let front = self.clone();
-        hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        hyper::service::service_fn(move |mut req: Request<server::ClientBody>| {
             req.extensions_mut().insert(ClientAddr(peer));
             front.clone().serve(req)
         })
@@ -385,7 +385,7 @@ impl Front {
     /// A boxed future built outside any `async` block: the compiler then proves the
     /// authentication layer's future `Send` for the concrete body type (inside an `async`
     /// block it would have to for every lifetime, and cannot; rust-lang/rust#102211).
-    fn serve(self, mut req: Request<hyper::body::Incoming>) -> ServeFuture {
+    fn serve(self, mut req: Request<server::ClientBody>) -> ServeFuture {
         let path = req.uri().path();
         if auth::is_metadata_path(path) {
             let res = match mcp_gateway_routing::check_host_and_origin(
@@ -410,7 +410,7 @@ impl Front {
         // The routing future boxed on its own: the authentication future and the `Oneshot`
         // around it then move a pointer, not the routing state, as they change state (three
         // moves of it were ~2 000 instructions per request).
-        let inner = tower::service_fn(move |req: Request<hyper::body::Incoming>| {
+        let inner = tower::service_fn(move |req: Request<server::ClientBody>| {
             let this = self.clone();
             let routed: ServeFuture = Box::pin(async move { Ok(this.route(req).await) });
             routed
@@ -419,7 +419,7 @@ impl Front {
     }
 
     /// An authenticated request (its [`Principal`] is an extension): the API or the data plane.
-    async fn route(self, req: Request<hyper::body::Incoming>) -> Response<ProxyBody> {
+    async fn route(self, req: Request<server::ClientBody>) -> Response<ProxyBody> {
         let data_path = Gateway::handles_path(req.uri().path());
         match &self.api {
             Some(api) if !data_path => {
@@ -449,7 +449,7 @@ impl Front {
 
 /// A management API request, past the same DNS-rebinding checks as the data plane (a page in
 /// a browser must not be able to create adapters that run commands).
-async fn serve_api(api: axum::Router, req: Request<hyper::body::Incoming>) -> Response<ProxyBody> {
+async fn serve_api(api: axum::Router, req: Request<server::ClientBody>) -> Response<ProxyBody> {
     use tower::ServiceExt;
     match api.oneshot(req).await {
         Ok(res) => res.map(|b| b.map_err(Into::into).boxed_unsync()),

@@ -48,7 +48,7 @@ pub async fn serve_threads<F, G, S, B>(
 ) where
     F: Fn() -> G,
     G: Fn(SocketAddr) -> S + Send + 'static,
-    S: Service<http::Request<Incoming>, Response = http::Response<B>> + Send + 'static,
+    S: Service<http::Request<ClientBody>, Response = http::Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -110,7 +110,7 @@ pub async fn serve<S, B>(
     grace: Duration,
     service_for: impl Fn(SocketAddr) -> S,
 ) where
-    S: Service<http::Request<Incoming>, Response = http::Response<B>> + Send + 'static,
+    S: Service<http::Request<ClientBody>, Response = http::Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -204,7 +204,7 @@ fn close<B>(mut response: http::Response<B>) -> http::Response<B> {
 
 impl<S, B> Service<http::Request<Incoming>> for CloseWhenStopping<S>
 where
-    S: Service<http::Request<Incoming>, Response = http::Response<B>>,
+    S: Service<http::Request<ClientBody>, Response = http::Response<B>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -217,6 +217,90 @@ where
         } else {
             keep
         };
-        self.inner.call(req).map_ok(finish)
+        self.inner.call(req.map(ClientBody::new)).map_ok(finish)
     }
+}
+
+/// Most of a request body the gateway drains when it answered without reading it all.
+const DRAIN_BYTES: usize = 1024 * 1024;
+/// The longest the gateway drains such a body.
+const DRAIN_TIME: Duration = Duration::from_secs(5);
+
+/// A client's request body. Dropped before its end (the gateway answered without reading it
+/// all: a refusal such as 401, 404 or 431, or an error), it is read to its end in the
+/// background, up to [`DRAIN_BYTES`] within [`DRAIN_TIME`].
+///
+/// Without this, hyper closes the connection after such an answer while the client may
+/// still be sending the body; the unread bytes make the kernel reset the connection, and a
+/// client whose reset arrives before it read the answer sees "connection reset" instead of,
+/// say, the 401 that would have started its OAuth flow. Drained, the answer arrives and the
+/// connection stays open for the next request.
+pub struct ClientBody {
+    inner: Option<Incoming>,
+}
+
+impl ClientBody {
+    fn new(inner: Incoming) -> Self {
+        Self { inner: Some(inner) }
+    }
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return std::task::Poll::Ready(None);
+        };
+        let polled = std::pin::Pin::new(inner).poll_frame(cx);
+        if matches!(polled, std::task::Poll::Ready(None | Some(Err(_)))) {
+            self.inner = None;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.as_ref().map_or_else(
+            || http_body::SizeHint::with_exact(0),
+            http_body::Body::size_hint,
+        )
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        let Some(body) = self.inner.take() else {
+            return;
+        };
+        if http_body::Body::is_end_stream(&body) {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(drain(body));
+        }
+    }
+}
+
+async fn drain(mut body: Incoming) {
+    use http_body_util::BodyExt as _;
+    let read = async {
+        let mut n = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            n += frame.data_ref().map_or(0, Bytes::len);
+            if n > DRAIN_BYTES {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME, read).await;
 }

@@ -982,3 +982,69 @@ async fn open_legacy_stream(gw: &Handle) -> String {
     }
     String::from_utf8_lossy(&seen).into_owned()
 }
+
+/// A request the gateway refuses before reading its body (here: an unknown adapter), whose
+/// body the client sends after the headers, as clients that wait before streaming an upload
+/// do: the client still reads the refusal, and the connection serves the next request.
+/// (hyper alone closed the connection at the answer; the body arriving after that made the
+/// kernel reset it, and the client lost the answer.)
+#[tokio::test]
+async fn a_refusal_sent_before_the_body_arrives_still_reaches_the_client_on_a_kept_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let replicas = Replicas::start(1).await.unwrap();
+    let gw = gateway(vec![adapter("demo", replicas.urls())], |_| {}).await;
+    let mut s = tokio::net::TcpStream::connect(gw.data_addr).await.unwrap();
+    let body = initialize_request(1).to_string();
+    let head = |path: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+             Accept: application/json, text/event-stream\r\nContent-Length: {}\r\n\r\n",
+            gw.data_addr,
+            body.len()
+        )
+    };
+    s.write_all(head("/adapters/nope/mcp").as_bytes())
+        .await
+        .unwrap();
+    // The gateway has answered by now, without the body.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(body.as_bytes()).await.unwrap();
+    let first = read_response(&mut s).await;
+    assert!(first.starts_with("HTTP/1.1 404"), "{first}");
+    // The same connection carries the next request.
+    s.write_all(format!("{}{body}", head("/adapters/demo/mcp")).as_bytes())
+        .await
+        .unwrap();
+    let second = read_response(&mut s).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+
+    /// Reads one response with a Content-Length body.
+    async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&seen).into_owned();
+            if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                let len = head.lines().find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                });
+                if len.is_some_and(|n| rest.len() >= n) {
+                    return text;
+                }
+            }
+            let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .expect("an answer within 5 s")
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "connection failed after {:?}: {e}",
+                        String::from_utf8_lossy(&seen)
+                    )
+                });
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buf[..n]);
+        }
+    }
+}
