@@ -341,18 +341,9 @@ impl Stack {
         }
         let (gateway_port, admin_port) = (free_port()?, free_port()?);
         let config = gateway_config(gateway_port, admin_port, &replicas);
-        let config_path = dir.join("gateway.toml");
-        std::fs::write(&config_path, config)
-            .with_context(|| format!("writing {}", config_path.display()))?;
-        let mut gateway_cmd = Command::new(gateway_bin);
-        gateway_cmd.arg("--config").arg(&config_path);
-        children.push(ChildGuard::spawn(
-            "gateway-service",
-            &mut gateway_cmd,
-            dir.join("gateway.log"),
-            false,
-        )?);
-        pids.gateway = children.last().map(ChildGuard::pid);
+        let gateway = start_gateway(gateway_bin, dir, "", &config, &[])?;
+        pids.gateway = Some(gateway.pid());
+        children.push(gateway);
         let api_key = new_api_key()?;
         let (auth_port, auth_admin_port) = (free_port()?, free_port()?);
         let config = format!(
@@ -361,22 +352,11 @@ impl Stack {
                 .replace("insecure_no_auth = true\n", ""),
             api_key.1
         );
-        let config_path = dir.join("gateway-auth.toml");
-        std::fs::write(&config_path, config)
-            .with_context(|| format!("writing {}", config_path.display()))?;
-        let mut gateway_cmd = Command::new(gateway_bin);
-        gateway_cmd
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--data-dir")
-            .arg(dir.join("gateway-auth-data"));
-        children.push(ChildGuard::spawn(
-            "gateway-service (auth)",
-            &mut gateway_cmd,
-            dir.join("gateway-auth.log"),
-            false,
-        )?);
-        pids.gateway_auth = children.last().map(ChildGuard::pid);
+        let data_dir = dir.join("gateway-auth-data");
+        let data_dir = [std::ffi::OsStr::new("--data-dir"), data_dir.as_os_str()];
+        let gateway = start_gateway(gateway_bin, dir, "auth", &config, &data_dir)?;
+        pids.gateway_auth = Some(gateway.pid());
+        children.push(gateway);
         let otlp = TcpListener::bind("127.0.0.1:0").context("binding the OTLP receiver")?;
         let otlp_port = otlp.local_addr()?.port();
         let (traced_port, traced_admin_port) = (free_port()?, free_port()?);
@@ -385,18 +365,9 @@ impl Stack {
              trace_sample_ratio = 1.0\n{}",
             gateway_config(traced_port, traced_admin_port, &replicas)
         );
-        let config_path = dir.join("gateway-traced.toml");
-        std::fs::write(&config_path, config)
-            .with_context(|| format!("writing {}", config_path.display()))?;
-        let mut gateway_cmd = Command::new(gateway_bin);
-        gateway_cmd.arg("--config").arg(&config_path);
-        children.push(ChildGuard::spawn(
-            "gateway-service (traced)",
-            &mut gateway_cmd,
-            dir.join("gateway-traced.log"),
-            false,
-        )?);
-        pids.gateway_traced = children.last().map(ChildGuard::pid);
+        let gateway = start_gateway(gateway_bin, dir, "traced", &config, &[])?;
+        pids.gateway_traced = Some(gateway.pid());
+        children.push(gateway);
         let nginx = match nginx {
             Some(binary) => {
                 let (child, base) = start_nginx(binary, &dir.join("nginx"), &replicas[0])?;
@@ -505,6 +476,33 @@ impl Stack {
         );
         targets
     }
+}
+
+/// Writes `config` to `<dir>/gateway[-<variant>].toml` and starts the gateway on it (its log
+/// beside it), with `extra` arguments.
+fn start_gateway(
+    bin: &Path,
+    dir: &Path,
+    variant: &str,
+    config: &str,
+    extra: &[&std::ffi::OsStr],
+) -> anyhow::Result<ChildGuard> {
+    let file = if variant.is_empty() {
+        "gateway".to_owned()
+    } else {
+        format!("gateway-{variant}")
+    };
+    let config_path = dir.join(format!("{file}.toml"));
+    std::fs::write(&config_path, config)
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    let mut cmd = Command::new(bin);
+    cmd.arg("--config").arg(&config_path).args(extra);
+    let name = if variant.is_empty() {
+        "gateway-service".to_owned()
+    } else {
+        format!("gateway-service ({variant})")
+    };
+    ChildGuard::spawn(&name, &mut cmd, dir.join(format!("{file}.log")), false)
 }
 
 fn start_replica(dir: &Path, id: &str) -> anyhow::Result<(ChildGuard, String)> {
@@ -895,6 +893,19 @@ struct Sample {
 }
 
 impl Sample {
+    /// Makes one call and records its latency (to the end of the body), or its error.
+    async fn call(&mut self, client: &HttpClient, caller: &Caller) {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, call(client, caller)).await;
+        match outcome.unwrap_or_else(|_| Err(anyhow::anyhow!("timed out"))) {
+            Ok(()) => self.latencies_us.push(micros(started.elapsed())),
+            Err(err) => {
+                self.errors += 1;
+                self.first_error.get_or_insert_with(|| format!("{err:#}"));
+            }
+        }
+    }
+
     fn merge(&mut self, other: Sample) {
         self.latencies_us.extend(other.latencies_us);
         self.errors += other.errors;
@@ -908,15 +919,7 @@ impl Sample {
 async fn worker(client: HttpClient, caller: Caller, deadline: Instant) -> (Caller, Sample) {
     let mut sample = Sample::default();
     while Instant::now() < deadline {
-        let started = Instant::now();
-        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, call(&client, &caller)).await;
-        match outcome.unwrap_or_else(|_| Err(anyhow::anyhow!("timed out"))) {
-            Ok(()) => sample.latencies_us.push(micros(started.elapsed())),
-            Err(err) => {
-                sample.errors += 1;
-                sample.first_error.get_or_insert_with(|| format!("{err:#}"));
-            }
-        }
+        sample.call(&client, &caller).await;
     }
     (caller, sample)
 }
@@ -930,15 +933,7 @@ async fn paced_worker(
 ) -> (Caller, Sample) {
     let mut sample = Sample::default();
     while ticks.recv().await.is_some() {
-        let started = Instant::now();
-        let outcome = tokio::time::timeout(REQUEST_TIMEOUT, call(&client, &caller)).await;
-        match outcome.unwrap_or_else(|_| Err(anyhow::anyhow!("timed out"))) {
-            Ok(()) => sample.latencies_us.push(micros(started.elapsed())),
-            Err(err) => {
-                sample.errors += 1;
-                sample.first_error.get_or_insert_with(|| format!("{err:#}"));
-            }
-        }
+        sample.call(&client, &caller).await;
     }
     (caller, sample)
 }
