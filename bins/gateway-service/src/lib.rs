@@ -423,12 +423,12 @@ impl Front {
         let data_path = Gateway::handles_path(req.uri().path());
         match &self.api {
             Some(api) if !data_path => {
-                let api = api.clone();
                 if let Err(e) =
                     mcp_gateway_routing::check_host_and_origin(req.headers(), self.gateway.config())
                 {
                     return problem(StatusCode::FORBIDDEN, &e.to_string());
                 }
+                let api = api.clone();
                 match &self.main {
                     None => serve_api(api, req).await,
                     Some(main) => main.spawn(serve_api(api, req)).await.unwrap_or_else(|e| {

@@ -7,7 +7,6 @@ use std::io::ErrorKind;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use bytes::Bytes;
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::BodyExt;
@@ -16,7 +15,7 @@ use hyper_util::rt::TokioIo;
 use mcp_gateway_core::{AdapterTarget, Principal, Replica};
 
 use crate::RoutingConfig;
-use crate::body::{BodyTooLarge, BoxError, ForwardBody, Tracked};
+use crate::body::{BodyTooLarge, BoxError, ForwardBody, OnClose, Tracked};
 use crate::error::{ProxyError, find_source};
 use crate::gateway::{ClientAddr, Gateway};
 use crate::headers;
@@ -56,6 +55,13 @@ type Sender = hyper::client::conn::http1::SendRequest<ForwardBody>;
 struct IdleConn {
     sender: Sender,
     since: std::time::Instant,
+}
+
+impl IdleConn {
+    /// Neither idle for `timeout` (the replica may be closing it) nor closed already.
+    fn usable(&self, timeout: std::time::Duration) -> bool {
+        self.since.elapsed() < timeout && !self.sender.is_closed()
+    }
 }
 
 /// A replica's base URL, parsed once: where to connect, what its requests' paths start with,
@@ -157,7 +163,7 @@ impl Pool {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let conns = idle.get_mut(base_url)?;
         while let Some(conn) = conns.pop() {
-            if conn.since.elapsed() < self.idle_timeout && !conn.sender.is_closed() {
+            if conn.usable(self.idle_timeout) {
                 return Some(conn.sender);
             }
         }
@@ -191,7 +197,7 @@ impl Pool {
     fn sweep_once(&self) -> bool {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(|_, conns| {
-            conns.retain(|c| c.since.elapsed() < self.idle_timeout && !c.sender.is_closed());
+            conns.retain(|c| c.usable(self.idle_timeout));
             !conns.is_empty()
         });
         !idle.is_empty()
@@ -299,47 +305,15 @@ impl Addr {
     }
 }
 
-/// A replica's response body holding its connection: given back to the pool when the body
-/// has been read to its end, closed with the body otherwise.
-struct Pooled {
-    inner: Incoming,
-    back: Option<(Arc<Pool>, Arc<str>, Sender)>,
-}
-
-impl Pooled {
-    fn done(&mut self) {
-        if let Some((pool, base_url, sender)) = self.back.take() {
+/// The hook of a replica's response ([`Tracked`]) that gives its connection back to the pool
+/// when the body has been read to its end; a body that fails, idles out or is dropped first
+/// takes its connection with it (closed, never reused with bytes unread).
+fn give_back_at_end(pool: Arc<Pool>, base_url: Arc<str>, sender: Sender) -> OnClose {
+    OnClose::new(move |complete| {
+        if complete {
             pool.give_back(&base_url, sender);
         }
-    }
-}
-
-impl http_body::Body for Pooled {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            std::task::Poll::Ready(None) => this.done(),
-            std::task::Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.done(),
-            std::task::Poll::Ready(Some(Err(_))) => this.back = None,
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
+    })
 }
 
 /// Why a request could not be sent to a replica.
@@ -557,14 +531,11 @@ impl Gateway {
     ) -> Response<Tracked> {
         let (mut parts, inner) = res.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        let body = Pooled {
-            inner,
-            back: Some(back),
-        };
+        let (pool, base_url, sender) = back;
         let mut body = Tracked::new(
-            body.map_err(BoxError::from).boxed_unsync(),
+            inner.map_err(BoxError::from).boxed_unsync(),
             self.shared.config.stream_idle_timeout,
-            Vec::new(),
+            vec![give_back_at_end(pool, base_url, sender)],
         );
         body.in_flight = Some(in_flight);
         Response::from_parts(parts, body)
@@ -603,6 +574,8 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 mod tests {
     use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
+
+    use bytes::Bytes;
 
     use super::*;
 
@@ -671,11 +644,17 @@ mod tests {
             .await
             .map_err(|e| e.0)
             .unwrap();
-        let body = Pooled {
-            inner: res.into_body(),
-            back: Some((pool.clone(), r.base_url.clone(), sender)),
-        };
+        let body = tracked(pool, r, res, sender);
         String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    }
+
+    /// The answer's body as the gateway wraps it, with the hook that gives its connection back.
+    fn tracked(pool: &Arc<Pool>, r: &Replica, res: Response<Incoming>, sender: Sender) -> Tracked {
+        Tracked::new(
+            res.into_body().map_err(BoxError::from).boxed_unsync(),
+            Duration::from_secs(30),
+            vec![give_back_at_end(pool.clone(), r.base_url.clone(), sender)],
+        )
     }
 
     async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
@@ -736,10 +715,7 @@ mod tests {
             .await
             .map_err(|e| e.0)
             .unwrap();
-        drop(Pooled {
-            inner: res.into_body(),
-            back: Some((pool.clone(), r.base_url.clone(), sender)),
-        });
+        drop(tracked(&pool, &r, res, sender));
         assert!(pool.take_idle(&r.base_url).is_none(), "not given back");
         assert_eq!(call(&pool, &r, "/y").await, "/y");
         assert_eq!(r.accepted.load(Ordering::SeqCst), 2);
