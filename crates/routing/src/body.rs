@@ -7,7 +7,6 @@
 //! - [`EndpointRewriter`]: a legacy SSE stream whose `endpoint` event is rewritten (after the
 //!   session is recorded) before it reaches the client; every later byte passes untouched.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
 
 use std::task::{Context, Poll, ready};
@@ -41,8 +40,12 @@ pub struct StreamIdle(pub Duration);
 
 /// Bytes already read from the client (`prefix`) followed by the rest of its body.
 pub struct ForwardBody {
-    prefix: VecDeque<Bytes>,
+    prefix: Vec<Bytes>,
+    /// The next chunk of `prefix` to give.
+    next: usize,
     rest: Option<ProxyBody>,
+    /// A frame of `rest` was given (so the body cannot be sent again).
+    streamed: bool,
     seen: u64,
     limit: u64,
 }
@@ -51,8 +54,10 @@ impl ForwardBody {
     pub fn new(prefix: Vec<Bytes>, rest: Option<ProxyBody>, limit: u64) -> Self {
         let seen = prefix.iter().map(|b| b.len() as u64).sum();
         Self {
-            prefix: prefix.into(),
+            prefix,
+            next: 0,
             rest,
+            streamed: false,
             seen,
             limit,
         }
@@ -62,15 +67,27 @@ impl ForwardBody {
 impl ForwardBody {
     /// A copy, when the whole body is held (nothing left to read from the client).
     pub fn try_clone(&self) -> Option<ForwardBody> {
-        if self.rest.is_some() {
+        if self.rest.is_some() || self.streamed {
             return None;
         }
         Some(ForwardBody {
-            prefix: self.prefix.clone(),
+            prefix: self.prefix[self.next..].to_vec(),
+            next: 0,
             rest: None,
+            streamed: false,
             seen: self.seen,
             limit: self.limit,
         })
+    }
+
+    /// Starts again from the first byte, to send the body once more; false when some of it
+    /// was streamed from the client (and is gone).
+    pub(crate) fn rewind(&mut self) -> bool {
+        if self.streamed {
+            return false;
+        }
+        self.next = 0;
+        true
     }
 }
 
@@ -82,7 +99,9 @@ impl Body for ForwardBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if let Some(chunk) = self.prefix.pop_front() {
+        if let Some(chunk) = self.prefix.get(self.next) {
+            let chunk = chunk.clone();
+            self.next += 1;
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         let Some(rest) = self.rest.as_mut() else {
@@ -90,6 +109,7 @@ impl Body for ForwardBody {
         };
         match ready!(Pin::new(rest).poll_frame(cx)) {
             Some(Ok(frame)) => {
+                self.streamed = true;
                 if let Some(data) = frame.data_ref() {
                     self.seen += data.len() as u64;
                     if self.seen > self.limit {
@@ -108,11 +128,14 @@ impl Body for ForwardBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.prefix.is_empty() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
+        self.next >= self.prefix.len() && self.rest.as_ref().is_none_or(|r| r.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        let buffered: u64 = self.prefix.iter().map(|b| b.len() as u64).sum();
+        let buffered: u64 = self.prefix[self.next..]
+            .iter()
+            .map(|b| b.len() as u64)
+            .sum();
         match &self.rest {
             None => SizeHint::with_exact(buffered),
             Some(r) => {

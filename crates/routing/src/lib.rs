@@ -102,6 +102,7 @@ mod body;
 mod config;
 mod error;
 mod gateway;
+mod h1;
 mod headers;
 pub mod jsonrpc;
 mod jsonwalk;

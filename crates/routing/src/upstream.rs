@@ -7,34 +7,36 @@ use std::io::ErrorKind;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri};
+use http::uri::Scheme;
+use http::{HeaderMap, HeaderValue, Method, Response, Uri};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use mcp_gateway_core::{AdapterTarget, Principal, Replica};
 
 use crate::RoutingConfig;
-use crate::body::{BodyTooLarge, BoxError, ForwardBody, OnClose, Tracked};
+use crate::body::{BodyTooLarge, ForwardBody, Tracked};
 use crate::error::{ProxyError, find_source};
 use crate::gateway::{ClientAddr, Gateway};
+use crate::h1::{self, AnswerBody, Conn};
 use crate::headers;
 use crate::observe::{self, Probe};
 use crate::placement::{InFlight, Outcome, ReplicaHealth};
 
-/// The gateway's connections to replicas: HTTP/1.1 over hyper's connection API, kept alive
-/// and reused, per base URL. A connection is driven by a task of the runtime that opened it, so
-/// a pool of its own per single-threaded runtime ([`Gateway::with_own_upstream_pool`]) keeps a
-/// request and its replica connection on one thread; in a multi-threaded runtime one pool
-/// serves all workers (the same as a shared client's).
+/// The gateway's connections to replicas: HTTP/1.1 ([`h1`]), kept alive and reused, per base
+/// URL. A request drives its connection itself (no task per connection), so a pool of its own
+/// per single-threaded runtime ([`Gateway::with_own_upstream_pool`]) keeps a request and its
+/// replica connection on one thread; in a multi-threaded runtime one pool serves all workers.
 ///
-/// - A connection is taken from the pool for a request and given back when the response body
+/// - A connection is taken from the pool for a request and given back when the answer's body
 ///   has been read to its end; a body dropped before its end takes its connection with it
 ///   (closed, never reused with bytes left unread).
 /// - Idle connections are reused newest first, never once idle for `upstream_idle_timeout`
-///   (the replica may be closing them), and closed by a sweep at that pace.
-/// - A request the pooled connection never wrote (the replica closed it just then) is sent
-///   again on a new connection, the race every keep-alive client must handle.
+///   (the replica may be closing them) nor once the replica closed them or sent a byte, and
+///   are closed by a sweep at that pace.
+/// - An idle connection the replica closed (or sent a byte on) is seen before a request is
+///   written on it, at no cost while its socket was not readable. One closed as the request
+///   went out (the race every keep-alive client meets) leaves the request unanswered: sent
+///   again on another connection when its method is idempotent (GET, DELETE), an error
+///   otherwise, since a POST the replica may have run is not run twice (nginx's and Go's rule).
 pub(crate) struct Pool {
     connect_timeout: std::time::Duration,
     idle_timeout: std::time::Duration,
@@ -45,28 +47,25 @@ pub(crate) struct Pool {
     sweeping: AtomicBool,
     /// By base URL. Names come from the resolver, not from callers; the map is emptied when
     /// it reaches [`MAX_ADDRS`] (replicas come and go in Kubernetes).
-    addrs: RwLock<HashMap<Arc<str>, Addr, foldhash::fast::RandomState>>,
+    addrs: RwLock<HashMap<Arc<str>, Arc<Addr>, foldhash::fast::RandomState>>,
 }
 
 const MAX_ADDRS: usize = 4096;
 
-type Sender = hyper::client::conn::http1::SendRequest<ForwardBody>;
-
 struct IdleConn {
-    sender: Sender,
+    conn: Conn,
     since: std::time::Instant,
 }
 
 impl IdleConn {
     /// Neither idle for `timeout` (the replica may be closing it) nor closed already.
     fn usable(&self, timeout: std::time::Duration) -> bool {
-        self.since.elapsed() < timeout && !self.sender.is_closed()
+        self.since.elapsed() < timeout && self.conn.is_reusable()
     }
 }
 
 /// A replica's base URL, parsed once: where to connect, what its requests' paths start with,
 /// and their `Host`.
-#[derive(Clone)]
 struct Addr {
     /// The host as a name or address to resolve (IPv6 without brackets), and the port.
     host: Arc<str>,
@@ -77,13 +76,16 @@ struct Addr {
     host_header: HeaderValue,
 }
 
-/// Why a connection to a replica could not be used.
+/// Why a request could not be sent to a replica.
 #[derive(Debug)]
 pub(crate) enum PoolError {
-    /// No connection could be made: refused, timed out (`TimedOut`), not resolved.
+    /// The replica's URL or the request's path cannot make a request.
+    Target(String),
+    /// No connection could be made: refused, timed out (`TimedOut`), not resolved. The body
+    /// was not touched.
     Connect(std::io::Error),
     /// The connection failed during the exchange.
-    Request(hyper::Error),
+    Exchange(h1::Error),
 }
 
 impl Pool {
@@ -97,13 +99,13 @@ impl Pool {
         }
     }
 
-    fn addr(&self, base_url: &Arc<str>) -> Result<Addr, String> {
+    fn addr(&self, base_url: &Arc<str>) -> Result<Arc<Addr>, String> {
         let known = self.addrs.read().unwrap_or_else(|e| e.into_inner());
         if let Some(addr) = known.get(&**base_url) {
             return Ok(addr.clone());
         }
         drop(known);
-        let addr = Addr::parse(base_url)?;
+        let addr = Arc::new(Addr::parse(base_url)?);
         let mut known = self.addrs.write().unwrap_or_else(|e| e.into_inner());
         if known.len() >= MAX_ADDRS {
             known.clear();
@@ -112,71 +114,56 @@ impl Pool {
         Ok(addr)
     }
 
-    /// The origin-form URI of `path_and_query` on the replica at `base_url`, and the `Host` to
-    /// send.
-    fn uri(&self, base_url: &Arc<str>, path_and_query: &str) -> Result<(Uri, HeaderValue), String> {
-        let addr = self.addr(base_url)?;
-        let path = if addr.prefix.is_empty() {
-            PathAndQuery::try_from(path_and_query)
-        } else {
-            PathAndQuery::try_from(format!("{}{path_and_query}", addr.prefix))
-        }
-        .map_err(|e| e.to_string())?;
-        Ok((Uri::from(path), addr.host_header))
-    }
-
-    /// Sends `req` to the replica at `base_url` on an idle connection, else a new one; returns
-    /// the response and the connection, to give back with [`Pool::give_back`] once the
-    /// response's body has been read.
-    ///
-    /// A request no connection was made for comes back with the error, untouched.
+    /// Sends a request to the replica at `base_url` on an idle connection, else a new one;
+    /// returns the answer's head and the connection, to read its body from.
     async fn request(
         &self,
         base_url: &Arc<str>,
-        mut req: Request<ForwardBody>,
-    ) -> Result<(Response<Incoming>, Sender), (PoolError, Option<Request<ForwardBody>>)> {
-        // A pooled connection the replica closed unseen gives the request back: once more on
-        // each further idle one, then on a new connection.
-        while let Some(mut sender) = self.take_idle(base_url) {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(res) => return Ok((res, sender)),
-                Err(mut e) => match e.take_message() {
-                    Some(again) => req = again,
-                    None => return Err((PoolError::Request(e.into_error()), None)),
-                },
+        method: &Method,
+        path_and_query: &str,
+        headers: &HeaderMap,
+        body: &mut ForwardBody,
+    ) -> Result<(h1::Answer, Conn), PoolError> {
+        let addr = self.addr(base_url).map_err(PoolError::Target)?;
+        h1::check_target(&addr.prefix, path_and_query).map_err(PoolError::Target)?;
+        let head = h1::Head {
+            method,
+            prefix: &addr.prefix,
+            path_and_query,
+            host: &addr.host_header,
+            headers,
+        };
+        while let Some(mut conn) = self.take_idle(base_url) {
+            match conn.exchange(&head, body).await {
+                Ok(answer) => return Ok((answer, conn)),
+                Err(h1::Error::Unanswered) if method.is_idempotent() && body.rewind() => {
+                    tracing::debug!(replica = %base_url, "kept-alive connection closed unanswered; sending again");
+                }
+                Err(e) => return Err(PoolError::Exchange(e)),
             }
         }
-        let mut sender = match self.connect(base_url).await {
-            Ok(sender) => sender,
-            Err(e) => return Err((e, Some(req))),
-        };
-        match sender.send_request(req).await {
-            Ok(res) => Ok((res, sender)),
-            Err(e) => Err((PoolError::Request(e), None)),
+        let mut conn = self.connect(&addr).await.map_err(PoolError::Connect)?;
+        match conn.exchange(&head, body).await {
+            Ok(answer) => Ok((answer, conn)),
+            Err(e) => Err(PoolError::Exchange(e)),
         }
     }
 
-    fn take_idle(&self, base_url: &str) -> Option<Sender> {
+    fn take_idle(&self, base_url: &str) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let conns = idle.get_mut(base_url)?;
         while let Some(conn) = conns.pop() {
             if conn.usable(self.idle_timeout) {
-                return Some(conn.sender);
+                return Some(conn.conn);
             }
         }
         None
     }
 
-    /// A connection whose response was read to its end, for the next request.
-    fn give_back(self: &Arc<Self>, base_url: &Arc<str>, sender: Sender) {
-        if sender.is_closed() {
-            return;
-        }
+    /// A connection whose answer was read to its end, for the next request.
+    fn give_back(self: &Arc<Self>, base_url: &Arc<str>, conn: Conn) {
         let conn = IdleConn {
-            sender,
+            conn,
             since: std::time::Instant::now(),
         };
         {
@@ -203,30 +190,17 @@ impl Pool {
         !idle.is_empty()
     }
 
-    async fn connect(&self, base_url: &Arc<str>) -> Result<Sender, PoolError> {
-        let addr = self
-            .addr(base_url)
-            .map_err(|e| PoolError::Connect(std::io::Error::new(ErrorKind::InvalidInput, e)))?;
+    async fn connect(&self, addr: &Addr) -> Result<Conn, std::io::Error> {
         let timed_out = || {
             std::io::Error::new(
                 ErrorKind::TimedOut,
                 format!("no connection within {:?}", self.connect_timeout),
             )
         };
-        let stream = tokio::time::timeout(self.connect_timeout, open(&addr))
+        let stream = tokio::time::timeout(self.connect_timeout, open(addr))
             .await
-            .map_err(|_| PoolError::Connect(timed_out()))?
-            .map_err(PoolError::Connect)?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(PoolError::Request)?;
-        let replica = base_url.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%replica, error = %e, "replica connection ended");
-            }
-        });
-        Ok(sender)
+            .map_err(|_| timed_out())??;
+        Ok(Conn::new(stream))
     }
 }
 
@@ -305,24 +279,24 @@ impl Addr {
     }
 }
 
-/// The hook of a replica's response ([`Tracked`]) that gives its connection back to the pool
-/// when the body has been read to its end; a body that fails, idles out or is dropped first
-/// takes its connection with it (closed, never reused with bytes unread).
-fn give_back_at_end(pool: Arc<Pool>, base_url: Arc<str>, sender: Sender) -> OnClose {
-    OnClose::new(move |complete| {
-        if complete {
-            pool.give_back(&base_url, sender);
-        }
-    })
+/// The body of a replica's answer, which gives its connection back to the pool once read to
+/// its end; a body that fails, idles out or is dropped first takes its connection with it
+/// (closed, never reused with bytes unread).
+fn answer_body(pool: Arc<Pool>, base_url: Arc<str>, conn: Conn, answer: &h1::Answer) -> AnswerBody {
+    AnswerBody::new(
+        conn,
+        answer,
+        Box::new(move |conn| pool.give_back(&base_url, conn)),
+    )
 }
 
 /// Why a request could not be sent to a replica.
 pub(crate) enum SendError {
-    /// No connection could be made (refused, or timed out). The body, if the client never read
-    /// it, comes back for another replica.
+    /// No connection could be made (refused, or timed out). The body comes back untouched,
+    /// for another replica.
     NotConnected {
         err: ProxyError,
-        body: Option<ForwardBody>,
+        body: ForwardBody,
         /// The connection was refused: nothing listens there, so whatever lived there (a
         /// session) is gone. Not said of a timeout or a DNS failure, which may pass.
         refused: bool,
@@ -378,7 +352,7 @@ impl Gateway {
                     err, body: again, ..
                 }) => {
                     last = Some(err);
-                    body = again.or(copy);
+                    body = Some(again);
                 }
                 Err(e) => return Err(e.into_error()),
             }
@@ -409,69 +383,57 @@ impl Gateway {
             )
             .increment(1);
         };
-        let (uri, host) = self
-            .upstream
-            .uri(&replica.base_url, path_and_query)
-            .map_err(|e| {
-                SendError::Other(ProxyError::BadUpstreamResponse {
-                    adapter: adapter.to_owned(),
-                    replica: replica.id.to_string(),
-                    reason: format!("invalid upstream URL: {e}"),
-                })
-            })?;
-        let mut req = Request::new(body);
-        *req.method_mut() = parts.method.clone();
-        *req.uri_mut() = uri;
-        *req.headers_mut() = parts.headers.clone();
+        let mut headers = parts.headers.clone();
         headers::to_upstream(
-            req.headers_mut(),
+            &mut headers,
             parts.extensions.get::<ClientAddr>().map(|a| a.0),
         );
-        req.headers_mut().insert(http::header::HOST, host);
         headers::identity_to_upstream(
-            req.headers_mut(),
+            &mut headers,
             config.identity_headers.as_ref(),
             parts.extensions.get::<Principal>(),
             &target.upstream_headers,
         );
 
         let probe = parts.extensions.get::<Probe>();
-        let attempt = observe::client_attempt(&self.observer, probe, replica, req.headers_mut());
+        let attempt = observe::client_attempt(&self.observer, probe, replica, &mut headers);
 
         let health = self.shared.health.get(adapter, &replica.id);
         let in_flight = health.start();
+        let mut body = body;
         let sent = tokio::time::timeout(
             config.request_timeout,
-            self.upstream.request(&replica.base_url, req),
+            self.upstream.request(
+                &replica.base_url,
+                &parts.method,
+                path_and_query,
+                &headers,
+                &mut body,
+            ),
         )
         .await;
-        let (err, unsent) = match sent {
-            Ok(Ok((res, sender))) => {
-                let outcome = if res.status().is_server_error() {
+        let err = match sent {
+            Ok(Ok((answer, conn))) => {
+                let outcome = if answer.status.is_server_error() {
                     Outcome::ServerError
                 } else {
                     Outcome::Success
                 };
                 record_outcome(config, adapter, replica, &health, outcome);
-                let back = (self.upstream.clone(), replica.base_url.clone(), sender);
-                let mut res = self.respond(res, back, in_flight);
+                let mut res = self.respond(answer, conn, replica.base_url.clone(), in_flight);
                 attempt.attach(&mut res);
                 return Ok(res);
             }
-            Ok(Err(failed)) => failed,
-            Err(_) => {
-                observe::client_failed(probe, adapter, &self.observer, attempt, "timeout");
-                upstream_error("timeout");
-                return Err(SendError::Other(ProxyError::UpstreamTimeout {
+            Ok(Err(PoolError::Connect(e))) => e,
+            Ok(Err(PoolError::Target(reason))) => {
+                observe::client_failed(probe, adapter, &self.observer, attempt, "io_error");
+                return Err(SendError::Other(ProxyError::BadUpstreamResponse {
                     adapter: adapter.to_owned(),
                     replica: replica.id.to_string(),
-                    after: config.request_timeout,
+                    reason: format!("invalid upstream URL: {reason}"),
                 }));
             }
-        };
-        let err = match err {
-            PoolError::Connect(e) => e,
-            PoolError::Request(e) => {
+            Ok(Err(PoolError::Exchange(e))) => {
                 if let Some(limit) = find_source::<BodyTooLarge>(&e) {
                     observe::client_failed(
                         probe,
@@ -484,10 +446,29 @@ impl Gateway {
                 }
                 observe::client_failed(probe, adapter, &self.observer, attempt, "io_error");
                 upstream_error("io");
-                return Err(SendError::Other(ProxyError::UpstreamUnavailable {
+                return Err(SendError::Other(match e {
+                    h1::Error::Protocol(reason) => {
+                        record_outcome(config, adapter, replica, &health, Outcome::ServerError);
+                        ProxyError::BadUpstreamResponse {
+                            adapter: adapter.to_owned(),
+                            replica: replica.id.to_string(),
+                            reason,
+                        }
+                    }
+                    e => ProxyError::UpstreamUnavailable {
+                        adapter: adapter.to_owned(),
+                        replica: replica.id.to_string(),
+                        reason: error_chain(&e),
+                    },
+                }));
+            }
+            Err(_) => {
+                observe::client_failed(probe, adapter, &self.observer, attempt, "timeout");
+                upstream_error("timeout");
+                return Err(SendError::Other(ProxyError::UpstreamTimeout {
                     adapter: adapter.to_owned(),
                     replica: replica.id.to_string(),
-                    reason: error_chain(&e),
+                    after: config.request_timeout,
                 }));
             }
         };
@@ -518,27 +499,30 @@ impl Gateway {
         Err(SendError::NotConnected {
             err,
             // No byte of the body was read: the connection never opened.
-            body: unsent.map(Request::into_body),
+            body,
             refused: kind == ErrorKind::ConnectionRefused,
         })
     }
 
     fn respond(
         &self,
-        res: Response<Incoming>,
-        back: (Arc<Pool>, Arc<str>, Sender),
+        answer: h1::Answer,
+        conn: Conn,
+        base_url: Arc<str>,
         in_flight: InFlight,
     ) -> Response<Tracked> {
-        let (mut parts, inner) = res.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        let (pool, base_url, sender) = back;
+        let inner = answer_body(self.upstream.clone(), base_url, conn, &answer);
         let mut body = Tracked::new(
-            inner.map_err(BoxError::from).boxed_unsync(),
+            inner.boxed_unsync(),
             self.shared.config.stream_idle_timeout,
-            vec![give_back_at_end(pool, base_url, sender)],
+            Vec::new(),
         );
         body.in_flight = Some(in_flight);
-        Response::from_parts(parts, body)
+        let mut res = Response::new(body);
+        *res.status_mut() = answer.status;
+        *res.headers_mut() = answer.headers;
+        headers::strip_hop_by_hop(res.headers_mut());
+        res
     }
 }
 
@@ -576,6 +560,9 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
+    use http::Request;
+    use hyper::body::Incoming;
+    use hyper_util::rt::TokioIo;
 
     use super::*;
 
@@ -631,30 +618,24 @@ mod tests {
         }))
     }
 
-    fn get(path: &str) -> Request<ForwardBody> {
-        let mut req = Request::new(ForwardBody::new(Vec::new(), None, 0));
-        *req.uri_mut() = Uri::try_from(path).unwrap();
-        req
+    fn no_body() -> ForwardBody {
+        ForwardBody::new(Vec::new(), None, 0)
     }
 
     /// Sends GET `path` and reads the answer through the pool's body, as the gateway does.
     async fn call(pool: &Arc<Pool>, r: &Replica, path: &str) -> String {
-        let (res, sender) = pool
-            .request(&r.base_url, get(path))
+        let (answer, conn) = pool
+            .request(
+                &r.base_url,
+                &Method::GET,
+                path,
+                &HeaderMap::new(),
+                &mut no_body(),
+            )
             .await
-            .map_err(|e| e.0)
             .unwrap();
-        let body = tracked(pool, r, res, sender);
+        let body = answer_body(pool.clone(), r.base_url.clone(), conn, &answer);
         String::from_utf8(body.collect().await.unwrap().to_bytes().to_vec()).unwrap()
-    }
-
-    /// The answer's body as the gateway wraps it, with the hook that gives its connection back.
-    fn tracked(pool: &Arc<Pool>, r: &Replica, res: Response<Incoming>, sender: Sender) -> Tracked {
-        Tracked::new(
-            res.into_body().map_err(BoxError::from).boxed_unsync(),
-            Duration::from_secs(30),
-            vec![give_back_at_end(pool.clone(), r.base_url.clone(), sender)],
-        )
     }
 
     async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
@@ -710,12 +691,17 @@ mod tests {
     async fn a_body_dropped_before_its_end_takes_its_connection_with_it() {
         let r = replica(false).await;
         let pool = pool(Duration::from_secs(30));
-        let (res, sender) = pool
-            .request(&r.base_url, get("/x"))
+        let (answer, conn) = pool
+            .request(
+                &r.base_url,
+                &Method::GET,
+                "/x",
+                &HeaderMap::new(),
+                &mut no_body(),
+            )
             .await
-            .map_err(|e| e.0)
             .unwrap();
-        drop(tracked(&pool, &r, res, sender));
+        drop(answer_body(pool.clone(), r.base_url.clone(), conn, &answer));
         assert!(pool.take_idle(&r.base_url).is_none(), "not given back");
         assert_eq!(call(&pool, &r, "/y").await, "/y");
         assert_eq!(r.accepted.load(Ordering::SeqCst), 2);
@@ -735,23 +721,88 @@ mod tests {
         assert_eq!(r.accepted.load(Ordering::SeqCst), 5);
     }
 
+    /// A replica that answers the first request of each connection and reads the second one
+    /// without answering, closing the connection (a keep-alive close racing a request).
+    async fn closing_replica() -> (Arc<str>, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base_url = format!("http://{}", listener.local_addr().unwrap()).into();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let a = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                a.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    let _ = s.write_all(ok).await;
+                    let _ = s.read(&mut buf).await;
+                    // Closed with the second request read and unanswered.
+                });
+            }
+        });
+        (base_url, accepted)
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_request_on_a_kept_alive_connection_is_sent_again_only_when_idempotent() {
+        let (base_url, accepted) = closing_replica().await;
+        let pool = pool(Duration::from_secs(30));
+        let r = Replica {
+            base_url: base_url.clone(),
+            accepted: accepted.clone(),
+            open: Arc::new(AtomicUsize::new(0)),
+        };
+        assert_eq!(call(&pool, &r, "/a").await, "ok");
+        // The GET on the kept-alive connection is unanswered, then answered on a new one.
+        assert_eq!(call(&pool, &r, "/b").await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // A POST there is not sent twice.
+        let mut body = ForwardBody::new(vec![Bytes::from_static(b"{}")], None, 2);
+        let sent = pool
+            .request(
+                &base_url,
+                &Method::POST,
+                "/mcp",
+                &HeaderMap::new(),
+                &mut body,
+            )
+            .await;
+        assert!(
+            matches!(sent, Err(PoolError::Exchange(h1::Error::Unanswered))),
+            "{:?}",
+            sent.err()
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
     #[tokio::test]
     async fn a_refused_connection_gives_the_request_back() {
         let free = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base: Arc<str> = format!("http://{}", free.local_addr().unwrap()).into();
         drop(free);
         let pool = pool(Duration::from_secs(30));
-        let Err((PoolError::Connect(e), Some(req))) = pool.request(&base, get("/mcp")).await else {
-            panic!("a refused connection is a connect error with the request");
+        let mut body = ForwardBody::new(vec![Bytes::from_static(b"{}")], None, 2);
+        let sent = pool
+            .request(&base, &Method::POST, "/mcp", &HeaderMap::new(), &mut body)
+            .await;
+        let Err(PoolError::Connect(e)) = sent else {
+            panic!("a refused connection is a connect error");
         };
         assert_eq!(e.kind(), ErrorKind::ConnectionRefused);
-        assert_eq!(req.uri(), "/mcp");
+        assert_eq!(
+            body.collect().await.unwrap().to_bytes(),
+            "{}",
+            "the body is whole"
+        );
     }
 
     #[test]
-    fn a_replica_uri_joins_its_base_path_and_the_path_and_sends_the_host_a_client_would() {
+    fn a_replica_request_joins_its_base_path_and_the_path_and_sends_the_host_a_client_would() {
         let pool = Pool::new(&RoutingConfig::default());
-        for (base, path, uri, host) in [
+        for (base, path, target, host) in [
             ("http://127.0.0.1:9001", "/mcp", "/mcp", "127.0.0.1:9001"),
             (
                 "http://echo-0.echo:8080",
@@ -767,16 +818,18 @@ mod tests {
             let base: Arc<str> = base.into();
             // The second time from the parsed address.
             for _ in 0..2 {
-                let (u, h) = pool.uri(&base, path).unwrap();
-                assert_eq!(u.to_string(), uri);
-                assert_eq!(h, host);
+                let addr = pool.addr(&base).unwrap();
+                h1::check_target(&addr.prefix, path).unwrap();
+                assert_eq!(format!("{}{path}", addr.prefix), target);
+                assert_eq!(addr.host_header, host);
             }
         }
         let v6 = pool.addr(&"http://[::1]:9001".into()).unwrap();
         assert_eq!((&*v6.host, v6.port), ("::1", 9001));
-        let err = pool.uri(&"https://host:443".into(), "/mcp").unwrap_err();
+        let err = pool.addr(&"https://host:443".into()).err().unwrap();
         assert!(err.contains("http only"), "{err}");
-        assert!(pool.uri(&"not a url".into(), "/mcp").is_err());
-        assert!(pool.uri(&"http://h:1".into(), "/a b").is_err());
+        assert!(pool.addr(&"not a url".into()).is_err());
+        assert!(h1::check_target("", "/a b").is_err());
+        assert!(h1::check_target("", "mcp").is_err());
     }
 }
