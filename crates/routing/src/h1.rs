@@ -93,9 +93,32 @@ pub(crate) struct Head<'a> {
     pub prefix: &'a str,
     pub path_and_query: &'a str,
     pub host: &'a HeaderValue,
-    /// End-to-end headers: any `Host`, `Content-Length` and `Transfer-Encoding` among them are
-    /// left out (the gateway writes its own).
-    pub headers: &'a HeaderMap,
+    /// The end-to-end headers; `Host` and the framing headers are the client's own.
+    pub headers: &'a dyn WriteHeaders,
+}
+
+/// Writes a request's header lines (`name: value\r\n`), leaving out `Host`,
+/// `Content-Length` and `Transfer-Encoding`, which the client writes itself.
+pub(crate) trait WriteHeaders: Sync {
+    fn write_headers(&self, out: &mut Vec<u8>);
+}
+
+/// A header map sent as it is (but for the headers the client writes).
+impl WriteHeaders for HeaderMap {
+    fn write_headers(&self, out: &mut Vec<u8>) {
+        for (name, value) in self {
+            if name == header::HOST
+                || name == header::CONTENT_LENGTH
+                || name == header::TRANSFER_ENCODING
+            {
+                continue;
+            }
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+    }
 }
 
 /// Whether `target` can be sent as a request target: origin-form, visible ASCII.
@@ -231,18 +254,7 @@ fn encode_head(out: &mut Vec<u8>, head: &Head<'_>, framing: BodyFraming) {
     out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
     out.extend_from_slice(head.host.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in head.headers {
-        if name == header::HOST
-            || name == header::CONTENT_LENGTH
-            || name == header::TRANSFER_ENCODING
-        {
-            continue;
-        }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    head.headers.write_headers(out);
     match framing {
         BodyFraming::None => {}
         BodyFraming::Length(n) => {

@@ -70,27 +70,117 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Prepares a client's request headers for a replica: no hop-by-hop headers, no `Host` (the
-/// client sets the replica's), and `X-Forwarded-*` describing the original request.
-pub fn to_upstream(headers: &mut HeaderMap, client: Option<SocketAddr>) {
-    strip_hop_by_hop(headers);
-    if let Some(host) = headers.remove(header::HOST) {
-        headers.insert(X_FORWARDED_HOST, host);
-    }
-    if let Some(addr) = client {
-        let mut value = String::new();
-        if let Some(prev) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            value.reserve(prev.len() + 2 + 15);
-            value.push_str(prev);
-            value.push_str(", ");
+/// The headers a replica gets for a client's request, written straight into the request's
+/// head from the client's (no copy of the client's header map is made):
+/// - No hop-by-hop headers (nor those `Connection` names), no `Host` (the gateway sends the
+///   replica's) and no framing headers (the gateway frames the body itself).
+/// - `X-Forwarded-Host` (the client's `Host`), `X-Forwarded-For` (the client's first value, then
+///   the client's address) and `X-Forwarded-Proto` describe the original request.
+/// - What the replica learns of the caller: never the client's credentials (`Authorization` is
+///   the gateway's, and identity headers a client made up are dropped, under the configured
+///   names and the default ones); the adapter's own upstream headers; then the authenticated
+///   principal's subject and roles, each value percent-encoded where it holds `%`, `,` or
+///   characters a header cannot carry (so a role named `a,mcp.admin` cannot pass for two).
+/// - Last, `extra` (the trace context of the gateway's span), which replaces the client's.
+///
+/// A header the gateway writes replaces every client header of that name.
+pub(crate) struct Forward<'a> {
+    pub headers: &'a HeaderMap,
+    pub client: Option<SocketAddr>,
+    pub names: Option<&'a crate::IdentityHeaders>,
+    pub principal: Option<&'a mcp_gateway_core::Principal>,
+    /// The adapter's upstream headers (of a name given twice, the last).
+    pub upstream: &'a [(HeaderName, HeaderValue)],
+    pub extra: &'a HeaderMap,
+}
+
+impl crate::h1::WriteHeaders for Forward<'_> {
+    fn write_headers(&self, out: &mut Vec<u8>) {
+        let headers = self.headers;
+        let host = headers.get(header::HOST);
+        // Headers `Connection` names are hop-by-hop too; most requests have none.
+        let named: Vec<HeaderName> = if headers.contains_key(header::CONNECTION) {
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let identity = self.names.zip(self.principal);
+        let replaced = |name: &HeaderName| {
+            is_hop_by_hop(name)
+                || name == header::HOST
+                || name == header::CONTENT_LENGTH
+                || name == header::AUTHORIZATION
+                || name == DEFAULT_USER_ID
+                || name == DEFAULT_ROLES
+                || name == X_FORWARDED_PROTO
+                || (name == X_FORWARDED_FOR && self.client.is_some())
+                || (name == X_FORWARDED_HOST && host.is_some())
+                || self
+                    .names
+                    .is_some_and(|n| *name == n.user_id || *name == n.roles)
+                || self.upstream.iter().any(|(n, _)| n == name)
+                || self.extra.contains_key(name)
+                || named.contains(name)
+        };
+        for (name, value) in headers {
+            if !replaced(name) {
+                line(out, name.as_str(), value.as_bytes());
+            }
         }
-        push_ip(&mut value, addr.ip());
-        // From the String itself: no copy.
-        if let Ok(v) = HeaderValue::try_from(value) {
-            headers.insert(X_FORWARDED_FOR, v);
+        if let Some(host) = host {
+            line(out, X_FORWARDED_HOST.as_str(), host.as_bytes());
+        }
+        if let Some(addr) = self.client {
+            let mut value = String::new();
+            if let Some(prev) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+                value.reserve(prev.len() + 2 + 15);
+                value.push_str(prev);
+                value.push_str(", ");
+            }
+            push_ip(&mut value, addr.ip());
+            line(out, X_FORWARDED_FOR.as_str(), value.as_bytes());
+        }
+        line(out, X_FORWARDED_PROTO.as_str(), b"http");
+        for (i, (name, value)) in self.upstream.iter().enumerate() {
+            let later = self.upstream[i + 1..].iter().any(|(n, _)| n == name);
+            let identity_name =
+                identity.is_some_and(|(n, _)| *name == n.user_id || *name == n.roles);
+            if !later && !identity_name {
+                line(out, name.as_str(), value.as_bytes());
+            }
+        }
+        if let Some((names, p)) = identity {
+            let mut value = String::with_capacity(p.subject.len());
+            push_identity_value(&mut value, &p.subject);
+            line(out, names.user_id.as_str(), value.as_bytes());
+            value.clear();
+            for (i, role) in p.roles.iter().enumerate() {
+                if i > 0 {
+                    value.push(',');
+                }
+                push_identity_value(&mut value, role);
+            }
+            line(out, names.roles.as_str(), value.as_bytes());
+        }
+        for (name, value) in self.extra {
+            line(out, name.as_str(), value.as_bytes());
         }
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+}
+
+/// Writes one header line. Values come from `HeaderValue`s or are made of visible ASCII and
+/// spaces, so none holds a CR or LF.
+fn line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Appends `ip` as text; an IPv4 address digit by digit (the formatting machinery of
@@ -115,49 +205,6 @@ fn push_ip(out: &mut String, ip: std::net::IpAddr) {
             out.push(char::from(b'0' + octet / 10 % 10));
         }
         out.push(char::from(b'0' + octet % 10));
-    }
-}
-
-/// What the replica learns of the caller: never the client's credentials (`Authorization`
-/// is the gateway's, and identity headers a client made up are dropped, under the configured
-/// names and the default ones); the adapter's own upstream headers; then the authenticated
-/// principal's subject and roles, each value percent-encoded where it holds `%`, `,` or
-/// characters a header cannot carry (so a role named `a,mcp.admin` cannot pass for two).
-pub fn identity_to_upstream(
-    headers: &mut HeaderMap,
-    names: Option<&crate::IdentityHeaders>,
-    principal: Option<&mcp_gateway_core::Principal>,
-    upstream: &[(http::HeaderName, HeaderValue)],
-) {
-    headers.remove(header::AUTHORIZATION);
-    headers.remove(DEFAULT_USER_ID);
-    headers.remove(DEFAULT_ROLES);
-    if let Some(n) = names {
-        for name in [&n.user_id, &n.roles] {
-            if name != DEFAULT_USER_ID && name != DEFAULT_ROLES {
-                headers.remove(name);
-            }
-        }
-    }
-    for (name, value) in upstream {
-        headers.insert(name.clone(), value.clone());
-    }
-    let (Some(names), Some(p)) = (names, principal) else {
-        return;
-    };
-    let mut roles = String::new();
-    for (i, role) in p.roles.iter().enumerate() {
-        if i > 0 {
-            roles.push(',');
-        }
-        push_identity_value(&mut roles, role);
-    }
-    let mut subject = String::with_capacity(p.subject.len());
-    push_identity_value(&mut subject, &p.subject);
-    for (name, value) in [(&names.user_id, subject), (&names.roles, roles)] {
-        if let Ok(v) = HeaderValue::try_from(value) {
-            headers.insert(name.clone(), v);
-        }
     }
 }
 
@@ -280,6 +327,36 @@ pub fn check_host_and_origin(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::h1::WriteHeaders;
+
+    static NO_HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
+
+    fn plain(headers: &HeaderMap) -> Forward<'_> {
+        Forward {
+            headers,
+            client: None,
+            names: None,
+            principal: None,
+            upstream: &[],
+            extra: &NO_HEADERS,
+        }
+    }
+
+    /// The header lines `forward` writes, read back as a map.
+    fn written(forward: &Forward<'_>) -> HeaderMap {
+        let mut out = Vec::new();
+        forward.write_headers(&mut out);
+        let text = String::from_utf8(out).unwrap();
+        let mut h = HeaderMap::new();
+        for line in text.split_terminator("\r\n") {
+            let (name, value) = line.split_once(": ").unwrap();
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        h
+    }
 
     #[test]
     fn identity_cannot_be_forged_or_split() {
@@ -297,16 +374,45 @@ mod tests {
             None,
             vec!["a,mcp.admin".into(), "100%".into(), "team a".into()],
         );
-        identity_to_upstream(&mut h, Some(&names), Some(&p), &[]);
+        let upstream = [
+            (
+                HeaderName::from_static("x-api"),
+                HeaderValue::from_static("1"),
+            ),
+            (
+                HeaderName::from_static("x-api"),
+                HeaderValue::from_static("2"),
+            ),
+            (
+                HeaderName::from_static("x-user"),
+                HeaderValue::from_static("forged"),
+            ),
+        ];
+        let h = written(&Forward {
+            names: Some(&names),
+            principal: Some(&p),
+            upstream: &upstream,
+            ..plain(&h)
+        });
         assert!(h.get(header::AUTHORIZATION).is_none());
+        assert_eq!(h.get_all("x-api").iter().collect::<Vec<_>>(), ["2"]);
+        assert_eq!(h.get_all("x-user").iter().count(), 1);
         assert!(h.get("x-mcp-userid").is_none() && h.get("x-mcp-roles").is_none());
         assert_eq!(h["x-user"], "Zo%C3%AB");
         assert_eq!(h["x-groups"], "a%2Cmcp.admin,100%25,team a");
         // Identity forwarding off: forged defaults are still dropped.
         let mut h = HeaderMap::new();
         h.insert("x-mcp-userid", HeaderValue::from_static("admin"));
-        identity_to_upstream(&mut h, None, Some(&p), &[]);
+        h.insert("x-user", HeaderValue::from_static("admin"));
+        let h = written(&Forward {
+            principal: Some(&p),
+            ..plain(&h)
+        });
         assert!(h.get("x-mcp-userid").is_none());
+        assert_eq!(
+            h["x-user"], "admin",
+            "not an identity header when none are configured"
+        );
     }
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
@@ -322,7 +428,7 @@ mod tests {
 
     #[test]
     fn hop_by_hop_headers_do_not_cross_mcp_headers_do() {
-        let mut h = map(&[
+        let h = map(&[
             ("connection", "keep-alive, x-private"),
             ("keep-alive", "timeout=5"),
             ("x-private", "1"),
@@ -335,9 +441,17 @@ mod tests {
             ("mcp-protocol-version", "2025-06-18"),
             ("last-event-id", "42"),
             ("accept", "application/json, text/event-stream"),
-            ("authorization", "Bearer t"),
+            ("content-length", "2"),
+            ("x-forwarded-proto", "https"),
+            ("traceparent", "00-client"),
         ]);
-        to_upstream(&mut h, Some("10.0.0.9:5555".parse().unwrap()));
+        let mut trace = HeaderMap::new();
+        trace.insert("traceparent", HeaderValue::from_static("00-gateway"));
+        let h = written(&Forward {
+            client: Some("10.0.0.9:5555".parse().unwrap()),
+            extra: &trace,
+            ..plain(&h)
+        });
         for gone in [
             "connection",
             "keep-alive",
@@ -347,6 +461,8 @@ mod tests {
             "upgrade",
             "proxy-authorization",
             "host",
+            "content-length",
+            "authorization",
         ] {
             assert!(!h.contains_key(gone), "{gone} must not be forwarded");
         }
@@ -355,10 +471,14 @@ mod tests {
             "mcp-protocol-version",
             "last-event-id",
             "accept",
-            "authorization",
         ] {
             assert!(h.contains_key(kept), "{kept} must be forwarded");
         }
+        assert_eq!(
+            h.get_all("traceparent").iter().collect::<Vec<_>>(),
+            ["00-gateway"]
+        );
+        assert_eq!(h.get_all("x-forwarded-proto").iter().count(), 1);
         assert_eq!(h["x-forwarded-host"], "gw.example:8080");
         assert_eq!(h["x-forwarded-for"], "10.0.0.9");
         assert_eq!(h["x-forwarded-proto"], "http");
@@ -378,8 +498,11 @@ mod tests {
             "upgrade",
         ] {
             let mut h = map(&[(name, "x"), ("accept", "*/*")]);
+            let sent = written(&plain(&h));
+            assert!(!sent.contains_key(name), "{name} must not be forwarded");
+            assert!(sent.contains_key("accept"));
             strip_hop_by_hop(&mut h);
-            assert!(!h.contains_key(name), "{name} must not be forwarded");
+            assert!(!h.contains_key(name), "{name} must not be answered");
             assert!(h.contains_key("accept"));
         }
     }
@@ -407,9 +530,18 @@ mod tests {
 
     #[test]
     fn x_forwarded_for_is_appended() {
-        let mut h = map(&[("x-forwarded-for", "1.2.3.4")]);
-        to_upstream(&mut h, Some("10.0.0.9:1".parse().unwrap()));
-        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
+        let h = map(&[
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-for", "5.6.7.8"),
+        ]);
+        let h = written(&Forward {
+            client: Some("10.0.0.9:1".parse().unwrap()),
+            ..plain(&h)
+        });
+        assert_eq!(
+            h.get_all("x-forwarded-for").iter().collect::<Vec<_>>(),
+            ["1.2.3.4, 10.0.0.9"]
+        );
     }
 
     #[test]

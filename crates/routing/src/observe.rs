@@ -361,12 +361,14 @@ pub(crate) struct Upstream {
     span: Option<Span>,
 }
 
-/// Opens the CLIENT span of an attempt on `replica` and writes its context into the request.
+/// Opens the CLIENT span of an attempt on `replica` (a request with `headers`) and writes its
+/// context into `trace_context`, sent with the request.
 pub(crate) fn client_attempt(
     observer: &Observer,
     probe: Option<&Probe>,
     replica: &mcp_gateway_core::Replica,
-    headers: &mut HeaderMap,
+    headers: &HeaderMap,
+    trace_context: &mut HeaderMap,
 ) -> Upstream {
     let span = observer.propagator.as_ref().and_then(|propagator| {
         let probe = probe?;
@@ -407,7 +409,7 @@ pub(crate) fn client_attempt(
         drop(facts);
         target_fields(&span, method, name);
         parent.record("mcp_gateway.replica", &*replica.id);
-        propagator.inject(&span, headers);
+        propagator.inject(&span, trace_context);
         Some(span)
     });
     Upstream {

@@ -121,7 +121,7 @@ impl Pool {
         base_url: &Arc<str>,
         method: &Method,
         path_and_query: &str,
-        headers: &HeaderMap,
+        headers: &dyn h1::WriteHeaders,
         body: &mut ForwardBody,
     ) -> Result<(h1::Answer, Conn), PoolError> {
         let addr = self.addr(base_url).map_err(PoolError::Target)?;
@@ -383,20 +383,23 @@ impl Gateway {
             )
             .increment(1);
         };
-        let mut headers = parts.headers.clone();
-        headers::to_upstream(
-            &mut headers,
-            parts.extensions.get::<ClientAddr>().map(|a| a.0),
-        );
-        headers::identity_to_upstream(
-            &mut headers,
-            config.identity_headers.as_ref(),
-            parts.extensions.get::<Principal>(),
-            &target.upstream_headers,
-        );
-
         let probe = parts.extensions.get::<Probe>();
-        let attempt = observe::client_attempt(&self.observer, probe, replica, &mut headers);
+        let mut trace_context = HeaderMap::new();
+        let attempt = observe::client_attempt(
+            &self.observer,
+            probe,
+            replica,
+            &parts.headers,
+            &mut trace_context,
+        );
+        let headers = headers::Forward {
+            headers: &parts.headers,
+            client: parts.extensions.get::<ClientAddr>().map(|a| a.0),
+            names: config.identity_headers.as_ref(),
+            principal: parts.extensions.get::<Principal>(),
+            upstream: &target.upstream_headers,
+            extra: &trace_context,
+        };
 
         let health = self.shared.health.get(adapter, &replica.id);
         let in_flight = health.start();
