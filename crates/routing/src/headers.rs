@@ -238,8 +238,8 @@ pub fn is_stateless(headers: &HeaderMap) -> bool {
         .is_some_and(|v| v.len() == STATELESS_REVISION.len() && v >= STATELESS_REVISION)
 }
 
-/// Splits `host[:port]` (also `[v6]:port`) and returns the lowercase host part.
-fn host_part(authority: &str) -> String {
+/// Splits `host[:port]` (also `[v6]:port`) and returns the host part (compared without case).
+fn host_part(authority: &str) -> &str {
     let a = authority.trim();
     let host = if a.starts_with('[') {
         // `[v6]` or `[v6]:port`, nothing else after the bracket.
@@ -259,7 +259,7 @@ fn host_part(authority: &str) -> String {
             .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
             .map_or(a, |(h, _)| h)
     };
-    host.to_ascii_lowercase()
+    host
 }
 
 /// A loopback IP literal (`127.0.0.0/8`, `[::1]`), or `localhost` and its subdomains, which
@@ -267,7 +267,13 @@ fn host_part(authority: &str) -> String {
 /// (`127.0.0.1.attacker.example` is the attacker's host).
 fn is_loopback_host(host: &str) -> bool {
     let host = host.trim_end_matches('.');
-    if host == "localhost" || host.ends_with(".localhost") {
+    const SUFFIX: &str = ".localhost";
+    let n = host.len();
+    if host.eq_ignore_ascii_case("localhost")
+        || (n > SUFFIX.len()
+            && host.is_char_boundary(n - SUFFIX.len())
+            && host[n - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX))
+    {
         return true;
     }
     let literal = host
@@ -292,8 +298,7 @@ pub fn check_host_and_origin(
     if !config.allowed_hosts.is_empty() {
         let h = host_part(host);
         let ok = config.allowed_hosts.iter().any(|allowed| {
-            let allowed = allowed.to_ascii_lowercase();
-            allowed == "*" || allowed == h || allowed.eq_ignore_ascii_case(host)
+            allowed == "*" || allowed.eq_ignore_ascii_case(h) || allowed.eq_ignore_ascii_case(host)
         });
         if !ok {
             return Err(ProxyError::HostNotAllowed(host.chars().take(100).collect()));
@@ -313,8 +318,7 @@ pub fn check_host_and_origin(
     let origin_host = origin_str
         .split_once("://")
         .map(|(_, rest)| host_part(rest.split('/').next().unwrap_or("")));
-    let loopback =
-        origin_host.as_deref().is_some_and(is_loopback_host) && is_loopback_host(&host_part(host));
+    let loopback = origin_host.is_some_and(is_loopback_host) && is_loopback_host(host_part(host));
     if allowed || loopback {
         Ok(())
     } else {
@@ -577,6 +581,7 @@ mod tests {
         let c = loopback_config();
         assert!(check_host_and_origin(&map(&[("host", "127.0.0.1:8080")]), &c).is_ok());
         assert!(check_host_and_origin(&map(&[("host", "localhost")]), &c).is_ok());
+        assert!(check_host_and_origin(&map(&[("host", "LocalHost:9")]), &c).is_ok());
         assert!(check_host_and_origin(&map(&[("host", "[::1]:80")]), &c).is_ok());
         assert!(matches!(
             check_host_and_origin(&map(&[("host", "evil.example:8080")]), &c),
@@ -638,11 +643,14 @@ mod tests {
             "http://127.1.2.3",
             "http://localhost:6274",
             "http://app.localhost",
+            "http://App.LocalHost.",
             "http://[::1]:6274",
         ] {
             assert!(ok("localhost:8080", good), "{good}");
             assert!(ok("127.0.0.1:8080", good), "{good}");
         }
         assert!(is_loopback_host("127.0.0.1") && !is_loopback_host("127.0.0.1.x"));
+        assert!(is_loopback_host("LOCALHOST") && !is_loopback_host(".localhost"));
+        assert!(!is_loopback_host("xlocalhost") && !is_loopback_host("é.localhos"));
     }
 }
