@@ -241,7 +241,7 @@ pub fn is_stateless(headers: &HeaderMap) -> bool {
 /// Splits `host[:port]` (also `[v6]:port`) and returns the host part (compared without case).
 fn host_part(authority: &str) -> &str {
     let a = authority.trim();
-    let host = if a.starts_with('[') {
+    if a.starts_with('[') {
         // `[v6]` or `[v6]:port`, nothing else after the bracket.
         match a.find(']') {
             Some(i)
@@ -258,8 +258,7 @@ fn host_part(authority: &str) -> &str {
         a.rsplit_once(':')
             .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
             .map_or(a, |(h, _)| h)
-    };
-    host
+    }
 }
 
 /// A loopback IP literal (`127.0.0.0/8`, `[::1]`), or `localhost` and its subdomains, which
