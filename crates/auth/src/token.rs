@@ -10,6 +10,21 @@ use serde_json::Value;
 
 use crate::error::{AuthError, TokenErrorKind};
 
+/// The bytes of an RFC 6750 b64token before its padding:
+/// `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="` (a table: the token is
+/// checked on every request).
+const B64TOKEN: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] =
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/');
+        i += 1;
+    }
+    table
+};
+
 /// The token of the request's single `Authorization: Bearer <token>` header.
 pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
     let mut values = headers.get_all(AUTHORIZATION).iter();
@@ -31,13 +46,8 @@ pub(crate) fn bearer(headers: &HeaderMap) -> Result<&str, AuthError> {
     if token.is_empty() {
         return Err(AuthError::Malformed("empty bearer token"));
     }
-    // RFC 6750 b64token: 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
     let body = token.trim_end_matches('=');
-    if body.is_empty()
-        || !body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._~+/".contains(&b))
-    {
+    if body.is_empty() || !body.bytes().all(|b| B64TOKEN[usize::from(b)]) {
         return Err(AuthError::Malformed(
             "bearer token has characters outside RFC 6750",
         ));
@@ -186,6 +196,10 @@ mod tests {
             "Bearer a b",
             "Bearerx",
             "Bearer =",
+            "Bearer a=b",
+            "Bearer a@b",
+            "Bearer a,b",
+            "Bearer a\"b",
         ] {
             assert!(
                 matches!(bearer(&headers(&[bad])), Err(AuthError::Malformed(_))),
@@ -202,6 +216,11 @@ mod tests {
             HeaderValue::from_bytes(b"Bearer \xe9t\xe9").unwrap(),
         );
         assert_eq!(bearer(&h), Err(AuthError::Malformed("not ASCII")));
+        // The table is the grammar's character set, byte for byte.
+        for b in 0..=255u8 {
+            let grammar = b.is_ascii_alphanumeric() || b"-._~+/".contains(&b);
+            assert_eq!(B64TOKEN[usize::from(b)], grammar, "byte {b}");
+        }
     }
 
     #[test]
