@@ -185,9 +185,10 @@ impl Gateway {
     }
 
     /// The same gateway (sessions, health, metrics, settings) with a pool of replica
-    /// connections of its own. A pooled connection is driven by a task of the runtime that
-    /// opened it; a server that runs one single-threaded runtime per core gives each its own
-    /// clone, so a request and its replica connection stay on one thread. Clones made with
+    /// connections of its own. A replica connection is registered with the runtime that opened
+    /// it and driven by the request that uses it; a server that runs one single-threaded
+    /// runtime per core gives each its own clone, so a request and its replica connection stay
+    /// on one thread. Clones made with
     /// `clone()` share one pool, which is right in one multi-threaded runtime.
     pub fn with_own_upstream_pool(mut self) -> Self {
         self.upstream = Arc::new(upstream::Pool::new(&self.shared.config));
