@@ -208,7 +208,7 @@ pub struct Tracked {
 
 impl Tracked {
     /// A replica's response stream: idles out after `idle` without a frame.
-    pub fn new(inner: ProxyBody, idle: Duration, on_close: Vec<OnClose>) -> Self {
+    pub fn new(inner: ProxyBody, idle: Duration) -> Self {
         Self {
             inner,
             idle: Some(Idle {
@@ -216,7 +216,7 @@ impl Tracked {
                 last_frame: Instant::now(),
                 timer: None,
             }),
-            on_close,
+            on_close: Vec::new(),
             watch: None,
             attempt: None,
             in_flight: None,
@@ -569,13 +569,10 @@ mod tests {
             Result<Frame<Bytes>, BoxError>,
         >())
         .boxed_unsync();
-        let body = Tracked::new(
-            pending,
-            Duration::from_secs(30),
-            vec![OnClose::new(move |complete| {
-                let _ = tx.send(complete);
-            })],
-        );
+        let mut body = Tracked::new(pending, Duration::from_secs(30));
+        body.on_close(OnClose::new(move |complete| {
+            let _ = tx.send(complete);
+        }));
         let err = collect(body).await.unwrap_err();
         assert!(err.contains("idle"), "{err}");
         assert_eq!(rx.await, Ok(false));
@@ -584,13 +581,10 @@ mod tests {
     #[tokio::test]
     async fn tracked_body_reports_completion() {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let body = Tracked::new(
-            chunks(&["a"]),
-            Duration::from_secs(30),
-            vec![OnClose::new(move |complete| {
-                let _ = tx.send(complete);
-            })],
-        );
+        let mut body = Tracked::new(chunks(&["a"]), Duration::from_secs(30));
+        body.on_close(OnClose::new(move |complete| {
+            let _ = tx.send(complete);
+        }));
         assert_eq!(collect(body).await.unwrap(), "a");
         assert_eq!(rx.await, Ok(true));
     }

@@ -7,6 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::RoutingConfig;
 use crate::error::ProxyError;
+use crate::h1::header_line;
 
 pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 pub const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
@@ -39,20 +40,24 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == header::UPGRADE
 }
 
+/// The headers `Connection` names, hop-by-hop too (no allocation when there are none).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect()
+}
+
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named by `Connection`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages have none: one pass over the names instead of nine removals.
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
+    for name in connection_named(headers) {
         headers.remove(name);
     }
     for name in [
@@ -98,18 +103,7 @@ impl crate::h1::WriteHeaders for Forward<'_> {
     fn write_headers(&self, out: &mut Vec<u8>) {
         let headers = self.headers;
         let host = headers.get(header::HOST);
-        // Headers `Connection` names are hop-by-hop too; most requests have none.
-        let named: Vec<HeaderName> = if headers.contains_key(header::CONNECTION) {
-            headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let named = connection_named(headers);
         let identity = self.names.zip(self.principal);
         let replaced = |name: &HeaderName| {
             is_hop_by_hop(name)
@@ -130,11 +124,11 @@ impl crate::h1::WriteHeaders for Forward<'_> {
         };
         for (name, value) in headers {
             if !replaced(name) {
-                line(out, name.as_str(), value.as_bytes());
+                header_line(out, name.as_str(), value.as_bytes());
             }
         }
         if let Some(host) = host {
-            line(out, X_FORWARDED_HOST.as_str(), host.as_bytes());
+            header_line(out, X_FORWARDED_HOST.as_str(), host.as_bytes());
         }
         if let Some(addr) = self.client {
             let mut value = String::new();
@@ -144,21 +138,21 @@ impl crate::h1::WriteHeaders for Forward<'_> {
                 value.push_str(", ");
             }
             push_ip(&mut value, addr.ip());
-            line(out, X_FORWARDED_FOR.as_str(), value.as_bytes());
+            header_line(out, X_FORWARDED_FOR.as_str(), value.as_bytes());
         }
-        line(out, X_FORWARDED_PROTO.as_str(), b"http");
+        header_line(out, X_FORWARDED_PROTO.as_str(), b"http");
         for (i, (name, value)) in self.upstream.iter().enumerate() {
             let later = self.upstream[i + 1..].iter().any(|(n, _)| n == name);
             let identity_name =
                 identity.is_some_and(|(n, _)| *name == n.user_id || *name == n.roles);
             if !later && !identity_name {
-                line(out, name.as_str(), value.as_bytes());
+                header_line(out, name.as_str(), value.as_bytes());
             }
         }
         if let Some((names, p)) = identity {
             let mut value = String::with_capacity(p.subject.len());
             push_identity_value(&mut value, &p.subject);
-            line(out, names.user_id.as_str(), value.as_bytes());
+            header_line(out, names.user_id.as_str(), value.as_bytes());
             value.clear();
             for (i, role) in p.roles.iter().enumerate() {
                 if i > 0 {
@@ -166,25 +160,16 @@ impl crate::h1::WriteHeaders for Forward<'_> {
                 }
                 push_identity_value(&mut value, role);
             }
-            line(out, names.roles.as_str(), value.as_bytes());
+            header_line(out, names.roles.as_str(), value.as_bytes());
         }
         for (name, value) in self.extra {
-            line(out, name.as_str(), value.as_bytes());
+            header_line(out, name.as_str(), value.as_bytes());
         }
     }
 }
 
-/// Writes one header line. Values come from `HeaderValue`s or are made of visible ASCII and
-/// spaces, so none holds a CR or LF.
-fn line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 /// Appends `ip` as text; an IPv4 address digit by digit (the formatting machinery of
-/// `Display` costs more than the rest of `to_upstream`).
+/// `Display` costs more than the rest of the forwarded headers).
 fn push_ip(out: &mut String, ip: std::net::IpAddr) {
     let std::net::IpAddr::V4(v4) = ip else {
         use std::fmt::Write as _;

@@ -369,7 +369,7 @@ impl Gateway {
         target: &AdapterTarget,
         replica: &Replica,
         parts: &http::request::Parts,
-        body: ForwardBody,
+        mut body: ForwardBody,
         path_and_query: &str,
     ) -> Result<Response<Tracked>, SendError> {
         let config = &self.shared.config;
@@ -403,7 +403,6 @@ impl Gateway {
 
         let health = self.shared.health.get(adapter, &replica.id);
         let in_flight = health.start();
-        let mut body = body;
         let sent = tokio::time::timeout(
             config.request_timeout,
             self.upstream.request(
@@ -515,11 +514,7 @@ impl Gateway {
         in_flight: InFlight,
     ) -> Response<Tracked> {
         let inner = answer_body(self.upstream.clone(), base_url, conn, &answer);
-        let mut body = Tracked::new(
-            inner.boxed_unsync(),
-            self.shared.config.stream_idle_timeout,
-            Vec::new(),
-        );
+        let mut body = Tracked::new(inner.boxed_unsync(), self.shared.config.stream_idle_timeout);
         body.in_flight = Some(in_flight);
         let mut res = Response::new(body);
         *res.status_mut() = answer.status;
