@@ -4,6 +4,7 @@
 
 mod auth;
 pub mod config;
+mod http1;
 mod kubernetes;
 mod management;
 mod server;
