@@ -316,15 +316,32 @@ impl ReadSide {
 }
 
 /// Reads what the socket has into `buf`: `Ok(0)` at the client's end.
+///
+/// A read that did not fill the room it had emptied the socket: its readiness is cleared
+/// then (as tokio's own `AsyncRead` does), so that the next wait for the client costs no
+/// `recv` that would only say "nothing yet".
 fn poll_read(io: &TcpStream, buf: &mut BytesMut, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(8 * 1024);
     }
     loop {
         ready!(io.poll_read_ready(cx))?;
-        match io.try_read_buf(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            done => return Poll::Ready(done),
+        let room = buf.capacity() - buf.len();
+        let mut got = None;
+        let read = io.try_io(tokio::io::Interest::READABLE, || {
+            let n = io.try_read_buf(&mut *buf)?;
+            got = Some(n);
+            if n < room {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+        match (got, read) {
+            (Some(n), _) => return Poll::Ready(Ok(n)),
+            (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+            (None, Err(e)) => return Poll::Ready(Err(e)),
+            (None, Ok(())) => unreachable!("a read that succeeded sets `got`"),
         }
     }
 }
@@ -846,6 +863,10 @@ impl Conn {
     }
 
     /// Streams the answer's body behind the head in `out`: whether all of it was written.
+    ///
+    /// What the body has ready is gathered behind the head first, so that a whole answer
+    /// leaves in one write; a body that has nothing ready has what came before it written,
+    /// and frames larger than [`COPY_BYTES`] are written from where they are.
     async fn stream_body<B>(&mut self, body: B, framing: &mut Out) -> io::Result<bool>
     where
         B: Body<Data = Bytes>,
@@ -855,43 +876,83 @@ impl Conn {
         let mut big: Option<Bytes> = None;
         let mut ended = false;
         let mut written = 0;
-        let result = poll_fn(|cx| {
+        let chunked = matches!(framing, Out::Chunked);
+        let whole = poll_fn(|cx| {
             loop {
-                // Write what is pending first; only then take more of the body.
-                while !self.out.is_empty() || big.is_some() {
-                    let slices = match &big {
-                        Some(b) if self.out.is_empty() => [IoSlice::new(b), IoSlice::new(&[])],
-                        Some(b) => [IoSlice::new(&self.out[written..]), IoSlice::new(b)],
-                        None => [IoSlice::new(&self.out[written..]), IoSlice::new(&[])],
-                    };
-                    let count = if big.is_some() && !self.out.is_empty() {
-                        2
-                    } else {
-                        1
-                    };
-                    let n = match poll_write(&self.shared.io, &slices[..count], cx) {
-                        Poll::Ready(Ok(n)) => n,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                        // A client that stopped reading is also noticed by its socket turning
-                        // writable with an error.
-                        Poll::Pending => return Poll::Pending,
-                    };
-                    let mut n = n;
-                    if !self.out.is_empty() {
-                        let left = self.out.len() - written;
-                        if n < left {
-                            written += n;
-                            continue;
+                let mut waiting = false;
+                while !ended && big.is_none() && self.out.len() < FLUSH_BYTES {
+                    match body.as_mut().poll_frame(cx) {
+                        Poll::Ready(Some(Ok(frame))) => {
+                            // Trailers are not sent over HTTP/1.1.
+                            let Ok(data) = frame.into_data() else { continue };
+                            if data.is_empty() {
+                                continue;
+                            }
+                            if let Out::Length(left) = framing {
+                                if data.len() as u64 > *left {
+                                    tracing::warn!("an answer's body is longer than its length");
+                                    return Poll::Ready(Ok::<bool, io::Error>(false));
+                                }
+                                *left -= data.len() as u64;
+                            }
+                            if chunked {
+                                chunk_size(&mut self.out, data.len());
+                            }
+                            if data.len() > COPY_BYTES {
+                                big = Some(data);
+                            } else {
+                                self.out.extend_from_slice(&data);
+                                if chunked {
+                                    self.out.extend_from_slice(b"\r\n");
+                                }
+                            }
                         }
-                        n -= left;
-                        self.out.clear();
-                        written = 0;
+                        Poll::Ready(Some(Err(e))) => {
+                            let e: BoxError = e.into();
+                            tracing::debug!(error = %e, "an answer's body failed");
+                            return Poll::Ready(Ok(false));
+                        }
+                        Poll::Ready(None) => {
+                            ended = true;
+                            match framing {
+                                Out::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
+                                Out::Length(left) if *left > 0 => {
+                                    tracing::warn!("an answer's body is shorter than its length");
+                                    // What there is gets written; the connection then closes.
+                                    *framing = Out::Close;
+                                }
+                                _ => {}
+                            }
+                        }
+                        Poll::Pending => {
+                            waiting = true;
+                            break;
+                        }
                     }
+                }
+                while !self.out.is_empty() || big.is_some() {
+                    let pending = &self.out[written..];
+                    let (slices, count) = match &big {
+                        Some(b) if pending.is_empty() => ([IoSlice::new(b), IoSlice::new(&[])], 1),
+                        Some(b) => ([IoSlice::new(pending), IoSlice::new(b)], 2),
+                        None => ([IoSlice::new(pending), IoSlice::new(&[])], 1),
+                    };
+                    // A client that stopped reading is noticed by its socket turning
+                    // writable with an error.
+                    let mut n = ready!(poll_write(&self.shared.io, &slices[..count], cx))?;
+                    let left = self.out.len() - written;
+                    if n < left {
+                        written += n;
+                        continue;
+                    }
+                    n -= left;
+                    self.out.clear();
+                    written = 0;
                     if let Some(b) = big.as_mut() {
                         b.advance(n);
                         if b.is_empty() {
                             big = None;
-                            if matches!(framing, Out::Chunked) {
+                            if chunked {
                                 self.out.extend_from_slice(b"\r\n");
                             }
                         }
@@ -900,73 +961,16 @@ impl Conn {
                 if ended {
                     return Poll::Ready(Ok(true));
                 }
-                match body.as_mut().poll_frame(cx) {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        let Ok(data) = frame.into_data() else {
-                            continue; // trailers: not sent over HTTP/1.1
-                        };
-                        if data.is_empty() {
-                            continue;
-                        }
-                        let data = match framing {
-                            Out::Length(left) => {
-                                if data.len() as u64 > *left {
-                                    tracing::warn!("an answer's body is longer than its length");
-                                    return Poll::Ready(Ok(false));
-                                }
-                                *left -= data.len() as u64;
-                                data
-                            }
-                            Out::Chunked => {
-                                chunk_size(&mut self.out, data.len());
-                                data
-                            }
-                            _ => data,
-                        };
-                        if data.len() > COPY_BYTES {
-                            big = Some(data);
-                        } else {
-                            self.out.extend_from_slice(&data);
-                            if matches!(framing, Out::Chunked) {
-                                self.out.extend_from_slice(b"\r\n");
-                            }
-                            if self.out.len() < FLUSH_BYTES {
-                                // Gather what else is ready into the same write.
-                                continue;
-                            }
-                        }
-                    }
-                    Poll::Ready(Some(Err(e))) => {
-                        let e: BoxError = e.into();
-                        tracing::debug!(error = %e, "an answer's body failed");
+                if waiting {
+                    if self.poll_client_gone(cx).is_ready() {
                         return Poll::Ready(Ok(false));
                     }
-                    Poll::Ready(None) => {
-                        ended = true;
-                        match framing {
-                            Out::Chunked => self.out.extend_from_slice(b"0\r\n\r\n"),
-                            Out::Length(left) if *left > 0 => {
-                                tracing::warn!("an answer's body is shorter than its length");
-                                // What was read is written; the connection then closes.
-                                *framing = Out::Close;
-                            }
-                            _ => {}
-                        }
-                    }
-                    Poll::Pending => {
-                        if !self.out.is_empty() {
-                            continue;
-                        }
-                        if self.poll_client_gone(cx).is_ready() {
-                            return Poll::Ready(Ok(false));
-                        }
-                        return Poll::Pending;
-                    }
+                    return Poll::Pending;
                 }
             }
         })
         .await?;
-        Ok(result && !matches!(framing, Out::Close))
+        Ok(whole && !matches!(framing, Out::Close))
     }
 
     async fn flush(&mut self) -> io::Result<()> {
