@@ -884,7 +884,9 @@ impl Conn {
                     match body.as_mut().poll_frame(cx) {
                         Poll::Ready(Some(Ok(frame))) => {
                             // Trailers are not sent over HTTP/1.1.
-                            let Ok(data) = frame.into_data() else { continue };
+                            let Ok(data) = frame.into_data() else {
+                                continue;
+                            };
                             if data.is_empty() {
                                 continue;
                             }

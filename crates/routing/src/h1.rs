@@ -30,6 +30,7 @@ use http::{Method, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use crate::body::{BoxError, ForwardBody};
 
@@ -49,6 +50,10 @@ pub(crate) struct Conn {
     read: BytesMut,
     /// The request being written (its buffer kept from one request to the next).
     write: Vec<u8>,
+    /// The answer's deadline, made by the first exchange that had to wait and moved only when
+    /// it fires before the deadline of the exchange in progress: no timer is registered and
+    /// removed per request.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Why an exchange failed.
@@ -63,6 +68,8 @@ pub(crate) enum Error {
     Body(BoxError),
     /// The replica's answer is not HTTP/1.1 the gateway accepts.
     Protocol(String),
+    /// No answer's head came by the exchange's deadline.
+    TimedOut,
 }
 
 impl std::fmt::Display for Error {
@@ -72,6 +79,7 @@ impl std::fmt::Display for Error {
             Error::Unanswered => f.write_str("the connection closed before any answer"),
             Error::Body(e) => write!(f, "the request body failed: {e}"),
             Error::Protocol(e) => write!(f, "invalid answer: {e}"),
+            Error::TimedOut => f.write_str("no answer by the request's deadline"),
         }
     }
 }
@@ -179,6 +187,7 @@ impl Conn {
             io,
             read: BytesMut::new(),
             write: Vec::new(),
+            timer: None,
         }
     }
 
@@ -199,13 +208,14 @@ impl Conn {
         }
     }
 
-    /// Writes the request and reads the answer's head. `body` is polled as its bytes can be
-    /// written; on [`Error::Unanswered`] of a connection that carried an earlier request, it
-    /// may be rewound and sent again on another.
+    /// Writes the request and reads the answer's head, by `deadline` ([`Error::TimedOut`]).
+    /// `body` is polled as its bytes can be written; on [`Error::Unanswered`] of a connection
+    /// that carried an earlier request, it may be rewound and sent again on another.
     pub(crate) async fn exchange(
         &mut self,
         head: &Head<'_>,
         body: &mut ForwardBody,
+        deadline: Option<Instant>,
     ) -> Result<Answer, Error> {
         let framing = body_framing(head.method, body);
         self.write.clear();
@@ -219,7 +229,37 @@ impl Conn {
             answered: false,
         };
         let head_request = head.method == Method::HEAD;
-        std::future::poll_fn(|cx| ex.poll(self, body, head_request, cx)).await
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(done) = ex.poll(self, body, head_request, cx) {
+                return Poll::Ready(done);
+            }
+            match deadline {
+                Some(deadline) if self.poll_deadline(deadline, cx).is_ready() => {
+                    Poll::Ready(Err(Error::TimedOut))
+                }
+                _ => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Ready once `deadline` has passed.
+    fn poll_deadline(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() > deadline {
+            // A later deadline of an earlier exchange (a longer timeout): move it sooner.
+            timer.as_mut().reset(deadline);
+        }
+        loop {
+            ready!(timer.as_mut().poll(cx));
+            if Instant::now() >= deadline {
+                return Poll::Ready(());
+            }
+            // It was set for an earlier exchange's deadline.
+            timer.as_mut().reset(deadline);
+        }
     }
 
     /// Reads into the buffer; `Ok(0)` at the close.
@@ -828,7 +868,7 @@ mod tests {
         headers.insert("x-keep", HeaderValue::from_static("yes"));
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
         let answer = conn
-            .exchange(&head(&method, &host, &headers), &mut body)
+            .exchange(&head(&method, &host, &headers), &mut body, None)
             .await?;
         let back = Arc::new(AtomicBool::new(false));
         let b = back.clone();
@@ -861,6 +901,53 @@ mod tests {
             Ok(_) => panic!("the exchange succeeded"),
             Err(e) => e,
         }
+    }
+
+    #[tokio::test]
+    async fn no_answer_by_the_deadline_is_a_timeout_even_after_a_later_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            // Answers the first request, then reads on and never answers.
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            while s.read(&mut buf).await.unwrap_or(0) > 0 {}
+        });
+        let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let host = HeaderValue::from_static("replica:1");
+        let headers = HeaderMap::new();
+        // The first exchange waits for its answer: the connection's timer is made for its
+        // deadline, a minute away.
+        let far = Instant::now() + Duration::from_secs(60);
+        let answer = conn
+            .exchange(
+                &head(&Method::GET, &host, &headers),
+                &mut json(""),
+                Some(far),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer.status, 200);
+        let started = Instant::now();
+        let soon = started + Duration::from_millis(100);
+        let failed = conn
+            .exchange(
+                &head(&Method::GET, &host, &headers),
+                &mut json(""),
+                Some(soon),
+            )
+            .await;
+        assert!(matches!(failed, Err(Error::TimedOut)), "{:?}", failed.err());
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(100), "{waited:?}");
+        assert!(
+            waited < Duration::from_secs(5),
+            "the earlier deadline held: {waited:?}"
+        );
     }
 
     #[tokio::test]
@@ -1028,7 +1115,7 @@ mod tests {
         let headers = HeaderMap::new();
         let answer = tokio::time::timeout(
             Duration::from_secs(5),
-            conn.exchange(&head(&Method::POST, &host, &headers), &mut body),
+            conn.exchange(&head(&Method::POST, &host, &headers), &mut body, None),
         )
         .await
         .expect("answered without waiting for the body")
@@ -1043,7 +1130,7 @@ mod tests {
             replica(&[b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"], true).await;
         let host = HeaderValue::from_static("r");
         let headers = HeaderMap::new();
-        conn.exchange(&head(&Method::GET, &host, &headers), &mut json(""))
+        conn.exchange(&head(&Method::GET, &host, &headers), &mut json(""), None)
             .await
             .unwrap();
         assert!(conn.is_reusable(), "open, nothing unread");

@@ -123,6 +123,7 @@ impl Pool {
         path_and_query: &str,
         headers: &dyn h1::WriteHeaders,
         body: &mut ForwardBody,
+        deadline: tokio::time::Instant,
     ) -> Result<(h1::Answer, Conn), PoolError> {
         let addr = self.addr(base_url).map_err(PoolError::Target)?;
         h1::check_target(&addr.prefix, path_and_query).map_err(PoolError::Target)?;
@@ -134,7 +135,7 @@ impl Pool {
             headers,
         };
         while let Some(mut conn) = self.take_idle(base_url) {
-            match conn.exchange(&head, body).await {
+            match conn.exchange(&head, body, Some(deadline)).await {
                 Ok(answer) => return Ok((answer, conn)),
                 Err(h1::Error::Unanswered) if method.is_idempotent() && body.rewind() => {
                     tracing::debug!(replica = %base_url, "kept-alive connection closed unanswered; sending again");
@@ -143,7 +144,7 @@ impl Pool {
             }
         }
         let mut conn = self.connect(&addr).await.map_err(PoolError::Connect)?;
-        match conn.exchange(&head, body).await {
+        match conn.exchange(&head, body, Some(deadline)).await {
             Ok(answer) => Ok((answer, conn)),
             Err(e) => Err(PoolError::Exchange(e)),
         }
@@ -403,19 +404,22 @@ impl Gateway {
 
         let health = self.shared.health.get(adapter, &replica.id);
         let in_flight = health.start();
-        let sent = tokio::time::timeout(
-            config.request_timeout,
-            self.upstream.request(
+        // The answer's head must come within the request timeout; the connection's own timer
+        // keeps it (no timer per request).
+        let deadline = tokio::time::Instant::now() + config.request_timeout;
+        let sent = self
+            .upstream
+            .request(
                 &replica.base_url,
                 &parts.method,
                 path_and_query,
                 &headers,
                 &mut body,
-            ),
-        )
-        .await;
+                deadline,
+            )
+            .await;
         let err = match sent {
-            Ok(Ok((answer, conn))) => {
+            Ok((answer, conn)) => {
                 let outcome = if answer.status.is_server_error() {
                     Outcome::ServerError
                 } else {
@@ -426,8 +430,8 @@ impl Gateway {
                 attempt.attach(&mut res);
                 return Ok(res);
             }
-            Ok(Err(PoolError::Connect(e))) => e,
-            Ok(Err(PoolError::Target(reason))) => {
+            Err(PoolError::Connect(e)) => e,
+            Err(PoolError::Target(reason)) => {
                 observe::client_failed(probe, adapter, &self.observer, attempt, "io_error");
                 return Err(SendError::Other(ProxyError::BadUpstreamResponse {
                     adapter: adapter.to_owned(),
@@ -435,7 +439,16 @@ impl Gateway {
                     reason: format!("invalid upstream URL: {reason}"),
                 }));
             }
-            Ok(Err(PoolError::Exchange(e))) => {
+            Err(PoolError::Exchange(h1::Error::TimedOut)) => {
+                observe::client_failed(probe, adapter, &self.observer, attempt, "timeout");
+                upstream_error("timeout");
+                return Err(SendError::Other(ProxyError::UpstreamTimeout {
+                    adapter: adapter.to_owned(),
+                    replica: replica.id.to_string(),
+                    after: config.request_timeout,
+                }));
+            }
+            Err(PoolError::Exchange(e)) => {
                 if let Some(limit) = find_source::<BodyTooLarge>(&e) {
                     observe::client_failed(
                         probe,
@@ -462,15 +475,6 @@ impl Gateway {
                         replica: replica.id.to_string(),
                         reason: error_chain(&e),
                     },
-                }));
-            }
-            Err(_) => {
-                observe::client_failed(probe, adapter, &self.observer, attempt, "timeout");
-                upstream_error("timeout");
-                return Err(SendError::Other(ProxyError::UpstreamTimeout {
-                    adapter: adapter.to_owned(),
-                    replica: replica.id.to_string(),
-                    after: config.request_timeout,
                 }));
             }
         };
@@ -564,6 +568,11 @@ mod tests {
 
     use super::*;
 
+    /// A deadline no test reaches.
+    fn far() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(60)
+    }
+
     /// A replica over real sockets: answers every request with its path, counts the
     /// connections it accepted, and with `close_after_answer` closes each connection after its
     /// first answer without saying so (as a server whose keep-alive timeout just passed).
@@ -629,6 +638,7 @@ mod tests {
                 path,
                 &HeaderMap::new(),
                 &mut no_body(),
+                far(),
             )
             .await
             .unwrap();
@@ -696,6 +706,7 @@ mod tests {
                 "/x",
                 &HeaderMap::new(),
                 &mut no_body(),
+                far(),
             )
             .await
             .unwrap();
@@ -766,6 +777,7 @@ mod tests {
                 "/mcp",
                 &HeaderMap::new(),
                 &mut body,
+                far(),
             )
             .await;
         assert!(
@@ -784,7 +796,14 @@ mod tests {
         let pool = pool(Duration::from_secs(30));
         let mut body = ForwardBody::new(vec![Bytes::from_static(b"{}")], None, 2);
         let sent = pool
-            .request(&base, &Method::POST, "/mcp", &HeaderMap::new(), &mut body)
+            .request(
+                &base,
+                &Method::POST,
+                "/mcp",
+                &HeaderMap::new(),
+                &mut body,
+                far(),
+            )
             .await;
         let Err(PoolError::Connect(e)) = sent else {
             panic!("a refused connection is a connect error");
