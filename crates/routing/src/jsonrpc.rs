@@ -97,7 +97,7 @@ struct Scanner<'a> {
     uri: Option<String>,
 }
 
-impl Scanner<'_> {
+impl<'a> Scanner<'a> {
     fn message(&mut self) -> Step {
         self.ws()?;
         match self.peek()? {
@@ -194,7 +194,7 @@ impl Scanner<'_> {
             if self.peek()? != b'"' {
                 return Err(Stop::Bad("expected a string key"));
             }
-            let key = self.string()?;
+            let key = self.key()?;
             self.ws()?;
             if self.next()? != b':' {
                 return Err(Stop::Bad("expected ':' after a key"));
@@ -237,6 +237,24 @@ impl Scanner<'_> {
         } else {
             std::str::from_utf8(&raw[1..raw.len() - 1])
                 .map(str::to_owned)
+                .map_err(|_| Stop::Bad("invalid UTF-8 in a string"))
+        }
+    }
+
+    /// Consumes an object's key: borrowed from the message unless it holds escapes (keys are
+    /// read for every member; copying each cost an allocation).
+    fn key(&mut self) -> Step<std::borrow::Cow<'a, str>> {
+        let start = self.pos;
+        let escaped = self.skip_string()?;
+        let buf: &'a [u8] = self.buf;
+        let raw = &buf[start..self.pos];
+        if escaped {
+            serde_json::from_slice::<String>(raw)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|_| Stop::Bad("invalid string"))
+        } else {
+            std::str::from_utf8(&raw[1..raw.len() - 1])
+                .map(std::borrow::Cow::Borrowed)
                 .map_err(|_| Stop::Bad("invalid UTF-8 in a string"))
         }
     }
@@ -329,6 +347,17 @@ mod tests {
         assert_eq!(e.id, Some(json!(7)));
         assert_eq!(e.name.as_deref(), Some("echo"));
         assert!(!e.batch);
+    }
+
+    #[test]
+    fn keys_with_escapes_are_decoded() {
+        // Keys are borrowed from the body unless they hold escapes, which are decoded.
+        let e = done(
+            r#"{"jsonrpc":"2.0","\u0069d":3,"me\u0074hod":"tools/call","params":{"n\u0061me":"echo"}}"#,
+        );
+        assert_eq!(e.method.as_deref(), Some("tools/call"));
+        assert_eq!(e.id, Some(json!(3)));
+        assert_eq!(e.name.as_deref(), Some("echo"));
     }
 
     #[test]
