@@ -182,6 +182,11 @@ struct ReadSide {
     /// Which request's body `body` is: a body kept past its request's end reads nothing of
     /// the next one's.
     generation: u64,
+    /// Bytes of chunk size lines (with their extensions) read of the current body.
+    line_bytes: usize,
+    /// The body's reader, waiting for bytes (or to write its `100 Continue`): woken when the
+    /// connection gives the body up.
+    reader: Option<Waker>,
 }
 
 #[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
@@ -247,8 +252,14 @@ impl ReadSide {
                     return Ok(Step::Data(self.buf.split_to(n).freeze()));
                 }
                 Framing::Chunked(chunk) => match chunk {
-                    Chunk::Size => match httparse::parse_chunk_size(&self.buf) {
-                        Ok(httparse::Status::Complete((used, size))) => {
+                    Chunk::Size => match chunk_size_line(&self.buf) {
+                        Ok(Some((used, size))) => {
+                            self.line_bytes += used;
+                            if self.line_bytes > CHUNK_LINE_BYTES {
+                                return self.broken(
+                                    "the request body's chunk size lines are too long in all",
+                                );
+                            }
                             self.buf.advance(used);
                             self.body = Framing::Chunked(if size == 0 {
                                 Chunk::Trailers(0)
@@ -256,12 +267,12 @@ impl ReadSide {
                                 Chunk::Data(size)
                             });
                         }
-                        Ok(httparse::Status::Partial) if self.buf.len() < CHUNK_LINE_BYTES => {
-                            return Ok(Step::More);
+                        Ok(None) if self.buf.len() < CHUNK_LINE_BYTES => return Ok(Step::More),
+                        Ok(None) => {
+                            return self
+                                .broken("a chunk size line of the request body is too long");
                         }
-                        _ => {
-                            return self.broken("a chunk size line of the request body is invalid");
-                        }
+                        Err(why) => return self.broken(why),
                     },
                     Chunk::Data(left) => {
                         if self.buf.is_empty() {
@@ -295,6 +306,10 @@ impl ReadSide {
                             }
                             return Ok(Step::More);
                         };
+                        if self.buf[..at].iter().any(|&b| b == b'\r' || b == b'\n') {
+                            return self
+                                .broken("a trailer line of the request body has a bare CR or LF");
+                        }
                         self.buf.advance(at + 2);
                         if at == 0 {
                             self.body = Framing::Done;
@@ -313,6 +328,61 @@ impl ReadSide {
         self.body = Framing::Broken;
         Err(why)
     }
+
+    /// The connection gives up the current body (it closes, or waited too long for it): its
+    /// reader, if one waits, is told.
+    fn give_up_body(&mut self) {
+        if !matches!(self.body, Framing::Done | Framing::Broken) {
+            self.body = Framing::Broken;
+        }
+        if let Some(w) = self.reader.take() {
+            w.wake();
+        }
+    }
+}
+
+/// A chunk size line at the start of `buf` (RFC 9112, 7.1): hex digits, then optional
+/// extensions (`;name[=value]`, without CR, LF or other control bytes), then CRLF. `Ok(None)`
+/// while its CRLF has not come. Stricter than `httparse::parse_chunk_size`, which takes a
+/// missing size for 0 and a bare LF inside an extension, either of which would let a proxy in
+/// front and the gateway disagree on where a body ends.
+fn chunk_size_line(buf: &[u8]) -> Result<Option<(usize, u64)>, &'static str> {
+    const BAD: &str = "a chunk size line of the request body is invalid";
+    let digits = buf.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == buf.len() {
+        return if digits > 16 { Err(BAD) } else { Ok(None) };
+    }
+    if digits == 0 || digits > 16 {
+        return Err(BAD);
+    }
+    let size = buf[..digits].iter().fold(0u64, |n, &b| {
+        (n << 4) | u64::from((b as char).to_digit(16).unwrap_or(0))
+    });
+    let rest = &buf[digits..];
+    let Some(cr) = rest.iter().position(|&b| b == b'\r') else {
+        // No CR yet: everything so far must be a valid extension byte.
+        return if rest.iter().all(|&b| is_extension_byte(b)) {
+            Ok(None)
+        } else {
+            Err(BAD)
+        };
+    };
+    let extensions = &rest[..cr];
+    if !extensions.iter().all(|&b| is_extension_byte(b))
+        || !(extensions.is_empty() || extensions.trim_ascii_start().starts_with(b";"))
+    {
+        return Err(BAD);
+    }
+    match rest.get(cr + 1) {
+        None => Ok(None),
+        Some(b'\n') => Ok(Some((digits + cr + 2, size))),
+        Some(_) => Err(BAD),
+    }
+}
+
+/// A byte a chunk extension may hold: visible ASCII, space, tab and obs-text.
+fn is_extension_byte(b: u8) -> bool {
+    b == b'\t' || b == b' ' || (0x21..0x7f).contains(&b) || b >= 0x80
 }
 
 /// Reads what the socket has into `buf`: `Ok(0)` at the client's end.
@@ -469,7 +539,7 @@ fn parse_head_with<const N: usize>(
     let mut headers = HeaderMap::with_capacity(n);
     let mut length: Option<u64> = None;
     let mut chunked = false;
-    let mut close = minor == 0;
+    let (mut said_close, mut said_keep_alive, mut hosts) = (false, false, 0);
     let mut expect_continue = false;
     for &(name, value) in &spans[..n] {
         let name = HeaderName::from_bytes(&head[name.0..name.0 + name.1])
@@ -516,17 +586,28 @@ fn parse_head_with<const N: usize>(
             for token in value.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
                 if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if minor == 0 && token.eq_ignore_ascii_case(b"keep-alive") {
-                    close = false;
+                    said_close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    said_keep_alive = true;
                 }
             }
+        } else if name == http::header::HOST {
+            hosts += 1;
         } else if name == http::header::EXPECT {
             // HTTP/1.0 clients do not wait for a 100 (RFC 9110, 10.1.1).
             expect_continue = minor == 1 && value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         }
         headers.append(name, value);
     }
+    // RFC 9112, 3.2: exactly one Host on HTTP/1.1 (at most one on 1.0). Two could be read
+    // differently by a proxy in front and by the gateway's Host check.
+    if hosts > 1 || (hosts == 0 && minor == 1) {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "an HTTP/1.1 request needs exactly one Host header",
+        );
+    }
+    let close = said_close || (minor == 0 && !said_keep_alive);
     let framing = match (chunked, length) {
         (true, Some(_)) => {
             return refuse(
@@ -637,6 +718,7 @@ impl Conn {
         read.body = framing;
         read.abandoned = false;
         read.generation += 1;
+        read.line_bytes = 0;
         read.continue_ = if expect_continue {
             Continue::Owed
         } else {
@@ -740,6 +822,9 @@ impl Conn {
     /// is being read.
     fn poll_client_gone(&self, cx: &mut Context<'_>) -> Poll<()> {
         let mut read = self.shared.read();
+        if read.eof {
+            return Poll::Ready(());
+        }
         if read.body != Framing::Done {
             return Poll::Pending;
         }
@@ -777,13 +862,12 @@ impl Conn {
         let bodyless = status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        let length = match parts.headers.get(http::header::CONTENT_LENGTH) {
-            Some(value) => value
-                .to_str()
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok()),
-            None => body.size_hint().exact(),
-        };
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let length = declared.or_else(|| body.size_hint().exact());
         let mut framing = if bodyless || head_only {
             Out::None
         } else if let Some(n) = length {
@@ -798,24 +882,7 @@ impl Conn {
             keep_alive = false;
         }
 
-        // The `100 Continue` is not sent once the answer starts; one being written is
-        // finished first.
-        let continued = {
-            let mut read = self.shared.read();
-            let state = read.continue_;
-            read.continue_ = match state {
-                Continue::Owed | Continue::Cancelled => Continue::Cancelled,
-                _ => Continue::None,
-            };
-            state
-        };
-        self.out.clear();
-        match continued {
-            Continue::Writing(n) => self.out.extend_from_slice(&CONTINUE[n..]),
-            Continue::Owed | Continue::Cancelled => keep_alive = false,
-            Continue::None => {}
-        }
-
+        keep_alive &= self.start_answer();
         let out = &mut self.out;
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(status.as_str().as_bytes());
@@ -839,8 +906,10 @@ impl Conn {
         match framing {
             Out::Length(n) => content_length(out, n),
             Out::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            // A HEAD's answer states the length the service declared, or its body's size when
+            // it gave one (an empty body says nothing of the GET's answer).
             Out::None if head_only && !bodyless => {
-                if let Some(n) = length {
+                if let Some(n) = declared.or(length.filter(|&n| n > 0)) {
                     content_length(out, n);
                 }
             }
@@ -875,6 +944,7 @@ impl Conn {
         let mut body = pin!(body);
         let mut big: Option<Bytes> = None;
         let mut ended = false;
+        let mut overrun = false;
         let mut written = 0;
         let chunked = matches!(framing, Out::Chunked);
         let whole = poll_fn(|cx| {
@@ -890,10 +960,14 @@ impl Conn {
                             if data.is_empty() {
                                 continue;
                             }
+                            let mut data = data;
                             if let Out::Length(left) = framing {
                                 if data.len() as u64 > *left {
+                                    // What fits is written; the connection then closes.
                                     tracing::warn!("an answer's body is longer than its length");
-                                    return Poll::Ready(Ok::<bool, io::Error>(false));
+                                    data.truncate(*left as usize);
+                                    ended = true;
+                                    overrun = true;
                                 }
                                 *left -= data.len() as u64;
                             }
@@ -912,7 +986,7 @@ impl Conn {
                         Poll::Ready(Some(Err(e))) => {
                             let e: BoxError = e.into();
                             tracing::debug!(error = %e, "an answer's body failed");
-                            return Poll::Ready(Ok(false));
+                            return Poll::Ready(Ok::<bool, io::Error>(false));
                         }
                         Poll::Ready(None) => {
                             ended = true;
@@ -961,7 +1035,7 @@ impl Conn {
                     }
                 }
                 if ended {
-                    return Poll::Ready(Ok(true));
+                    return Poll::Ready(Ok(!overrun));
                 }
                 if waiting {
                     if self.poll_client_gone(cx).is_ready() {
@@ -1001,11 +1075,20 @@ impl Conn {
                 match read.body {
                     Framing::Done => return Poll::Ready(read.continue_ != Continue::Cancelled),
                     Framing::Broken => return Poll::Ready(false),
+                    // No `100` was sent: the client may never send the body.
+                    _ if read.continue_ == Continue::Cancelled => return Poll::Ready(false),
                     _ if !read.abandoned => {
+                        // Its reader still has it: wait for the body's end, as long as a
+                        // drain would take at most.
                         read.waiting = Some(cx.waker().clone());
+                        drop(read);
+                        let timer = deadline
+                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(DRAIN_TIME)));
+                        if timer.as_mut().poll(cx).is_ready() {
+                            return Poll::Ready(false);
+                        }
                         return Poll::Pending;
                     }
-                    _ if read.continue_ == Continue::Cancelled => return Poll::Ready(false),
                     _ => {}
                 }
                 match read.step() {
@@ -1042,9 +1125,33 @@ impl Conn {
         .await
     }
 
+    /// Clears `out` for an answer's head, after the rest of a `100 Continue` being written:
+    /// one not sent yet never will be. False when a `100` was owed (the client may not send
+    /// its body: the connection cannot carry another request).
+    fn start_answer(&mut self) -> bool {
+        let continued = {
+            let mut read = self.shared.read();
+            let state = read.continue_;
+            read.continue_ = match state {
+                Continue::Owed | Continue::Cancelled => Continue::Cancelled,
+                _ => Continue::None,
+            };
+            state
+        };
+        self.out.clear();
+        match continued {
+            Continue::Writing(n) => {
+                self.out.extend_from_slice(&CONTINUE[n..]);
+                true
+            }
+            Continue::Owed | Continue::Cancelled => false,
+            Continue::None => true,
+        }
+    }
+
     /// Answers a request the gateway cannot serve with what was wrong, and closes.
     async fn refuse(&mut self, refusal: &Refusal) {
-        self.out.clear();
+        self.start_answer();
         let out = &mut self.out;
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(refusal.status.as_str().as_bytes());
@@ -1072,10 +1179,10 @@ impl Conn {
         {
             return;
         }
+        self.shared.read().give_up_body();
         let mut seen = 0;
         let lingering = poll_fn(|cx| {
             let mut read = self.shared.read();
-            read.body = Framing::Broken;
             loop {
                 if read.eof || seen > LINGER_BYTES {
                     return Poll::Ready(());
@@ -1305,6 +1412,7 @@ impl StreamBody {
                     if read.continue_ == Continue::Owed {
                         read.continue_ = Continue::Writing(0);
                     }
+                    read.reader = Some(cx.waker().clone());
                     return Poll::Pending;
                 }
             }
@@ -1342,7 +1450,10 @@ impl StreamBody {
                     read.body = Framing::Broken;
                     return end(&mut self.ended, read, Err("the connection broke"));
                 }
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    read.reader = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
             }
         }
     }
@@ -1788,6 +1899,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn chunk_size_lines_and_trailers_are_read_strictly() {
+        let server = server(Limits::default()).await;
+        let head = "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+        // Each would be read differently by some proxy in front: refused, not guessed.
+        for (body, why) in [
+            ("2;\nxx\r\n45\r\n0\r\n\r\n", "chunk size"),
+            ("\r\n0\r\n\r\n", "chunk size"),
+            (";x\r\n0\r\n\r\n", "chunk size"),
+            ("0x5\r\nhello\r\n0\r\n\r\n", "chunk size"),
+            ("5\rhello\r\n0\r\n\r\n", "chunk size"),
+            ("11111111111111111\r\n", "chunk size"),
+            ("0\r\nX-T: a\nb\r\n\r\n", "bare CR or LF"),
+        ] {
+            let mut io = connect(&server).await;
+            let mut pending = Vec::new();
+            io.write_all(format!("{head}{body}").as_bytes())
+                .await
+                .unwrap();
+            let answer = read_answer(&mut io, &mut pending, false).await;
+            let text = String::from_utf8_lossy(&answer.body).into_owned();
+            assert_eq!(answer.status, 400, "{body:?}: {text}");
+            assert!(text.contains(why), "{body:?}: {text}");
+            assert!(closed(&mut io).await);
+        }
+        // Extensions (with spaces before them) and trailers are fine.
+        let mut io = connect(&server).await;
+        let mut pending = Vec::new();
+        io.write_all(format!("{head}3 ;a=b;c\r\nabc\r\n0\r\nX-T: 1\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(read_answer(&mut io, &mut pending, false).await.body, b"abc");
+    }
+
+    #[tokio::test]
     async fn expect_100_continue_is_answered_when_the_body_is_read() {
         let server = server(Limits::default()).await;
         let mut io = connect(&server).await;
@@ -1926,28 +2071,28 @@ mod tests {
         let long = format!("X-Long: {}\r\n", "v".repeat(5000));
         let cases: Vec<(Vec<u8>, u16, &str)> = vec![
             (
-                b"POST /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n"
                     .to_vec(),
                 400,
                 "both",
             ),
             (
-                b"POST /echo HTTP/1.1\r\nContent-Length: five\r\n\r\n".to_vec(),
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: five\r\n\r\n".to_vec(),
                 400,
                 "not a number",
             ),
             (
-                b"POST /echo HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n".to_vec(),
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n".to_vec(),
                 400,
                 "differing",
             ),
             (
-                b"POST /echo HTTP/1.1\r\nContent-Length: 5, 6\r\n\r\n".to_vec(),
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5, 6\r\n\r\n".to_vec(),
                 400,
                 "differing",
             ),
             (
-                b"POST /echo HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec(),
+                b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec(),
                 501,
                 "chunked",
             ),
@@ -1977,6 +2122,8 @@ mod tests {
                 "malformed",
             ),
             (b"GET / HTTP/3.0\r\n\r\n".to_vec(), 505, "HTTP/1.0"),
+            (b"GET /fixed HTTP/1.1\r\n\r\n".to_vec(), 400, "exactly one Host"),
+            (b"GET /fixed HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".to_vec(), 400, "exactly one Host"),
         ];
         for (raw, status, why) in cases {
             let mut io = connect(&server).await;
@@ -1992,7 +2139,7 @@ mod tests {
         // Identical repeated lengths are one length.
         let mut io = connect(&server).await;
         let mut pending = Vec::new();
-        io.write_all(b"POST /echo HTTP/1.1\r\nContent-Length: 2, 2\r\n\r\nok")
+        io.write_all(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 2, 2\r\n\r\nok")
             .await
             .unwrap();
         assert_eq!(read_answer(&mut io, &mut pending, false).await.body, b"ok");
