@@ -46,6 +46,7 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mcp_gateway_routing::BoxError;
+use mcp_gateway_routing::wire::{header_line, push_decimal, push_hex};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -1225,45 +1226,14 @@ fn connection_close(headers: &HeaderMap) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
 }
 
-/// Writes one header line. Values come from `HeaderValue`s, so none holds a CR or LF.
-fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
-}
-
 fn content_length(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(b"content-length: ");
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+    push_decimal(out, n);
     out.extend_from_slice(b"\r\n");
 }
 
 fn chunk_size(out: &mut Vec<u8>, n: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = HEX[n & 0xf];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+    push_hex(out, n);
     out.extend_from_slice(b"\r\n");
 }
 

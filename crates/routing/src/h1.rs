@@ -33,6 +33,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::{BoxError, ForwardBody};
+use crate::wire::{header_line, push_decimal, push_hex};
 
 /// The most headers an answer may carry (hyper's default).
 const MAX_HEADERS: usize = 100;
@@ -123,15 +124,6 @@ impl WriteHeaders for HeaderMap {
             }
         }
     }
-}
-
-/// Writes one header line. Values come from `HeaderValue`s or are made of visible ASCII and
-/// spaces, so none holds a CR or LF.
-pub(crate) fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
-    out.extend_from_slice(value);
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Whether `target` can be sent as a request target: origin-form, visible ASCII.
@@ -311,21 +303,6 @@ fn encode_head(out: &mut Vec<u8>, head: &Head<'_>, framing: BodyFraming) {
     out.extend_from_slice(b"\r\n");
 }
 
-fn push_decimal(out: &mut Vec<u8>, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
 /// One exchange's progress: the request written as its body comes, the answer watched for
 /// all along (a replica may answer early).
 struct Exchange {
@@ -467,22 +444,6 @@ fn is_reset(e: &io::Error) -> bool {
         e.kind(),
         ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::ConnectionAborted
     )
-}
-
-fn push_hex(out: &mut Vec<u8>, n: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [0u8; 16];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = HEX[n & 15];
-        n >>= 4;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
 }
 
 /// Parses an answer's head at the start of `buf`, past any 1xx answers; `None` while it is

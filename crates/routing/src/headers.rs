@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::RoutingConfig;
 use crate::error::ProxyError;
-use crate::h1::header_line;
+use crate::wire::header_line;
 
 pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 pub const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");

@@ -112,6 +112,7 @@ mod placement;
 pub mod sse;
 mod stats;
 mod upstream;
+pub mod wire;
 
 pub use body::{BoxError, ProxyBody};
 pub use config::{IdentityHeaders, RoutingConfig};

@@ -1,0 +1,70 @@
+//! Writers of HTTP/1.1's wire format, shared by the gateway's client to replicas and by
+//! `gateway-service`'s server connection.
+
+/// Writes one header line (`name: value\r\n`). The caller vouches that neither holds a CR or
+/// LF: values from `HeaderValue`s, names from `HeaderName`s, or visible ASCII.
+pub fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes `n` in decimal (a `Content-Length`).
+pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Writes `n` in lowercase hexadecimal (a chunk's size).
+pub fn push_hex(out: &mut Vec<u8>, n: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = HEX[n & 15];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_written_as_http_wants_them() {
+        for (n, dec, hex) in [
+            (0u64, "0", "0"),
+            (9, "9", "9"),
+            (255, "255", "ff"),
+            (u64::from(u32::MAX), "4294967295", "ffffffff"),
+        ] {
+            let (mut d, mut h) = (Vec::new(), Vec::new());
+            push_decimal(&mut d, n);
+            push_hex(&mut h, n as usize);
+            assert_eq!(
+                (d.as_slice(), h.as_slice()),
+                (dec.as_bytes(), hex.as_bytes())
+            );
+        }
+        let mut line = Vec::new();
+        header_line(&mut line, "content-type", b"application/json");
+        assert_eq!(line, b"content-type: application/json\r\n");
+    }
+}
