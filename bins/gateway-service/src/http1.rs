@@ -827,6 +827,9 @@ impl Conn {
             return Poll::Ready(());
         }
         if read.body != Framing::Done {
+            // The body's reader has the socket; woken when the body ends, the connection
+            // watches the client again.
+            read.waiting = Some(cx.waker().clone());
             return Poll::Pending;
         }
         loop {
@@ -1652,18 +1655,33 @@ mod tests {
                 Response::new(http_body_util::BodyExt::boxed(Frames::new(frames)))
             }
             "/hang" => {
-                struct Flag(Arc<AtomicBool>);
-                impl Drop for Flag {
-                    fn drop(&mut self) {
-                        self.0.store(true, Ordering::SeqCst);
-                    }
-                }
                 let _flag = Flag(dropped);
                 std::future::pending::<()>().await;
                 unreachable!()
             }
+            // The body read to its end by another task (as the management API's requests are,
+            // on the main runtime), then no answer.
+            "/elsewhere" => {
+                let _flag = Flag(dropped);
+                let body = req.into_body();
+                let read = tokio::spawn(async move {
+                    let _ = body.collect().await;
+                    std::future::pending::<()>().await;
+                });
+                let _ = read.await;
+                unreachable!()
+            }
             _ => full(StatusCode::NOT_FOUND, "no such path"),
         })
+    }
+
+    /// Set when the request's future is dropped.
+    struct Flag(Arc<AtomicBool>);
+
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
     }
 
     struct Server {
@@ -2153,6 +2171,27 @@ mod tests {
         io.write_all(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!server.dropped.load(Ordering::SeqCst));
+        drop(io);
+        for _ in 0..100 {
+            if server.dropped.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the request's future outlived its client");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_is_noticed_after_another_task_read_its_body() {
+        let server = server(Limits::default()).await;
+        let mut io = connect(&server).await;
+        io.write_all(b"POST /elsewhere HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n01234")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        io.write_all(b"56789").await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!server.dropped.load(Ordering::SeqCst));
         drop(io);
