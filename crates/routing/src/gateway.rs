@@ -5,6 +5,7 @@
 //! and `post_legacy` in [`crate::legacy`]; `send` in [`crate::upstream`] is the single place
 //! that talks to a replica, and [`crate::stats`] holds the gateway's own metrics.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -472,7 +473,7 @@ impl Gateway {
         }
         let path = match (&upstream, &record.legacy) {
             (UpstreamPath::Mcp, None) => mcp_path(target, parts.uri.query()),
-            (UpstreamPath::Legacy, Some(legacy)) => legacy.path_and_query.clone(),
+            (UpstreamPath::Legacy, Some(legacy)) => Cow::Borrowed(legacy.path_and_query.as_str()),
             // A legacy session id on the streamable route, or the reverse.
             _ => return Err(ProxyError::SessionNotFound.into()),
         };
@@ -621,10 +622,11 @@ pub(crate) fn principal(parts: &http::request::Parts) -> Option<String> {
         .map(Principal::session_owner)
 }
 
-pub(crate) fn mcp_path(target: &AdapterTarget, query: Option<&str>) -> String {
+/// The replica's MCP path with the client's query; borrowed when there is none (most requests).
+pub(crate) fn mcp_path<'a>(target: &'a AdapterTarget, query: Option<&str>) -> Cow<'a, str> {
     match query {
-        Some(q) => format!("{}?{q}", target.mcp_path),
-        None => target.mcp_path.clone(),
+        Some(q) => Cow::Owned(format!("{}?{q}", target.mcp_path)),
+        None => Cow::Borrowed(&target.mcp_path),
     }
 }
 
