@@ -37,7 +37,7 @@ use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
@@ -46,6 +46,7 @@ use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mcp_gateway_routing::BoxError;
+use mcp_gateway_routing::timer::LazyTimer;
 use mcp_gateway_routing::wire::{header_line, push_decimal, push_hex};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -137,7 +138,7 @@ where
         stop,
         limits,
         out: Vec::with_capacity(4096),
-        timer: None,
+        timer: LazyTimer::default(),
     };
     let mut service = service;
     match conn.run(&mut service).await {
@@ -640,8 +641,8 @@ struct Conn {
     limits: Limits,
     /// What is to be written: a head, small body frames, chunk framing.
     out: Vec<u8>,
-    /// The head timeout, created when first needed and moved only when it fires.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The head timeout.
+    timer: LazyTimer,
 }
 
 impl Conn {
@@ -737,7 +738,7 @@ impl Conn {
     }
 
     async fn read_head(&mut self, first: bool) -> Result<HeadRead, Refusal> {
-        let since = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.limits.head_timeout;
         let stop = self.stop.clone();
         let mut stopping = pin!(stop.idle.notified());
         poll_fn(|cx| {
@@ -774,29 +775,13 @@ impl Conn {
             if idle && (self.stop.phase() >= CLOSE_IDLE || stopping.as_mut().poll(cx).is_ready()) {
                 return Poll::Ready(Ok(HeadRead::Closed));
             }
-            if self.poll_head_timeout(since, cx).is_ready() {
+            if self.timer.poll_expired(deadline, cx).is_ready() {
                 tracing::debug!(idle, "no request head within the timeout; closing");
                 return Poll::Ready(Ok(HeadRead::Closed));
             }
             Poll::Pending
         })
         .await
-    }
-
-    /// Ready once `since + head_timeout` has passed. The timer is armed once and moved only
-    /// when it fires early (it was set for an earlier head).
-    fn poll_head_timeout(&mut self, since: Instant, cx: &mut Context<'_>) -> Poll<()> {
-        let deadline = tokio::time::Instant::from_std(since + self.limits.head_timeout);
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        loop {
-            ready!(timer.as_mut().poll(cx));
-            if tokio::time::Instant::now() >= deadline {
-                return Poll::Ready(());
-            }
-            timer.as_mut().reset(deadline);
-        }
     }
 
     /// Drives the service's future, watching the client meanwhile: `None` if it went away.
@@ -1604,6 +1589,7 @@ impl AsyncWrite for Prefixed {
 mod tests {
     use std::convert::Infallible;
     use std::sync::atomic::AtomicBool;
+    use std::time::Instant;
 
     use http_body_util::combinators::BoxBody;
     use http_body_util::{BodyExt as _, Full, StreamBody as Frames};

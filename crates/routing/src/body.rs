@@ -16,10 +16,11 @@ use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use crate::error::ProxyError;
 use crate::sse;
+use crate::timer::LazyTimer;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -189,7 +190,7 @@ pub(crate) trait Watch: Send {
 struct Idle {
     after: Duration,
     last_frame: Instant,
-    timer: Option<Pin<Box<Sleep>>>,
+    timer: LazyTimer,
 }
 
 /// Every response of the gateway: its body, with an optional idle timeout, the hooks to run
@@ -214,7 +215,7 @@ impl Tracked {
             idle: Some(Idle {
                 after: idle,
                 last_frame: Instant::now(),
-                timer: None,
+                timer: LazyTimer::default(),
             }),
             on_close: Vec::new(),
             watch: None,
@@ -284,7 +285,7 @@ impl Body for Tracked {
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(idle) = &mut this.idle
-                    && idle.timer.is_some()
+                    && idle.timer.is_armed()
                 {
                     idle.last_frame = Instant::now();
                 }
@@ -309,20 +310,13 @@ impl Body for Tracked {
                 let Some(idle) = &mut this.idle else {
                     return Poll::Pending;
                 };
-                let timer = idle.timer.get_or_insert_with(|| {
+                if !idle.timer.is_armed() {
                     idle.last_frame = Instant::now();
-                    Box::pin(tokio::time::sleep_until(idle.last_frame + idle.after))
-                });
-                loop {
-                    ready!(timer.as_mut().poll(cx));
-                    let deadline = idle.last_frame + idle.after;
-                    if Instant::now() >= deadline {
-                        let after = idle.after;
-                        this.close(false);
-                        return Poll::Ready(Some(Err(Box::new(StreamIdle(after)))));
-                    }
-                    timer.as_mut().reset(deadline);
                 }
+                ready!(idle.timer.poll_expired(idle.last_frame + idle.after, cx));
+                let after = idle.after;
+                this.close(false);
+                Poll::Ready(Some(Err(Box::new(StreamIdle(after)))))
             }
         }
     }
@@ -490,6 +484,28 @@ impl Body for EndpointRewriter {
 mod tests {
     use super::*;
     use http_body_util::{BodyExt, StreamBody};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_idles_out_after_its_last_frame() {
+        // A frame after 600 ms, then nothing: the stream fails 1 s after that frame.
+        let frames = futures_util::stream::unfold(0, |n| async move {
+            if n > 0 {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            Some((Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"x"))), 1))
+        });
+        let start = Instant::now();
+        let mut body = Tracked::new(
+            StreamBody::new(frames).boxed_unsync(),
+            Duration::from_secs(1),
+        );
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.into_data().unwrap(), "x");
+        let failed = body.frame().await.unwrap().unwrap_err();
+        assert!(failed.downcast_ref::<StreamIdle>().is_some(), "{failed}");
+        assert_eq!(Instant::now() - start, Duration::from_millis(1600));
+    }
 
     fn chunks(parts: &[&'static str]) -> ProxyBody {
         let frames: Vec<Result<Frame<Bytes>, BoxError>> = parts

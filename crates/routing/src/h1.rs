@@ -33,6 +33,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::{BoxError, ForwardBody};
+use crate::timer::LazyTimer;
 use crate::wire::{header_line, push_decimal, push_hex};
 
 /// The most headers an answer may carry (hyper's default).
@@ -51,10 +52,8 @@ pub(crate) struct Conn {
     read: BytesMut,
     /// The request being written (its buffer kept from one request to the next).
     write: Vec<u8>,
-    /// The answer's deadline, made by the first exchange that had to wait and moved only when
-    /// it fires before the deadline of the exchange in progress: no timer is registered and
-    /// removed per request.
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The answers' deadlines: no timer is registered and removed per request.
+    timer: LazyTimer,
 }
 
 /// Why an exchange failed.
@@ -179,7 +178,7 @@ impl Conn {
             io,
             read: BytesMut::new(),
             write: Vec::new(),
-            timer: None,
+            timer: LazyTimer::default(),
         }
     }
 
@@ -226,32 +225,13 @@ impl Conn {
                 return Poll::Ready(done);
             }
             match deadline {
-                Some(deadline) if self.poll_deadline(deadline, cx).is_ready() => {
+                Some(deadline) if self.timer.poll_expired(deadline, cx).is_ready() => {
                     Poll::Ready(Err(Error::TimedOut))
                 }
                 _ => Poll::Pending,
             }
         })
         .await
-    }
-
-    /// Ready once `deadline` has passed.
-    fn poll_deadline(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        if timer.deadline() > deadline {
-            // A later deadline of an earlier exchange (a longer timeout): move it sooner.
-            timer.as_mut().reset(deadline);
-        }
-        loop {
-            ready!(timer.as_mut().poll(cx));
-            if Instant::now() >= deadline {
-                return Poll::Ready(());
-            }
-            // It was set for an earlier exchange's deadline.
-            timer.as_mut().reset(deadline);
-        }
     }
 
     /// Reads into the buffer; `Ok(0)` at the close.

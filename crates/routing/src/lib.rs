@@ -111,6 +111,7 @@ pub mod observe;
 mod placement;
 pub mod sse;
 mod stats;
+pub mod timer;
 mod upstream;
 pub mod wire;
 
