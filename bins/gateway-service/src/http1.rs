@@ -47,7 +47,7 @@ use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mcp_gateway_routing::BoxError;
 use mcp_gateway_routing::timer::LazyTimer;
-use mcp_gateway_routing::wire::{header_line, push_decimal, push_hex};
+use mcp_gateway_routing::wire::{header_line, list, push_decimal, push_hex};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -239,19 +239,15 @@ impl ReadSide {
                 Framing::Done => return Ok(Step::End),
                 Framing::Broken => return Err("the request body was cut short or malformed"),
                 Framing::Length(left) => {
-                    if self.buf.is_empty() {
+                    let Some((data, left)) = self.take(left) else {
                         return Ok(Step::More);
-                    }
-                    let n = usize::try_from(left)
-                        .unwrap_or(usize::MAX)
-                        .min(self.buf.len());
-                    let left = left - n as u64;
+                    };
                     self.body = if left == 0 {
                         Framing::Done
                     } else {
                         Framing::Length(left)
                     };
-                    return Ok(Step::Data(self.buf.split_to(n).freeze()));
+                    return Ok(Step::Data(data));
                 }
                 Framing::Chunked(chunk) => match chunk {
                     Chunk::Size => match chunk_size_line(&self.buf) {
@@ -277,19 +273,15 @@ impl ReadSide {
                         Err(why) => return self.broken(why),
                     },
                     Chunk::Data(left) => {
-                        if self.buf.is_empty() {
+                        let Some((data, left)) = self.take(left) else {
                             return Ok(Step::More);
-                        }
-                        let n = usize::try_from(left)
-                            .unwrap_or(usize::MAX)
-                            .min(self.buf.len());
-                        let left = left - n as u64;
+                        };
                         self.body = Framing::Chunked(if left == 0 {
                             Chunk::DataEnd
                         } else {
                             Chunk::Data(left)
                         });
-                        return Ok(Step::Data(self.buf.split_to(n).freeze()));
+                        return Ok(Step::Data(data));
                     }
                     Chunk::DataEnd => {
                         if self.buf.len() < 2 {
@@ -324,6 +316,18 @@ impl ReadSide {
                 },
             }
         }
+    }
+
+    /// Up to `left` bytes of body from the buffer, and what is left after them; `None` when
+    /// the buffer is empty.
+    fn take(&mut self, left: u64) -> Option<(Bytes, u64)> {
+        if self.buf.is_empty() {
+            return None;
+        }
+        let n = usize::try_from(left)
+            .unwrap_or(usize::MAX)
+            .min(self.buf.len());
+        Some((self.buf.split_to(n).freeze(), left - n as u64))
     }
 
     fn broken<T>(&mut self, why: &'static str) -> Result<T, &'static str> {
@@ -549,8 +553,7 @@ fn parse_head_with<const N: usize>(
         let value = HeaderValue::from_maybe_shared(slice(value))
             .or_else(|_| refuse(StatusCode::BAD_REQUEST, "a header value is invalid"))?;
         if name == http::header::CONTENT_LENGTH {
-            for part in value.as_bytes().split(|&b| b == b',') {
-                let part = part.trim_ascii();
+            for part in list(value.as_bytes()) {
                 let parsed = (!part.is_empty() && part.iter().all(u8::is_ascii_digit))
                     .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
                     .flatten();
@@ -574,8 +577,7 @@ fn parse_head_with<const N: usize>(
                     "HTTP/1.0 requests cannot use Transfer-Encoding",
                 );
             }
-            for coding in value.as_bytes().split(|&b| b == b',') {
-                let coding = coding.trim_ascii();
+            for coding in list(value.as_bytes()) {
                 if chunked || !coding.eq_ignore_ascii_case(b"chunked") {
                     return refuse(
                         StatusCode::NOT_IMPLEMENTED,
@@ -585,8 +587,7 @@ fn parse_head_with<const N: usize>(
                 chunked = true;
             }
         } else if name == http::header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
+            for token in list(value.as_bytes()) {
                 if token.eq_ignore_ascii_case(b"close") {
                     said_close = true;
                 } else if token.eq_ignore_ascii_case(b"keep-alive") {
@@ -705,27 +706,25 @@ impl Conn {
     /// The request's body: what of it came with the head, or a reader of the socket.
     fn body(&self, framing: Framing, expect_continue: bool) -> ClientBody {
         let mut read = self.shared.read();
+        read.continue_ = if expect_continue {
+            Continue::Owed
+        } else {
+            Continue::None
+        };
         if let Framing::Length(n) = framing
             && !expect_continue
             && n <= read.buf.len() as u64
         {
             let data = read.buf.split_to(n as usize).freeze();
-            read.continue_ = Continue::None;
             return ClientBody(Kind::Full(Some(data)));
         }
         if framing == Framing::Done {
-            read.continue_ = Continue::None;
             return ClientBody(Kind::Full(None));
         }
         read.body = framing;
         read.abandoned = false;
         read.generation += 1;
         read.line_bytes = 0;
-        read.continue_ = if expect_continue {
-            Continue::Owed
-        } else {
-            Continue::None
-        };
         ClientBody(Kind::Stream(StreamBody {
             generation: read.generation,
             shared: self.shared.clone(),
@@ -745,16 +744,12 @@ impl Conn {
             let mut read = self.shared.read();
             loop {
                 if !read.buf.is_empty() {
-                    if first && read.buf[0] == b'P' {
-                        let n = read.buf.len().min(H2_PREFACE.len());
-                        if read.buf[..n] == H2_PREFACE[..n] {
-                            if n == H2_PREFACE.len() {
-                                return Poll::Ready(Ok(HeadRead::Http2));
-                            }
-                            // Part of the preface: read on.
-                        } else if let Some(head) = parse_head(&mut read.buf, &self.limits)? {
-                            return Poll::Ready(Ok(HeadRead::Head(head)));
+                    let n = read.buf.len().min(H2_PREFACE.len());
+                    if first && read.buf[..n] == H2_PREFACE[..n] {
+                        if n == H2_PREFACE.len() {
+                            return Poll::Ready(Ok(HeadRead::Http2));
                         }
+                        // Part of the preface: read on.
                     } else if let Some(head) = parse_head(&mut read.buf, &self.limits)? {
                         return Poll::Ready(Ok(HeadRead::Head(head)));
                     }
@@ -873,11 +868,7 @@ impl Conn {
 
         keep_alive &= self.start_answer();
         let out = &mut self.out;
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
-        out.extend_from_slice(b"\r\n");
+        status_line(out, status);
         let mut dated = false;
         for (name, value) in &parts.headers {
             if name == http::header::CONTENT_LENGTH
@@ -1055,6 +1046,14 @@ impl Conn {
     /// Waits for the request's body to end, draining one its reader dropped: whether the
     /// connection can read the next request.
     async fn finish_body(&mut self) -> bool {
+        /// `Ready(false)` once [`DRAIN_TIME`] has passed since the first wait.
+        fn out_of_time(
+            timer: &mut Option<Pin<Box<tokio::time::Sleep>>>,
+            cx: &mut Context<'_>,
+        ) -> Poll<bool> {
+            let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(DRAIN_TIME)));
+            timer.as_mut().poll(cx).map(|()| false)
+        }
         let mut drained = 0usize;
         let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let shared = &*self.shared;
@@ -1071,12 +1070,7 @@ impl Conn {
                         // drain would take at most.
                         read.waiting = Some(cx.waker().clone());
                         drop(read);
-                        let timer = deadline
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(DRAIN_TIME)));
-                        if timer.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(false);
-                        }
-                        return Poll::Pending;
+                        return out_of_time(&mut deadline, cx);
                     }
                     _ => {}
                 }
@@ -1101,12 +1095,7 @@ impl Conn {
                     Poll::Ready(Err(_)) => return Poll::Ready(false),
                     Poll::Pending => {
                         drop(read);
-                        let timer = deadline
-                            .get_or_insert_with(|| Box::pin(tokio::time::sleep(DRAIN_TIME)));
-                        if timer.as_mut().poll(cx).is_ready() {
-                            return Poll::Ready(false);
-                        }
-                        return Poll::Pending;
+                        return out_of_time(&mut deadline, cx);
                     }
                 }
             }
@@ -1142,11 +1131,8 @@ impl Conn {
     async fn refuse(&mut self, refusal: &Refusal) {
         self.start_answer();
         let out = &mut self.out;
-        out.extend_from_slice(b"HTTP/1.1 ");
-        out.extend_from_slice(refusal.status.as_str().as_bytes());
-        out.push(b' ');
-        out.extend_from_slice(refusal.status.canonical_reason().unwrap_or("").as_bytes());
-        out.extend_from_slice(b"\r\ncontent-type: text/plain; charset=utf-8\r\n");
+        status_line(out, refusal.status);
+        out.extend_from_slice(b"content-type: text/plain; charset=utf-8\r\n");
         date::write(out);
         content_length(out, refusal.why.len() as u64 + 1);
         out.extend_from_slice(b"connection: close\r\n\r\n");
@@ -1210,8 +1196,16 @@ fn connection_close(headers: &HeaderMap) -> bool {
     headers
         .get_all(http::header::CONNECTION)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+        .flat_map(|v| list(v.as_bytes()))
+        .any(|t| t.eq_ignore_ascii_case(b"close"))
+}
+
+fn status_line(out: &mut Vec<u8>, status: StatusCode) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("Unknown").as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 fn content_length(out: &mut Vec<u8>, n: u64) {
@@ -1794,6 +1788,17 @@ mod tests {
         read
     }
 
+    /// Whether the request's future is dropped within a second.
+    async fn dropped_within_a_second(server: &Server) -> bool {
+        for _ in 0..100 {
+            if server.dropped.load(Ordering::SeqCst) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
     async fn closed(io: &mut TcpStream) -> bool {
         let mut rest = Vec::new();
         matches!(
@@ -2160,13 +2165,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!server.dropped.load(Ordering::SeqCst));
         drop(io);
-        for _ in 0..100 {
-            if server.dropped.load(Ordering::SeqCst) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the request's future outlived its client");
+        assert!(
+            dropped_within_a_second(&server).await,
+            "the request's future outlived its client"
+        );
     }
 
     #[tokio::test]
@@ -2181,13 +2183,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!server.dropped.load(Ordering::SeqCst));
         drop(io);
-        for _ in 0..100 {
-            if server.dropped.load(Ordering::SeqCst) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        panic!("the request's future outlived its client");
+        assert!(
+            dropped_within_a_second(&server).await,
+            "the request's future outlived its client"
+        );
     }
 
     #[tokio::test]

@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use crate::body::{BoxError, ForwardBody};
 use crate::timer::LazyTimer;
-use crate::wire::{header_line, push_decimal, push_hex};
+use crate::wire::{header_line, list, push_decimal, push_hex};
 
 /// The most headers an answer may carry (hyper's default).
 const MAX_HEADERS: usize = 100;
@@ -481,12 +481,8 @@ fn answer(
             .map_err(|_| Error::Protocol(format!("invalid value of {name}")))?;
         if name == header::TRANSFER_ENCODING {
             // Chunked only as the last coding; anything else is read to the close.
-            let last = value
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .unwrap_or(b"");
-            chunked = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            let last = list(value.as_bytes()).next_back().unwrap_or(b"");
+            chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
         } else if name == header::CONTENT_LENGTH {
             let n = std::str::from_utf8(value.as_bytes())
                 .ok()
@@ -497,8 +493,7 @@ fn answer(
             }
             length = Some(n);
         } else if name == header::CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',') {
-                let token = token.trim_ascii();
+            for token in list(value.as_bytes()) {
                 if token.eq_ignore_ascii_case(b"close") {
                     close = true;
                 } else if http10 && token.eq_ignore_ascii_case(b"keep-alive") {

@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::RoutingConfig;
 use crate::error::ProxyError;
-use crate::wire::header_line;
+use crate::wire::{header_line, list};
 
 pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 pub const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
@@ -46,8 +46,8 @@ fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .flat_map(|v| list(v.as_bytes()))
+        .filter_map(|name| HeaderName::from_bytes(name).ok())
         .collect()
 }
 

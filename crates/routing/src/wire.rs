@@ -10,6 +10,12 @@ pub fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The elements of a comma-separated header value (`Connection`, `Transfer-Encoding`, a
+/// repeated `Content-Length`), without the whitespace around them; empty ones included.
+pub fn list(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
 /// Writes `n` in decimal (a `Content-Length`).
 pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
     let mut digits = [0u8; 20];
@@ -63,6 +69,8 @@ mod tests {
                 (dec.as_bytes(), hex.as_bytes())
             );
         }
+        let parts: Vec<&[u8]> = list(b" keep-alive ,close,, Upgrade").collect();
+        assert_eq!(parts, [&b"keep-alive"[..], b"close", b"", b"Upgrade"]);
         let mut line = Vec::new();
         header_line(&mut line, "content-type", b"application/json");
         assert_eq!(line, b"content-type: application/json\r\n");
