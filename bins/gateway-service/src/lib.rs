@@ -408,6 +408,26 @@ impl Front {
             req.extensions_mut().insert((*self.anonymous).clone());
             return Box::pin(async move { Ok(self.route(req).await) });
         };
+        // What is decided without waiting (an API key, a missing or malformed header) is
+        // decided here, as the layer would: the request then takes the same short way as
+        // without authentication, not the layer's futures (which moved the request four times).
+        if let Some(outcome) = self
+            .authenticator
+            .as_ref()
+            .and_then(|a| a.authenticate_now(req.headers()))
+        {
+            return match outcome {
+                Ok(principal) => {
+                    req.extensions_mut().insert(principal);
+                    Box::pin(async move { Ok(self.route(req).await) })
+                }
+                Err(e) => {
+                    let (parts, _) = req.into_parts();
+                    use mcp_gateway_auth::Reject as _;
+                    Box::pin(std::future::ready(Ok(layer.refusal().reject(&parts, &e))))
+                }
+            };
+        }
         // The routing future boxed on its own: the authentication future and the `Oneshot`
         // around it then move a pointer, not the routing state, as they change state (three
         // moves of it were ~2 000 instructions per request).

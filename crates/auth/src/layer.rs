@@ -48,6 +48,11 @@ impl<R> AuthLayer<R> {
         }
     }
 
+    /// What refuses the requests that fail authentication.
+    pub fn refusal(&self) -> &R {
+        &self.reject
+    }
+
     /// Names the protected resource of each request (its URLs), so that tokens bound to it
     /// (`aud` = its URL, RFC 8707) are accepted where the issuer allows it
     /// ([`IssuerConfig::resource_audiences`](crate::IssuerConfig::resource_audiences)).
@@ -99,7 +104,7 @@ impl<S, R> AuthService<S, R> {
 
 /// What authenticating a request resolves to (no response type inside, so the future of
 /// [`AuthService`] stays `Send` whatever body the inner service answers with).
-type Authenticating = Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + Send>>;
+type Waiting = Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + Send>>;
 
 impl<S, R, ReqB, B> Service<Request<ReqB>> for AuthService<S, R>
 where
@@ -121,26 +126,52 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         let (parts, body) = req.into_parts();
-        let auth = self.auth.clone();
-        let resources = self
-            .resources
-            .as_ref()
-            .map(|f| f(&parts))
-            .unwrap_or_default();
-        // Only what authentication reads, so the request's headers need not be copied.
-        let mut headers = http::HeaderMap::new();
-        for value in parts.headers.get_all(http::header::AUTHORIZATION) {
-            headers.append(http::header::AUTHORIZATION, value.clone());
-        }
+        // An API key (or a missing or malformed header) is decided here, with nothing to box
+        // or copy; only a JWT may have to wait for its issuer's keys.
+        let authenticating = match self.auth.authenticate_now(&parts.headers) {
+            Some(outcome) => Authenticating::Decided(Some(outcome)),
+            None => {
+                let auth = self.auth.clone();
+                let resources = self
+                    .resources
+                    .as_ref()
+                    .map(|f| f(&parts))
+                    .unwrap_or_default();
+                // Only what authentication reads, so the request's headers need not be copied.
+                let mut headers = http::HeaderMap::new();
+                for value in parts.headers.get_all(http::header::AUTHORIZATION) {
+                    headers.append(http::header::AUTHORIZATION, value.clone());
+                }
+                Authenticating::Waiting(Box::pin(async move {
+                    auth.authenticate_for(&headers, &resources).await
+                }))
+            }
+        };
         AuthFuture {
             state: State::Authenticating {
-                authenticating: Box::pin(async move {
-                    auth.authenticate_for(&headers, &resources).await
-                }),
+                authenticating,
                 request: Some((parts, body)),
                 inner: Some(inner),
                 reject: self.reject.clone(),
             },
+        }
+    }
+}
+
+/// Where authenticating a request stands when its future is first polled.
+enum Authenticating {
+    /// Decided in [`AuthService::call`] (taken on the first poll).
+    Decided(Option<Result<Principal, AuthError>>),
+    Waiting(Waiting),
+}
+
+impl Authenticating {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<Principal, AuthError>> {
+        match self {
+            Authenticating::Decided(outcome) => {
+                Poll::Ready(outcome.take().expect("AuthFuture polled after completion"))
+            }
+            Authenticating::Waiting(future) => future.as_mut().poll(cx),
         }
     }
 }
@@ -192,7 +223,7 @@ where
                     inner,
                     reject,
                 } => {
-                    let outcome = std::task::ready!(authenticating.as_mut().poll(cx));
+                    let outcome = std::task::ready!(authenticating.poll(cx));
                     let (Some((mut parts, body)), Some(mut inner)) = (request.take(), inner.take())
                     else {
                         panic!("AuthFuture polled after completion");

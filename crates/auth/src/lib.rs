@@ -234,6 +234,30 @@ impl Authenticator {
         }
     }
 
+    /// The outcome of [`authenticate_for`](Self::authenticate_for) when it is known without
+    /// waiting: no, malformed or several `Authorization` headers, or an API key. `None` for a
+    /// JWT, whose issuer's keys may have to be fetched first. Counts failures as
+    /// `authenticate_for` does, so a caller that takes this path first and falls back to it
+    /// counts each request once.
+    pub fn authenticate_now(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Option<Result<Principal, AuthError>> {
+        let result = match token::bearer(headers) {
+            Err(e) => Err(e),
+            Ok(token) => match token::classify(token) {
+                Credential::ApiKey(key) => self.api_key(key),
+                Credential::Jwt(_) => return None,
+            },
+        };
+        if let Err(e) = &result {
+            metrics::counter!("mcp_gateway_auth_failures_total", "reason" => e.reason())
+                .increment(1);
+            tracing::debug!(reason = e.reason(), error = %e, "authentication failed");
+        }
+        Some(result)
+    }
+
     fn api_key(&self, key: &str) -> Result<Principal, AuthError> {
         let known = self
             .inner
