@@ -78,6 +78,22 @@ pub fn scan(buf: &[u8], complete: bool) -> Scan {
     }
 }
 
+/// An id of the usual forms, a small non-negative integer or a string without escapes, read
+/// without the JSON parser; `None` for any other (which the parser then reads or refuses).
+fn plain_id(raw: &[u8]) -> Option<Value> {
+    match raw {
+        [b'0'] => Some(Value::from(0u64)),
+        [b'1'..=b'9', rest @ ..] if rest.len() < 18 && rest.iter().all(u8::is_ascii_digit) => {
+            let n = raw.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            Some(Value::from(n))
+        }
+        [b'"', inner @ .., b'"'] if !inner.iter().any(|&b| b == b'\\' || b < 0x20) => {
+            std::str::from_utf8(inner).ok().map(Value::from)
+        }
+        _ => None,
+    }
+}
+
 enum Stop {
     /// Found everything; the rest need not be read.
     Early,
@@ -122,8 +138,13 @@ impl<'a> Scanner<'a> {
             "id" => {
                 let start = self.pos;
                 self.skip_value()?;
-                let id = serde_json::from_slice(&self.buf[start..self.pos])
-                    .map_err(|_| Stop::Bad("invalid JSON-RPC id"))?;
+                let raw = &self.buf[start..self.pos];
+                let id = match plain_id(raw) {
+                    Some(id) => id,
+                    None => {
+                        serde_json::from_slice(raw).map_err(|_| Stop::Bad("invalid JSON-RPC id"))?
+                    }
+                };
                 self.env.id = Some(id);
                 self.id_seen = true;
             }
@@ -347,6 +368,37 @@ mod tests {
         assert_eq!(e.id, Some(json!(7)));
         assert_eq!(e.name.as_deref(), Some("echo"));
         assert!(!e.batch);
+    }
+
+    #[test]
+    fn plain_ids_read_as_the_json_parser_reads_them() {
+        let raws = [
+            "0",
+            "1",
+            "42",
+            "123456789012345678",
+            "1234567890123456789",
+            "01",
+            "-1",
+            "1.5",
+            "1e3",
+            r#""""#,
+            r#""abc""#,
+            r#""a\"b""#,
+            "\"\u{1}\"",
+            r#""é""#,
+            "null",
+            "true",
+        ];
+        for raw in raws {
+            if let Some(id) = plain_id(raw.as_bytes()) {
+                assert_eq!(Some(id), serde_json::from_str::<Value>(raw).ok(), "{raw}");
+            }
+        }
+        assert_eq!(plain_id(b"7"), Some(Value::from(7)));
+        assert_eq!(plain_id(br#""req-1""#), Some(Value::from("req-1")));
+        assert_eq!(plain_id(b"01"), None);
+        assert_eq!(plain_id(b"\"\x01\""), None);
     }
 
     #[test]

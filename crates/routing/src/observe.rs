@@ -20,6 +20,7 @@
 //! with `isError: true`) is read from the response as it streams to the client
 //! ([`crate::jsonwalk`]); nothing is held back.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -230,7 +231,8 @@ pub(crate) struct Probe(Arc<Mutex<Facts>>);
 
 #[derive(Default)]
 struct Facts {
-    method: Option<String>,
+    /// Held once for the conventions' methods (they are most of them), copied for others.
+    method: Option<Cow<'static, str>>,
     target: Option<String>,
     request_id: Option<String>,
     server: Option<Span>,
@@ -258,7 +260,10 @@ pub(crate) fn on_envelope(
         return;
     };
     let mut facts = probe.lock();
-    facts.method = Some(method.to_owned());
+    facts.method = Some(match method_label(method) {
+        OTHER => Cow::Owned(method.to_owned()),
+        known => Cow::Borrowed(known),
+    });
     facts.target = env.name.clone();
     facts.request_id = env
         .id
@@ -266,6 +271,9 @@ pub(crate) fn on_envelope(
         .filter(|id| !id.is_null())
         .map(|id| match id {
             serde_json::Value::String(s) => s.clone(),
+            serde_json::Value::Number(n) if n.is_u64() => {
+                n.as_u64().unwrap_or_default().to_string()
+            }
             other => other.to_string(),
         });
     if let Some(propagator) = &observer.propagator {
@@ -375,7 +383,7 @@ pub(crate) fn client_attempt(
         let facts = probe.lock();
         let parent = facts.server.clone()?;
         let method = facts.method.clone().unwrap_or_default();
-        let method = method.as_str();
+        let method = &*method;
         let name = facts.target.clone();
         let name = name.as_deref();
         let otel_name = match (method, name) {
@@ -688,7 +696,7 @@ enum Reader {
 struct Finish {
     observer: Arc<Observer>,
     facts: Facts,
-    method: String,
+    method: Cow<'static, str>,
     adapter: Arc<str>,
     upstream: Option<Upstream>,
     started: Instant,
@@ -713,8 +721,8 @@ pub(crate) fn observe_response(
     mut res: Response<Tracked>,
 ) -> Response<Tracked> {
     let upstream = res.body_mut().attempt.take();
-    let facts = std::mem::take(&mut *probe.lock());
-    let (Some(method), Some(adapter)) = (facts.method.clone(), adapter) else {
+    let mut facts = std::mem::take(&mut *probe.lock());
+    let (Some(method), Some(adapter)) = (facts.method.take(), adapter) else {
         return res;
     };
     let content_type = res
@@ -729,7 +737,7 @@ pub(crate) fn observe_response(
     } else {
         Reader::None
     };
-    let listing = match method.as_str() {
+    let listing = match &*method {
         "tools/list" if upstream.is_some() => Some(Listing::Tools),
         "prompts/list" if upstream.is_some() => Some(Listing::Prompts),
         _ => None,
@@ -786,7 +794,7 @@ impl Finish {
         let error_type = self.error_type(complete);
         let observer = &self.observer;
         let adapter = &*self.adapter;
-        let method = self.method.as_str();
+        let method = &*self.method;
         let target = self.facts.target.as_deref();
         let replica = self.upstream.as_ref().map(|u| &u.replica);
         if let Some(listing) = self.outcome.listing.filter(|_| error_type.is_none()) {
