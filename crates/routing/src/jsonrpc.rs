@@ -288,7 +288,7 @@ impl<'a> Scanner<'a> {
         let mut escaped = false;
         loop {
             let rest = &self.buf[self.pos..];
-            let Some(i) = rest.iter().position(|&b| b == b'"' || b == b'\\') else {
+            let Some(i) = crate::wire::find_quote_or_backslash(rest) else {
                 self.pos = self.buf.len();
                 return Err(Stop::Eof);
             };

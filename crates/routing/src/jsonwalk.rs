@@ -305,7 +305,7 @@ impl Walker {
                         continue;
                     }
                     let rest = &chunk[i..];
-                    match rest.iter().position(|&c| c == b'"' || c == b'\\') {
+                    match crate::wire::find_quote_or_backslash(rest) {
                         None => {
                             self.string_bytes(key, rest);
                             i = chunk.len();
@@ -337,7 +337,7 @@ impl Walker {
                                 i += 1;
                                 continue;
                             }
-                            match chunk[i..].iter().position(|&c| c == b'"' || c == b'\\') {
+                            match crate::wire::find_quote_or_backslash(&chunk[i..]) {
                                 None => i = chunk.len(),
                                 Some(n) => {
                                     escaped = chunk[i + n] == b'\\';
