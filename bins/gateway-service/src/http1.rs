@@ -474,30 +474,6 @@ fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, Refus
     }
 }
 
-/// The header names of MCP requests that `http` does not know, held once: `from_bytes` copies
-/// every name it does not know into an allocation of its own.
-static MCP_NAMES: [HeaderName; 7] = [
-    mcp_gateway_routing::MCP_SESSION_ID,
-    mcp_gateway_routing::MCP_PROTOCOL_VERSION,
-    mcp_gateway_routing::MCP_METHOD,
-    mcp_gateway_routing::MCP_NAME,
-    HeaderName::from_static("last-event-id"),
-    HeaderName::from_static("traceparent"),
-    HeaderName::from_static("tracestate"),
-];
-
-fn header_name(name: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
-    let first = name.first().map(u8::to_ascii_lowercase);
-    let known = MCP_NAMES.iter().find(|known| {
-        let known = known.as_str().as_bytes();
-        known.len() == name.len() && Some(known[0]) == first && known.eq_ignore_ascii_case(name)
-    });
-    match known {
-        Some(known) => Ok(known.clone()),
-        None => HeaderName::from_bytes(name),
-    }
-}
-
 fn parse_head_with<const N: usize>(
     buf: &mut BytesMut,
     limits: &Limits,
@@ -572,7 +548,7 @@ fn parse_head_with<const N: usize>(
     let (mut said_close, mut said_keep_alive, mut hosts) = (false, false, 0);
     let mut expect_continue = false;
     for &(name, value) in &spans[..n] {
-        let name = header_name(&head[name.0..name.0 + name.1])
+        let name = HeaderName::from_bytes(&head[name.0..name.0 + name.1])
             .or_else(|_| refuse(StatusCode::BAD_REQUEST, "a header name is invalid"))?;
         let value = HeaderValue::from_maybe_shared(slice(value))
             .or_else(|_| refuse(StatusCode::BAD_REQUEST, "a header value is invalid"))?;

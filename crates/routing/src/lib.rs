@@ -121,9 +121,6 @@ pub use error::{
     HEADER_MISMATCH, INVALID_REQUEST, ProxyError, SESSION_NOT_FOUND, json_response, json_rpc_error,
 };
 pub use gateway::{ClientAddr, Gateway};
-pub use headers::{
-    MCP_METHOD, MCP_NAME, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, STATELESS_REVISION,
-    check_host_and_origin, is_stateless, strip_hop_by_hop,
-};
+pub use headers::{STATELESS_REVISION, check_host_and_origin, is_stateless, strip_hop_by_hop};
 pub use mcp_gateway_core::Principal;
 pub use observe::TracePropagator;
