@@ -130,15 +130,15 @@ impl crate::h1::WriteHeaders for Forward<'_> {
         if let Some(host) = host {
             header_line(out, X_FORWARDED_HOST.as_str(), host.as_bytes());
         }
+        // The values built here are written in place, not gathered in a `String` first.
         if let Some(addr) = self.client {
-            let mut value = String::new();
+            header_start(out, X_FORWARDED_FOR.as_str());
             if let Some(prev) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-                value.reserve(prev.len() + 2 + 15);
-                value.push_str(prev);
-                value.push_str(", ");
+                out.extend_from_slice(prev.as_bytes());
+                out.extend_from_slice(b", ");
             }
-            push_ip(&mut value, addr.ip());
-            header_line(out, X_FORWARDED_FOR.as_str(), value.as_bytes());
+            push_ip(out, addr.ip());
+            out.extend_from_slice(b"\r\n");
         }
         header_line(out, X_FORWARDED_PROTO.as_str(), b"http");
         for (i, (name, value)) in self.upstream.iter().enumerate() {
@@ -150,17 +150,17 @@ impl crate::h1::WriteHeaders for Forward<'_> {
             }
         }
         if let Some((names, p)) = identity {
-            let mut value = String::with_capacity(p.subject.len());
-            push_identity_value(&mut value, &p.subject);
-            header_line(out, names.user_id.as_str(), value.as_bytes());
-            value.clear();
+            header_start(out, names.user_id.as_str());
+            push_identity_value(out, &p.subject);
+            out.extend_from_slice(b"\r\n");
+            header_start(out, names.roles.as_str());
             for (i, role) in p.roles.iter().enumerate() {
                 if i > 0 {
-                    value.push(',');
+                    out.push(b',');
                 }
-                push_identity_value(&mut value, role);
+                push_identity_value(out, role);
             }
-            header_line(out, names.roles.as_str(), value.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         for (name, value) in self.extra {
             header_line(out, name.as_str(), value.as_bytes());
@@ -170,38 +170,41 @@ impl crate::h1::WriteHeaders for Forward<'_> {
 
 /// Appends `ip` as text; an IPv4 address digit by digit (the formatting machinery of
 /// `Display` costs more than the rest of the forwarded headers).
-fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     let std::net::IpAddr::V4(v4) = ip else {
-        use std::fmt::Write as _;
+        use std::io::Write as _;
         let _ = write!(out, "{ip}");
         return;
     };
-    if out.capacity() == 0 {
-        out.reserve(15);
-    }
     for (i, octet) in v4.octets().into_iter().enumerate() {
         if i > 0 {
-            out.push('.');
+            out.push(b'.');
         }
         if octet >= 100 {
-            out.push(char::from(b'0' + octet / 100));
+            out.push(b'0' + octet / 100);
         }
         if octet >= 10 {
-            out.push(char::from(b'0' + octet / 10 % 10));
+            out.push(b'0' + octet / 10 % 10);
         }
-        out.push(char::from(b'0' + octet % 10));
+        out.push(b'0' + octet % 10);
     }
+}
+
+/// Starts a header line whose value the caller writes (then `\r\n`).
+fn header_start(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
 }
 
 /// Appends `value` with `%`, `,` and every byte outside visible ASCII and space
 /// percent-encoded.
-fn push_identity_value(out: &mut String, value: &str) {
-    use std::fmt::Write as _;
+fn push_identity_value(out: &mut Vec<u8>, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for b in value.bytes() {
         if (b == b' ' || b.is_ascii_graphic()) && b != b'%' && b != b',' {
-            out.push(char::from(b));
+            out.push(b);
         } else {
-            let _ = write!(out, "%{b:02X}");
+            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
         }
     }
 }
@@ -510,9 +513,9 @@ mod tests {
             .into_iter()
             .chain((0..=255u8).map(|b| [b, b / 10, 99, 100].into()))
         {
-            let mut out = String::new();
+            let mut out = Vec::new();
             push_ip(&mut out, ip);
-            assert_eq!(out, ip.to_string());
+            assert_eq!(out, ip.to_string().as_bytes());
         }
     }
 
