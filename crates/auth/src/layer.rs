@@ -79,6 +79,10 @@ impl<S, R: Clone> Layer<S> for AuthLayer<R> {
 /// extensions and calls the inner service; on failure answers with the [`Reject`]er's
 /// response without calling it. Headers are passed on unchanged.
 ///
+/// `gateway-service`'s front (`Front::serve`) takes the same decision itself for what
+/// [`Authenticator::authenticate_now`] decides, before this layer: what this service does to
+/// a request must be done there too.
+///
 /// Spawning its future where the response body holds a boxed error (`hyper` style bodies):
 /// box it where the types are concrete, outside an `async` block
 /// (`let f: BoxFuture<_> = Box::pin(svc.oneshot(req));`); awaited inside an `async` block that
