@@ -1789,14 +1789,19 @@ mod tests {
     }
 
     /// Whether the request's future is dropped within a second.
-    async fn dropped_within_a_second(server: &Server) -> bool {
+    /// Checks that the request is still being served while its client stays, then that the
+    /// client's leaving drops it within a second.
+    async fn leave_and_see_the_request_dropped(server: &Server, io: TcpStream) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!server.dropped.load(Ordering::SeqCst));
+        drop(io);
         for _ in 0..100 {
             if server.dropped.load(Ordering::SeqCst) {
-                return true;
+                return;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        false
+        panic!("the request's future outlived its client");
     }
 
     async fn closed(io: &mut TcpStream) -> bool {
@@ -2162,13 +2167,7 @@ mod tests {
         io.write_all(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!server.dropped.load(Ordering::SeqCst));
-        drop(io);
-        assert!(
-            dropped_within_a_second(&server).await,
-            "the request's future outlived its client"
-        );
+        leave_and_see_the_request_dropped(&server, io).await;
     }
 
     #[tokio::test]
@@ -2180,13 +2179,7 @@ mod tests {
             .unwrap();
         tokio::time::sleep(Duration::from_millis(30)).await;
         io.write_all(b"56789").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!server.dropped.load(Ordering::SeqCst));
-        drop(io);
-        assert!(
-            dropped_within_a_second(&server).await,
-            "the request's future outlived its client"
-        );
+        leave_and_see_the_request_dropped(&server, io).await;
     }
 
     #[tokio::test]

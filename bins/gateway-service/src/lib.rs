@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context as _;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use mcp_gateway_auth::{AuthLayer, Authenticator};
+use mcp_gateway_auth::{AuthLayer, Authenticator, Reject as _};
 use mcp_gateway_core::{
     AdapterAccess, AdapterTarget, Authorizer, Principal, Replica, SessionStore, StaticResolver,
 };
@@ -423,7 +423,6 @@ impl Front {
                 }
                 Err(e) => {
                     let (parts, _) = req.into_parts();
-                    use mcp_gateway_auth::Reject as _;
                     Box::pin(std::future::ready(Ok(layer.refusal().reject(&parts, &e))))
                 }
             };

@@ -213,24 +213,12 @@ impl Authenticator {
         headers: &http::HeaderMap,
         resources: &[String],
     ) -> Result<Principal, AuthError> {
-        let result = self.authenticate_inner(headers, resources).await;
-        if let Err(e) = &result {
-            metrics::counter!("mcp_gateway_auth_failures_total", "reason" => e.reason())
-                .increment(1);
-            tracing::debug!(reason = e.reason(), error = %e, "authentication failed");
-        }
-        result
-    }
-
-    async fn authenticate_inner(
-        &self,
-        headers: &http::HeaderMap,
-        resources: &[String],
-    ) -> Result<Principal, AuthError> {
-        let token = token::bearer(headers)?;
-        match token::classify(token) {
-            Credential::ApiKey(key) => self.api_key(key),
-            Credential::Jwt(jwt) => self.jwt(jwt, resources).await,
+        match token::bearer(headers) {
+            Ok(token) => match token::classify(token) {
+                Credential::Jwt(jwt) => counted(self.jwt(jwt, resources).await),
+                Credential::ApiKey(key) => counted(self.api_key(key)),
+            },
+            Err(e) => counted(Err(e)),
         }
     }
 
@@ -243,19 +231,13 @@ impl Authenticator {
         &self,
         headers: &http::HeaderMap,
     ) -> Option<Result<Principal, AuthError>> {
-        let result = match token::bearer(headers) {
-            Err(e) => Err(e),
+        match token::bearer(headers) {
             Ok(token) => match token::classify(token) {
-                Credential::ApiKey(key) => self.api_key(key),
-                Credential::Jwt(_) => return None,
+                Credential::Jwt(_) => None,
+                Credential::ApiKey(key) => Some(counted(self.api_key(key))),
             },
-        };
-        if let Err(e) = &result {
-            metrics::counter!("mcp_gateway_auth_failures_total", "reason" => e.reason())
-                .increment(1);
-            tracing::debug!(reason = e.reason(), error = %e, "authentication failed");
+            Err(e) => Some(counted(Err(e))),
         }
-        Some(result)
     }
 
     fn api_key(&self, key: &str) -> Result<Principal, AuthError> {
@@ -462,6 +444,15 @@ fn principal(issuer: &Issuer, claims: &Value) -> Result<Principal, AuthError> {
     };
     let roles = token::roles(token::lookup(claims, &issuer.roles_claim));
     Ok(Principal::new(subject, Some(issuer.issuer.clone()), roles))
+}
+
+/// `result`, with a failure counted in `mcp_gateway_auth_failures_total{reason}` and logged.
+fn counted(result: Result<Principal, AuthError>) -> Result<Principal, AuthError> {
+    if let Err(e) = &result {
+        metrics::counter!("mcp_gateway_auth_failures_total", "reason" => e.reason()).increment(1);
+        tracing::debug!(reason = e.reason(), error = %e, "authentication failed");
+    }
+    result
 }
 
 // === API keys ===

@@ -7,7 +7,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use crate::RoutingConfig;
 use crate::error::ProxyError;
-use crate::wire::{header_line, list};
+use crate::wire::{header_line, header_start, list};
 
 pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 pub const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
@@ -188,12 +188,6 @@ fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
         }
         out.push(b'0' + octet % 10);
     }
-}
-
-/// Starts a header line whose value the caller writes (then `\r\n`).
-fn header_start(out: &mut Vec<u8>, name: &str) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
 }
 
 /// Appends `value` with `%`, `,` and every byte outside visible ASCII and space

@@ -4,10 +4,16 @@
 /// Writes one header line (`name: value\r\n`). The caller vouches that neither holds a CR or
 /// LF: values from `HeaderValue`s, names from `HeaderName`s, or visible ASCII.
 pub fn header_line(out: &mut Vec<u8>, name: &str, value: &[u8]) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b": ");
+    header_start(out, name);
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// Starts a header line (`name: `) whose value the caller writes, then `\r\n`; the same
+/// promise as [`header_line`].
+pub fn header_start(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
 }
 
 /// The elements of a comma-separated header value (`Connection`, `Transfer-Encoding`, a
