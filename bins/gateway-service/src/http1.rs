@@ -40,14 +40,14 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::Service;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mcp_gateway_routing::BoxError;
 use mcp_gateway_routing::timer::LazyTimer;
-use mcp_gateway_routing::wire::{header_line, list, push_decimal, push_hex};
+use mcp_gateway_routing::wire::{HeaderNames, header_line, list, push_decimal, push_hex};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
@@ -139,6 +139,7 @@ where
         limits,
         out: Vec::with_capacity(4096),
         timer: LazyTimer::default(),
+        names: HeaderNames::default(),
     };
     let mut service = service;
     match conn.run(&mut service).await {
@@ -462,13 +463,17 @@ fn refuse<T>(status: StatusCode, why: &'static str) -> Result<T, Refusal> {
 }
 
 /// Parses the head at the start of `buf`: `Ok(None)` when it is not all there yet.
-fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, Refusal> {
+fn parse_head(
+    buf: &mut BytesMut,
+    limits: &Limits,
+    names: &mut HeaderNames,
+) -> Result<Option<Head>, Refusal> {
     // Most heads have a few fields: room for 32 first, for all that are allowed only if
     // that was too little (the arrays are on the stack; clearing room for 100 cost more than
     // parsing a head).
-    match parse_head_with::<32>(buf, limits) {
+    match parse_head_with::<32>(buf, limits, names) {
         Err(Refusal { status, .. }) if status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => {
-            parse_head_with::<MAX_HEADERS>(buf, limits)
+            parse_head_with::<MAX_HEADERS>(buf, limits, names)
         }
         parsed => parsed,
     }
@@ -477,6 +482,7 @@ fn parse_head(buf: &mut BytesMut, limits: &Limits) -> Result<Option<Head>, Refus
 fn parse_head_with<const N: usize>(
     buf: &mut BytesMut,
     limits: &Limits,
+    names: &mut HeaderNames,
 ) -> Result<Option<Head>, Refusal> {
     let mut fields = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; N];
     let mut parsed = httparse::Request::new(&mut []);
@@ -547,8 +553,9 @@ fn parse_head_with<const N: usize>(
     let mut chunked = false;
     let (mut said_close, mut said_keep_alive, mut hosts) = (false, false, 0);
     let mut expect_continue = false;
-    for &(name, value) in &spans[..n] {
-        let name = HeaderName::from_bytes(&head[name.0..name.0 + name.1])
+    for (at, &(name, value)) in spans[..n].iter().enumerate() {
+        let name = names
+            .name(at, &head[name.0..name.0 + name.1])
             .or_else(|_| refuse(StatusCode::BAD_REQUEST, "a header name is invalid"))?;
         let value = HeaderValue::from_maybe_shared(slice(value))
             .or_else(|_| refuse(StatusCode::BAD_REQUEST, "a header value is invalid"))?;
@@ -644,6 +651,8 @@ struct Conn {
     out: Vec<u8>,
     /// The head timeout.
     timer: LazyTimer,
+    /// The names of the last head's fields.
+    names: HeaderNames,
 }
 
 impl Conn {
@@ -750,7 +759,9 @@ impl Conn {
                             return Poll::Ready(Ok(HeadRead::Http2));
                         }
                         // Part of the preface: read on.
-                    } else if let Some(head) = parse_head(&mut read.buf, &self.limits)? {
+                    } else if let Some(head) =
+                        parse_head(&mut read.buf, &self.limits, &mut self.names)?
+                    {
                         return Poll::Ready(Ok(HeadRead::Head(head)));
                     }
                 }

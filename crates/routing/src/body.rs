@@ -189,7 +189,9 @@ pub(crate) trait Watch: Send {
 /// fires early: re-arming per frame would touch the timer wheel on every chunk.
 struct Idle {
     after: Duration,
-    last_frame: Instant,
+    /// When the last frame passed, kept while the timer is armed (a body answered at once,
+    /// the usual case, never reads the clock for it).
+    last_frame: Option<Instant>,
     timer: LazyTimer,
 }
 
@@ -214,7 +216,7 @@ impl Tracked {
             inner,
             idle: Some(Idle {
                 after: idle,
-                last_frame: Instant::now(),
+                last_frame: None,
                 timer: LazyTimer::default(),
             }),
             on_close: Vec::new(),
@@ -287,7 +289,7 @@ impl Body for Tracked {
                 if let Some(idle) = &mut this.idle
                     && idle.timer.is_armed()
                 {
-                    idle.last_frame = Instant::now();
+                    idle.last_frame = Some(Instant::now());
                 }
                 if let (Some(data), Some(watch)) = (frame.data_ref(), this.watch.as_mut()) {
                     watch.frame(data);
@@ -310,10 +312,11 @@ impl Body for Tracked {
                 let Some(idle) = &mut this.idle else {
                     return Poll::Pending;
                 };
-                if !idle.timer.is_armed() {
-                    idle.last_frame = Instant::now();
-                }
-                ready!(idle.timer.poll_expired(idle.last_frame + idle.after, cx));
+                let last_frame = match idle.last_frame {
+                    Some(at) if idle.timer.is_armed() => at,
+                    _ => *idle.last_frame.insert(Instant::now()),
+                };
+                ready!(idle.timer.poll_expired(last_frame + idle.after, cx));
                 let after = idle.after;
                 this.close(false);
                 Poll::Ready(Some(Err(Box::new(StreamIdle(after)))))

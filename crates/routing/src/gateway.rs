@@ -582,6 +582,15 @@ impl Gateway {
     }
 
     fn stateless_candidates(&self, target: &AdapterTarget) -> Vec<Replica> {
+        // One replica is the only candidate whatever its load and health, as `for_stateless`
+        // would say, without looking them up.
+        if let [only] = &target.replicas[..] {
+            return if only.placeable() {
+                vec![only.clone()]
+            } else {
+                Vec::new()
+            };
+        }
         let health = &self.shared.health;
         let name = target.name.as_str();
         placement::for_stateless(
@@ -714,6 +723,19 @@ async fn read_envelope(
         let Ok(data) = frame.into_data() else {
             continue;
         };
+        if buf.is_empty() && data.len() as u64 <= limit {
+            // Most messages come in one frame: it is scanned where it lies, not copied.
+            let env = match jsonrpc::scan(&data, body.is_end_stream()) {
+                Scan::NeedMore => None,
+                Scan::Done(env) => Some(Some(env)),
+                Scan::Invalid(_) => Some(None),
+            };
+            if let Some(env) = env {
+                let rest = (!body.is_end_stream()).then_some(body);
+                return Ok((vec![data], rest, env));
+            }
+            next_scan = data.len() * 2;
+        }
         buf.extend_from_slice(&data);
         if buf.len() as u64 > limit {
             return Err(ProxyError::BodyTooLarge(limit));

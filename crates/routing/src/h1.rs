@@ -34,7 +34,7 @@ use tokio::time::Instant;
 
 use crate::body::{BoxError, ForwardBody};
 use crate::timer::LazyTimer;
-use crate::wire::{header_line, list, push_decimal, push_hex};
+use crate::wire::{HeaderNames, header_line, list, push_decimal, push_hex};
 
 /// The most headers an answer may carry (hyper's default).
 const MAX_HEADERS: usize = 100;
@@ -54,6 +54,8 @@ pub(crate) struct Conn {
     write: Vec<u8>,
     /// The answers' deadlines: no timer is registered and removed per request.
     timer: LazyTimer,
+    /// The names of the last answer's fields.
+    names: HeaderNames,
 }
 
 /// Why an exchange failed.
@@ -179,6 +181,7 @@ impl Conn {
             read: BytesMut::new(),
             write: Vec::new(),
             timer: LazyTimer::default(),
+            names: HeaderNames::default(),
         }
     }
 
@@ -312,7 +315,9 @@ impl Exchange {
         loop {
             if !conn.read.is_empty() {
                 self.answered = true;
-                if let Some(mut answer) = parse_answer(&mut conn.read, head_request)? {
+                if let Some(mut answer) =
+                    parse_answer(&mut conn.read, &mut conn.names, head_request)?
+                {
                     answer.reusable &= self.sent;
                     return Poll::Ready(Ok(answer));
                 }
@@ -428,7 +433,11 @@ fn is_reset(e: &io::Error) -> bool {
 
 /// Parses an answer's head at the start of `buf`, past any 1xx answers; `None` while it is
 /// incomplete. The head's bytes are taken from `buf`; header values share them.
-fn parse_answer(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>, Error> {
+fn parse_answer(
+    buf: &mut BytesMut,
+    names: &mut HeaderNames,
+    head_request: bool,
+) -> Result<Option<Answer>, Error> {
     loop {
         let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
         let mut res = httparse::Response::new(&mut []);
@@ -453,8 +462,9 @@ fn parse_answer(buf: &mut BytesMut, head_request: bool) -> Result<Option<Answer>
         // Where each header lies in the head, so the values can share its bytes.
         let base = buf.as_ptr() as usize;
         let mut spans = Vec::with_capacity(res.headers.len());
-        for h in res.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
+        for (at, h) in res.headers.iter().enumerate() {
+            let name = names
+                .name(at, h.name.as_bytes())
                 .map_err(|_| Error::Protocol(format!("invalid header name {:?}", h.name)))?;
             let start = h.value.as_ptr() as usize - base;
             spans.push((name, start, start + h.value.len()));

@@ -129,13 +129,13 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    fn top_level_member(&mut self, key: &str) -> Step {
+    fn top_level_member(&mut self, key: &[u8]) -> Step {
         match key {
-            "method" => {
+            b"method" => {
                 let method = self.string()?;
                 self.env.method = Some(method);
             }
-            "id" => {
+            b"id" => {
                 let start = self.pos;
                 self.skip_value()?;
                 let raw = &self.buf[start..self.pos];
@@ -148,15 +148,15 @@ impl<'a> Scanner<'a> {
                 self.env.id = Some(id);
                 self.id_seen = true;
             }
-            "params" if self.peek()? == b'{' => {
+            b"params" if self.peek()? == b'{' => {
                 self.pos += 1;
                 self.object(|s, key| match key {
-                    "_meta" if s.peek()? == b'{' => {
+                    b"_meta" if s.peek()? == b'{' => {
                         s.pos += 1;
                         s.object(|s, key| match key {
-                            "traceparent" | "tracestate" if s.peek()? == b'"' => {
+                            b"traceparent" | b"tracestate" if s.peek()? == b'"' => {
                                 let v = s.string()?;
-                                if key == "traceparent" {
+                                if key == b"traceparent" {
                                     s.env.traceparent = Some(v);
                                 } else {
                                     s.env.tracestate = Some(v);
@@ -166,9 +166,9 @@ impl<'a> Scanner<'a> {
                             _ => s.skip_value(),
                         })
                     }
-                    "name" | "uri" if s.peek()? == b'"' => {
+                    b"name" | b"uri" if s.peek()? == b'"' => {
                         let v = s.string()?;
-                        if key == "name" {
+                        if key == b"name" {
                             s.name = Some(v);
                         } else {
                             s.uri = Some(v);
@@ -204,7 +204,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Reads members of an object whose `{` was consumed, through its `}`.
-    fn object(&mut self, mut member: impl FnMut(&mut Self, &str) -> Step) -> Step {
+    fn object(&mut self, mut member: impl FnMut(&mut Self, &[u8]) -> Step) -> Step {
         self.ws()?;
         if self.peek()? == b'}' {
             self.pos += 1;
@@ -263,20 +263,20 @@ impl<'a> Scanner<'a> {
     }
 
     /// Consumes an object's key: borrowed from the message unless it holds escapes (keys are
-    /// read for every member; copying each cost an allocation).
-    fn key(&mut self) -> Step<std::borrow::Cow<'a, str>> {
+    /// read for every member; copying each cost an allocation). Its bytes are only compared
+    /// with the keys the scanner looks for, so they are not checked for being UTF-8 (no more
+    /// than a skipped value's are: the replica reads the message).
+    fn key(&mut self) -> Step<std::borrow::Cow<'a, [u8]>> {
         let start = self.pos;
         let escaped = self.skip_string()?;
         let buf: &'a [u8] = self.buf;
         let raw = &buf[start..self.pos];
         if escaped {
             serde_json::from_slice::<String>(raw)
-                .map(std::borrow::Cow::Owned)
+                .map(|k| std::borrow::Cow::Owned(k.into_bytes()))
                 .map_err(|_| Stop::Bad("invalid string"))
         } else {
-            std::str::from_utf8(&raw[1..raw.len() - 1])
-                .map(std::borrow::Cow::Borrowed)
-                .map_err(|_| Stop::Bad("invalid UTF-8 in a string"))
+            Ok(std::borrow::Cow::Borrowed(&raw[1..raw.len() - 1]))
         }
     }
 

@@ -1,5 +1,5 @@
-//! Writers of HTTP/1.1's wire format, shared by the gateway's client to replicas and by
-//! `gateway-service`'s server connection.
+//! Writers of HTTP/1.1's wire format, and the header-name memory of a head reader, shared by
+//! the gateway's client to replicas and by `gateway-service`'s server connection.
 
 /// Writes one header line (`name: value\r\n`). The caller vouches that neither holds a CR or
 /// LF: values from `HeaderValue`s, names from `HeaderName`s, or visible ASCII.
@@ -20,6 +20,63 @@ pub fn header_start(out: &mut Vec<u8>, name: &str) {
 /// repeated `Content-Length`), without the whitespace around them; empty ones included.
 pub fn list(value: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
     value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
+}
+
+/// The header names of the last head read on one connection, by position. A client (or a
+/// replica) writes the same fields in the same order head after head, so the name at a
+/// position is most often the one before, written the same way: it is then cloned instead of
+/// parsed again (`HeaderName::from_bytes` lowercases every name and allocates each one it
+/// does not know, such as `Mcp-Session-Id`).
+#[derive(Debug, Default)]
+pub struct HeaderNames {
+    slots: Vec<NameSlot>,
+}
+
+#[derive(Debug)]
+struct NameSlot {
+    /// The name as written on the wire (names longer than this are not remembered).
+    raw: [u8; NAME_ROOM],
+    len: u8,
+    name: http::HeaderName,
+}
+
+/// Longest name remembered: `mcp-protocol-version` is 20 bytes.
+const NAME_ROOM: usize = 24;
+/// Positions remembered; a head's later fields are parsed each time.
+const NAME_SLOTS: usize = 32;
+
+impl HeaderNames {
+    /// The name written as `raw` at position `at` of the head being read.
+    ///
+    /// # Errors
+    ///
+    /// When `raw` is not a header name.
+    pub fn name(
+        &mut self,
+        at: usize,
+        raw: &[u8],
+    ) -> Result<http::HeaderName, http::header::InvalidHeaderName> {
+        if let Some(slot) = self.slots.get(at)
+            && slot.raw.get(..usize::from(slot.len)) == Some(raw)
+        {
+            return Ok(slot.name.clone());
+        }
+        let name = http::HeaderName::from_bytes(raw)?;
+        if raw.len() <= NAME_ROOM && at < NAME_SLOTS && at <= self.slots.len() {
+            let mut slot = NameSlot {
+                raw: [0; NAME_ROOM],
+                len: raw.len() as u8, // at most NAME_ROOM
+                name: name.clone(),
+            };
+            slot.raw[..raw.len()].copy_from_slice(raw);
+            if at == self.slots.len() {
+                self.slots.push(slot);
+            } else {
+                self.slots[at] = slot;
+            }
+        }
+        Ok(name)
+    }
 }
 
 /// Writes `n` in decimal (a `Content-Length`).
@@ -106,6 +163,66 @@ mod tests {
         let mut line = Vec::new();
         header_line(&mut line, "content-type", b"application/json");
         assert_eq!(line, b"content-type: application/json\r\n");
+    }
+
+    #[test]
+    fn remembered_header_names_are_what_parsing_gives() {
+        let heads: [&[&[u8]]; 6] = [
+            &[
+                b"Host",
+                b"Content-Type",
+                b"Mcp-Session-Id",
+                b"X-A-Name-Longer-Than-Its-Room",
+            ],
+            &[
+                b"Host",
+                b"Content-Type",
+                b"Mcp-Session-Id",
+                b"X-A-Name-Longer-Than-Its-Room",
+            ],
+            // The same names written otherwise, moved, and one that is not a name.
+            &[
+                b"host",
+                b"mcp-session-id",
+                b"Content-Type",
+                b"Bad Name",
+                b"Accept",
+            ],
+            &[b"HOST", b"Mcp-Session-Id", b"content-type"],
+            &[
+                b"Host",
+                b"Content-Type",
+                b"Mcp-Session-Id",
+                b"X-A-Name-Longer-Than-Its-Room",
+            ],
+            &[],
+        ];
+        let mut names = HeaderNames::default();
+        for _ in 0..2 {
+            for head in heads {
+                for (at, raw) in head.iter().enumerate() {
+                    let parsed = http::HeaderName::from_bytes(raw).ok();
+                    assert_eq!(
+                        names.name(at, raw).ok(),
+                        parsed,
+                        "{:?} at {at}",
+                        raw.escape_ascii().to_string()
+                    );
+                }
+            }
+        }
+        let many: Vec<String> = (0..NAME_SLOTS + 8)
+            .map(|i| format!("X-Field-{i}"))
+            .collect();
+        for _ in 0..2 {
+            for (at, raw) in many.iter().enumerate() {
+                assert_eq!(
+                    names.name(at, raw.as_bytes()).ok(),
+                    http::HeaderName::from_bytes(raw.as_bytes()).ok()
+                );
+            }
+        }
+        assert_eq!(names.slots.len(), NAME_SLOTS);
     }
 
     #[test]
