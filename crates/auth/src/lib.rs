@@ -115,10 +115,12 @@ struct Inner {
     api_keys: HashMap<String, ApiKey>,
     /// Configured API keys already presented and matched, by the key itself: a key is hashed
     /// once, not on every request. Holds at most one entry per configured key (only a match
-    /// enters). The key file's key is not remembered: its file is read on every use, so that
-    /// deleting it revokes the key at once.
+    /// enters). The key file's key is not remembered here: its file is looked at on every use,
+    /// so that deleting it revokes the key at once.
     known_keys: std::sync::RwLock<HashMap<Box<str>, Principal, foldhash::fast::RandomState>>,
     key_file: Option<KeyFileConfig>,
+    /// What the key file held when last read, and how it looked then.
+    key_file_seen: std::sync::Mutex<Option<FileSeen>>,
     /// `None` when no issuer is configured.
     fetcher: Option<Fetcher>,
     timing: Timing,
@@ -169,6 +171,7 @@ impl Authenticator {
                 api_keys: validated.api_keys,
                 known_keys: std::sync::RwLock::default(),
                 key_file: config.key_file.clone(),
+                key_file_seen: std::sync::Mutex::default(),
                 fetcher,
                 timing: Timing {
                     ttl: config.jwks_cache_ttl,
@@ -268,7 +271,7 @@ impl Authenticator {
             return Ok(p);
         }
         match &self.inner.key_file {
-            Some(file) if key_file_holds(file, &digest) => {
+            Some(file) if key_file_holds(file, &self.inner.key_file_seen, &digest) => {
                 Ok(principal(&file.subject, &file.roles))
             }
             _ => Err(AuthError::invalid(Kind::UnknownKey, "unknown API key")),
@@ -457,9 +460,52 @@ fn counted(result: Result<Principal, AuthError>) -> Result<Principal, AuthError>
 
 // === API keys ===
 
-/// Whether the key file exists, is private to its owner and holds the key of `digest`. Read
-/// on every use (a few bytes, from the page cache), so a deleted file revokes its key at once.
-fn key_file_holds(file: &KeyFileConfig, digest: &str) -> bool {
+/// The key file as last read: its key's digest (`None` when it held none), and the file's
+/// identity, size and times then.
+struct FileSeen {
+    stamp: FileStamp,
+    read_at: std::time::Instant,
+    digest: Option<String>,
+}
+
+/// What changes when a file is replaced or written: device and inode, size, modification and
+/// change times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// A file that looks unchanged is read again after this long anyway: a key written over in
+/// place within the file system's timestamp granularity, at the same length, is seen then.
+const KEY_FILE_REREAD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Whether the key file exists, is private to its owner and holds the key of `digest`. Its
+/// metadata is looked at on every use, so a deleted (or replaced) file revokes its key at
+/// once; its content is read again only when the metadata changed or a second has passed.
+/// An unknown key thus costs one `stat`, not a read and a hash of the file, however many are
+/// presented.
+fn key_file_holds(
+    file: &KeyFileConfig,
+    seen: &std::sync::Mutex<Option<FileSeen>>,
+    digest: &str,
+) -> bool {
     use std::os::unix::fs::PermissionsExt as _;
     let Ok(meta) = std::fs::metadata(&file.path) else {
         return false;
@@ -468,10 +514,25 @@ fn key_file_holds(file: &KeyFileConfig, digest: &str) -> bool {
         tracing::warn!(path = %file.path.display(), "key file readable by other users: its key is refused (chmod 600 it)");
         return false;
     }
-    std::fs::read_to_string(&file.path).is_ok_and(|text| {
-        let key = text.trim();
-        !key.is_empty() && hash_api_key(key) == digest
-    })
+    let stamp = FileStamp::of(&meta);
+    let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+    let fresh = seen
+        .as_ref()
+        .filter(|s| s.stamp == stamp && s.read_at.elapsed() < KEY_FILE_REREAD);
+    if fresh.is_none() {
+        let held = std::fs::read_to_string(&file.path).ok().and_then(|text| {
+            let key = text.trim();
+            (!key.is_empty()).then(|| hash_api_key(key))
+        });
+        *seen = Some(FileSeen {
+            stamp,
+            read_at: std::time::Instant::now(),
+            digest: held,
+        });
+    }
+    seen.as_ref()
+        .and_then(|s| s.digest.as_deref())
+        .is_some_and(|held| held == digest)
 }
 
 /// Lowercase hex SHA-256 of an API key: what [`ApiKeyConfig::sha256`] holds.
@@ -513,6 +574,55 @@ mod tests {
             hash_api_key("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[test]
+    fn the_key_file_is_followed_as_it_changes() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.key");
+        let write = |key: &str| {
+            std::fs::write(&path, format!("{key}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        };
+        let file = KeyFileConfig {
+            path: path.clone(),
+            subject: "admin".into(),
+            roles: vec!["mcp.admin".into()],
+        };
+        let seen = std::sync::Mutex::default();
+        let holds = |key: &str| key_file_holds(&file, &seen, &hash_api_key(key));
+
+        assert!(!holds("mcpgw_one"), "no file yet");
+        write("mcpgw_one");
+        assert!(holds("mcpgw_one"));
+        assert!(!holds("mcpgw_two") && !holds(""), "other keys");
+        // Another key of another length: seen at once.
+        write("mcpgw_three");
+        assert!(holds("mcpgw_three") && !holds("mcpgw_one"));
+        // Another key of the same length, written over in place: seen at once when the file
+        // system's times moved, within a second when they did not.
+        write("mcpgw_seven");
+        let since = std::time::Instant::now();
+        while !holds("mcpgw_seven") {
+            assert!(
+                since.elapsed() < KEY_FILE_REREAD * 3,
+                "the new key is never seen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        assert!(!holds("mcpgw_three"));
+        // Readable by others: refused at once.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(!holds("mcpgw_seven"));
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(holds("mcpgw_seven"));
+        // Deleted: refused at once.
+        std::fs::remove_file(&path).unwrap();
+        assert!(!holds("mcpgw_seven"));
+        // Empty: holds no key.
+        write("");
+        assert!(!holds(""));
     }
 
     #[test]
