@@ -376,17 +376,21 @@ impl Front {
     + Send
     + 'static
     + use<> {
-        let front = self.clone();
+        // One copy per connection, shared by its requests through one `Arc`: a connection
+        // stays on one thread, so a request touches that count only, not the counts of the
+        // gateway's shared parts, which every thread's requests would otherwise increment and
+        // decrement on the same cache lines.
+        let front = Arc::new(self.clone());
         hyper::service::service_fn(move |mut req: Request<server::ClientBody>| {
             req.extensions_mut().insert(ClientAddr(peer));
-            front.clone().serve(req)
+            Arc::clone(&front).serve(req)
         })
     }
 
     /// A boxed future built outside any `async` block: the compiler then proves the
     /// authentication layer's future `Send` for the concrete body type (inside an `async`
     /// block it would have to for every lifetime, and cannot; rust-lang/rust#102211).
-    fn serve(self, mut req: Request<server::ClientBody>) -> ServeFuture {
+    fn serve(self: Arc<Self>, mut req: Request<server::ClientBody>) -> ServeFuture {
         let path = req.uri().path();
         if auth::is_metadata_path(path) {
             let res = match mcp_gateway_routing::check_host_and_origin(
@@ -439,7 +443,7 @@ impl Front {
     }
 
     /// An authenticated request (its [`Principal`] is an extension): the API or the data plane.
-    async fn route(self, req: Request<server::ClientBody>) -> Response<ProxyBody> {
+    async fn route(self: Arc<Self>, req: Request<server::ClientBody>) -> Response<ProxyBody> {
         let data_path = Gateway::handles_path(req.uri().path());
         match &self.api {
             Some(api) if !data_path => {

@@ -369,14 +369,15 @@ pub(crate) struct Upstream {
     span: Option<Span>,
 }
 
-/// Opens the CLIENT span of an attempt on `replica` (a request with `headers`) and writes its
-/// context into `trace_context`, sent with the request.
+/// Opens the CLIENT span of an attempt on `replica` (a request with `headers`), begun at
+/// `started`, and writes its context into `trace_context`, sent with the request.
 pub(crate) fn client_attempt(
     observer: &Observer,
     probe: Option<&Probe>,
     replica: &mcp_gateway_core::Replica,
     headers: &HeaderMap,
     trace_context: &mut HeaderMap,
+    started: Instant,
 ) -> Upstream {
     let span = observer.propagator.as_ref().and_then(|propagator| {
         let probe = probe?;
@@ -422,7 +423,7 @@ pub(crate) fn client_attempt(
     });
     Upstream {
         replica: replica.id.clone(),
-        started: Instant::now(),
+        started,
         span,
     }
 }
@@ -804,11 +805,12 @@ impl Finish {
                 std::mem::take(&mut self.outcome.found),
             );
         }
-        let elapsed = self.started.elapsed();
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.started);
         let (server, client) =
             observer.operation_histograms(adapter, replica, method, target, error_type.as_deref());
         if let Some(up) = &self.upstream {
-            client.record(up.started.elapsed().as_secs_f64());
+            client.record(now.saturating_duration_since(up.started).as_secs_f64());
         }
         server.record(elapsed.as_secs_f64());
         if let Some(e) = &error_type {

@@ -386,12 +386,15 @@ impl Gateway {
         };
         let probe = parts.extensions.get::<Probe>();
         let mut trace_context = HeaderMap::new();
+        // One reading of the clock for the attempt's start and its deadline.
+        let started = tokio::time::Instant::now();
         let attempt = observe::client_attempt(
             &self.observer,
             probe,
             replica,
             &parts.headers,
             &mut trace_context,
+            started,
         );
         let headers = headers::Forward {
             headers: &parts.headers,
@@ -406,7 +409,7 @@ impl Gateway {
         let in_flight = health.start();
         // The answer's head must come within the request timeout; the connection's own timer
         // keeps it (no timer per request).
-        let deadline = tokio::time::Instant::now() + config.request_timeout;
+        let deadline = started + config.request_timeout;
         let sent = self
             .upstream
             .request(
