@@ -71,7 +71,9 @@ impl<T: ReplicaResolver + ?Sized> ReplicaResolver for Arc<T> {
 /// runtime updates as replicas come and go.
 #[derive(Debug, Default)]
 pub struct StaticResolver {
-    adapters: RwLock<HashMap<String, Arc<AdapterTarget>>>,
+    /// Looked up on every request with a name from its path: foldhash, seeded per process,
+    /// rather than SipHash (the names are the operator's, not the caller's, to choose).
+    adapters: RwLock<HashMap<String, Arc<AdapterTarget>, foldhash::fast::RandomState>>,
 }
 
 impl StaticResolver {
