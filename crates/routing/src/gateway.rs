@@ -582,15 +582,6 @@ impl Gateway {
     }
 
     fn stateless_candidates(&self, target: &AdapterTarget) -> Vec<Replica> {
-        // One replica is the only candidate whatever its load and health, as `for_stateless`
-        // would say, without looking them up.
-        if let [only] = &target.replicas[..] {
-            return if only.placeable() {
-                vec![only.clone()]
-            } else {
-                Vec::new()
-            };
-        }
         let health = &self.shared.health;
         let name = target.name.as_str();
         placement::for_stateless(
@@ -713,26 +704,19 @@ async fn read_envelope(
                 ));
             }
             None => {
-                let env = match jsonrpc::scan(&buf, true) {
-                    Scan::Done(env) => Some(env),
-                    _ => None,
-                };
+                let env = decided(jsonrpc::scan(&buf, true)).flatten();
                 return Ok((vec![buf.freeze()], None, env));
             }
         };
         let Ok(data) = frame.into_data() else {
             continue;
         };
+        let ended = body.is_end_stream();
+        let rest = |body| (!ended).then_some(body);
         if buf.is_empty() && data.len() as u64 <= limit {
             // Most messages come in one frame: it is scanned where it lies, not copied.
-            let env = match jsonrpc::scan(&data, body.is_end_stream()) {
-                Scan::NeedMore => None,
-                Scan::Done(env) => Some(Some(env)),
-                Scan::Invalid(_) => Some(None),
-            };
-            if let Some(env) = env {
-                let rest = (!body.is_end_stream()).then_some(body);
-                return Ok((vec![data], rest, env));
+            if let Some(env) = decided(jsonrpc::scan(&data, ended)) {
+                return Ok((vec![data], rest(body), env));
             }
             next_scan = data.len() * 2;
         }
@@ -745,11 +729,19 @@ async fn read_envelope(
         }
         // Rescan from the start only when the buffer has doubled: linear in the body size.
         next_scan = buf.len() * 2;
-        match jsonrpc::scan(&buf, body.is_end_stream()) {
-            Scan::NeedMore => {}
-            Scan::Done(env) => return Ok((vec![buf.freeze()], Some(body), Some(env))),
-            Scan::Invalid(_) => return Ok((vec![buf.freeze()], Some(body), None)),
+        if let Some(env) = decided(jsonrpc::scan(&buf, ended)) {
+            return Ok((vec![buf.freeze()], rest(body), env));
         }
+    }
+}
+
+/// What a scan decided: `None` while it needs more bytes, else the envelope, or `None` inside
+/// when the body is not a JSON-RPC message.
+fn decided(scan: Scan) -> Option<Option<Envelope>> {
+    match scan {
+        Scan::NeedMore => None,
+        Scan::Done(env) => Some(Some(env)),
+        Scan::Invalid(_) => Some(None),
     }
 }
 

@@ -219,9 +219,16 @@ fn order(
     load: impl Fn(&Replica) -> u64,
     ejected: impl Fn(&Replica) -> bool,
 ) -> Vec<&Replica> {
+    let placeable = || target.replicas.iter().filter(|r| r.placeable());
+    // One placeable replica is the only candidate whatever its load and health: neither is
+    // looked up (most adapters have one replica, and each lookup is a map's).
+    let mut first_two = placeable();
+    if let (Some(only), None) = (first_two.next(), first_two.next()) {
+        return vec![only];
+    }
     let mut healthy: Vec<(u64, u32, &Replica)> = Vec::with_capacity(target.replicas.len());
     let mut sick = Vec::new();
-    for r in target.replicas.iter().filter(|r| r.placeable()) {
+    for r in placeable() {
         let entry = (load(r), r.ordinal, r);
         if ejected(r) {
             sick.push(entry);
@@ -321,6 +328,23 @@ mod tests {
         );
         let t = target(&[("0", false, false)]);
         assert!(for_new_session(&t, &HashMap::new(), |_| 0, |_| false).is_empty());
+    }
+
+    #[test]
+    fn one_placeable_replica_is_chosen_without_looking_up_its_load_or_health() {
+        let t = target(&[("0", false, false), ("1", true, false), ("2", true, true)]);
+        let unasked = |_: &Replica| -> u64 { panic!("load looked up") };
+        let unasked_health = |_: &Replica| -> bool { panic!("health looked up") };
+        assert_eq!(ids(for_stateless(&t, unasked, unasked_health)), ["1"]);
+        assert_eq!(
+            ids(for_new_session(
+                &t,
+                &HashMap::new(),
+                unasked,
+                unasked_health
+            )),
+            ["1"]
+        );
     }
 
     #[test]
