@@ -406,11 +406,11 @@ impl Front {
             // Public, and served as a caller with no rights at all.
             req.extensions_mut()
                 .insert(Principal::anonymous(Vec::new()));
-            return Box::pin(async move { Ok(self.route(req).await) });
+            return self.route(req);
         }
         let Some(layer) = self.auth.clone() else {
             req.extensions_mut().insert((*self.anonymous).clone());
-            return Box::pin(async move { Ok(self.route(req).await) });
+            return self.route(req);
         };
         // What is decided without waiting (an API key, a missing or malformed header) is
         // decided here, as the layer would: the request then takes the same short way as
@@ -423,7 +423,7 @@ impl Front {
             return match outcome {
                 Ok(principal) => {
                     req.extensions_mut().insert(principal);
-                    Box::pin(async move { Ok(self.route(req).await) })
+                    self.route(req)
                 }
                 Err(e) => {
                     let (parts, _) = req.into_parts();
@@ -434,39 +434,43 @@ impl Front {
         // The routing future boxed on its own: the authentication future and the `Oneshot`
         // around it then move a pointer, not the routing state, as they change state (three
         // moves of it were ~2 000 instructions per request).
-        let inner = tower::service_fn(move |req: Request<server::ClientBody>| {
-            let this = self.clone();
-            let routed: ServeFuture = Box::pin(async move { Ok(this.route(req).await) });
-            routed
-        });
+        let inner =
+            tower::service_fn(move |req: Request<server::ClientBody>| self.clone().route(req));
         Box::pin(layer.layer(inner).oneshot(req))
     }
 
     /// An authenticated request (its [`Principal`] is an extension): the API or the data plane.
-    async fn route(self: Arc<Self>, req: Request<server::ClientBody>) -> Response<ProxyBody> {
+    /// Decided here, before the future is boxed: the box then holds the routing future itself,
+    /// not a future around it (each level is one more move of the whole state per request).
+    fn route(self: Arc<Self>, req: Request<server::ClientBody>) -> ServeFuture {
         let data_path = Gateway::handles_path(req.uri().path());
         match &self.api {
             Some(api) if !data_path => {
                 if let Err(e) =
                     mcp_gateway_routing::check_host_and_origin(req.headers(), self.gateway.config())
                 {
-                    return problem(StatusCode::FORBIDDEN, &e.to_string());
+                    return Box::pin(std::future::ready(Ok(problem(
+                        StatusCode::FORBIDDEN,
+                        &e.to_string(),
+                    ))));
                 }
                 let api = api.clone();
-                match &self.main {
-                    None => serve_api(api, req).await,
-                    Some(main) => main.spawn(serve_api(api, req)).await.unwrap_or_else(|e| {
-                        tracing::error!(error = %e, "management API request failed");
-                        problem(StatusCode::INTERNAL_SERVER_ERROR, "the request failed")
-                    }),
-                }
+                Box::pin(async move {
+                    Ok(match &self.main {
+                        None => serve_api(api, req).await,
+                        Some(main) => main.spawn(serve_api(api, req)).await.unwrap_or_else(|e| {
+                            tracing::error!(error = %e, "management API request failed");
+                            problem(StatusCode::INTERNAL_SERVER_ERROR, "the request failed")
+                        }),
+                    })
+                })
             }
-            _ if data_path && !self.data_plane => problem(
+            _ if data_path && !self.data_plane => Box::pin(std::future::ready(Ok(problem(
                 StatusCode::NOT_FOUND,
                 "this is the control plane (gateway-management): MCP clients connect to \
                  gateway-service",
-            ),
-            _ => self.gateway.handle(req).await,
+            )))),
+            _ => Box::pin(async move { Ok(self.gateway.handle(req).await) }),
         }
     }
 }

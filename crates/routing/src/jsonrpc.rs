@@ -5,6 +5,9 @@
 //! needs, so a `tools/call` with megabytes of `arguments` after its `name` is routed after its
 //! first few dozen bytes. Values it does not need are skipped, never decoded.
 
+use std::borrow::Cow;
+use std::sync::Arc;
+
 use serde_json::Value;
 
 /// What routing knows of a JSON-RPC message.
@@ -14,8 +17,9 @@ pub struct Envelope {
     /// The request id, when present (a notification or response has none / `method` none).
     pub id: Option<Value>,
     /// What the method names: `params.uri` for `resources/*`, else `params.name` (tools/call,
-    /// prompts/get), whatever order the keys come in.
-    pub name: Option<String>,
+    /// prompts/get), whatever order the keys come in. Shared: the request's metrics and spans
+    /// keep it too.
+    pub name: Option<Arc<str>>,
     /// The body is a JSON array (a batch, allowed by 2025-03-26 only).
     pub batch: bool,
     /// W3C trace context in `params._meta` (SEP-414), when it comes before what routing needs
@@ -109,8 +113,8 @@ struct Scanner<'a> {
     pos: usize,
     env: Envelope,
     id_seen: bool,
-    name: Option<String>,
-    uri: Option<String>,
+    name: Option<Arc<str>>,
+    uri: Option<Arc<str>>,
 }
 
 impl<'a> Scanner<'a> {
@@ -167,7 +171,7 @@ impl<'a> Scanner<'a> {
                         })
                     }
                     b"name" | b"uri" if s.peek()? == b'"' => {
-                        let v = s.string()?;
+                        let v = Arc::from(s.text()?);
                         if key == b"name" {
                             s.name = Some(v);
                         } else {
@@ -250,14 +254,22 @@ impl<'a> Scanner<'a> {
 
     /// Consumes a string literal and decodes it.
     fn string(&mut self) -> Step<String> {
+        self.text().map(Cow::into_owned)
+    }
+
+    /// A string value, borrowed from the message unless it holds escapes.
+    fn text(&mut self) -> Step<Cow<'a, str>> {
         let start = self.pos;
         let escaped = self.skip_string()?;
-        let raw = &self.buf[start..self.pos];
+        let buf: &'a [u8] = self.buf;
+        let raw = &buf[start..self.pos];
         if escaped {
-            serde_json::from_slice(raw).map_err(|_| Stop::Bad("invalid string"))
+            serde_json::from_slice::<String>(raw)
+                .map(Cow::Owned)
+                .map_err(|_| Stop::Bad("invalid string"))
         } else {
             std::str::from_utf8(&raw[1..raw.len() - 1])
-                .map(str::to_owned)
+                .map(Cow::Borrowed)
                 .map_err(|_| Stop::Bad("invalid UTF-8 in a string"))
         }
     }
@@ -266,17 +278,17 @@ impl<'a> Scanner<'a> {
     /// read for every member; copying each cost an allocation). Its bytes are only compared
     /// with the keys the scanner looks for, so they are not checked for being UTF-8 (no more
     /// than a skipped value's are: the replica reads the message).
-    fn key(&mut self) -> Step<std::borrow::Cow<'a, [u8]>> {
+    fn key(&mut self) -> Step<Cow<'a, [u8]>> {
         let start = self.pos;
         let escaped = self.skip_string()?;
         let buf: &'a [u8] = self.buf;
         let raw = &buf[start..self.pos];
         if escaped {
             serde_json::from_slice::<String>(raw)
-                .map(|k| std::borrow::Cow::Owned(k.into_bytes()))
+                .map(|k| Cow::Owned(k.into_bytes()))
                 .map_err(|_| Stop::Bad("invalid string"))
         } else {
-            Ok(std::borrow::Cow::Borrowed(&raw[1..raw.len() - 1]))
+            Ok(Cow::Borrowed(&raw[1..raw.len() - 1]))
         }
     }
 

@@ -6,6 +6,8 @@
 //!
 //! [`SseData`] feeds the `data:` lines of an SSE stream to a walker, one JSON message per event.
 
+use smallvec::SmallVec;
+
 /// Deepest nesting followed; deeper input stops the walk (nothing more is reported).
 const MAX_DEPTH: usize = 64;
 /// Longest key kept for path matching; longer keys never match (no visitor asks for one:
@@ -97,21 +99,28 @@ enum Capture {
     Raw { level: usize },
 }
 
+/// Levels kept inline: an MCP response's values of interest are at most four deep
+/// (`result.tools[i].name`), and skipped values push none, so a response is read without
+/// allocating. Deeper input spills to the heap.
+const INLINE_FRAMES: usize = 8;
+/// Scalar bytes kept inline (codes, `isError`, most tool names).
+const INLINE_SCALAR: usize = 64;
+
 /// The walker's state between chunks.
 pub(crate) struct Walker {
-    frames: Vec<Frame>,
+    frames: SmallVec<[Frame; INLINE_FRAMES]>,
     state: State,
     capture: Capture,
-    scalar: Vec<u8>,
+    scalar: SmallVec<[u8; INLINE_SCALAR]>,
 }
 
 impl Default for Walker {
     fn default() -> Self {
         Self {
-            frames: Vec::new(),
+            frames: SmallVec::new(),
             state: State::Value,
             capture: Capture::None,
-            scalar: Vec::new(),
+            scalar: SmallVec::new(),
         }
     }
 }

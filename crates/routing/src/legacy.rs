@@ -13,6 +13,7 @@ use mcp_gateway_core::{AdapterTarget, LegacyEndpoint, SessionId, SessionKey, Ses
 use crate::body::{EndpointRewriter, ForwardBody, OnClose, OnEndpoint, ProxyBody, Tracked};
 use crate::error::ProxyError;
 use crate::gateway::{Fail, Gateway, UpstreamPath, principal};
+use crate::observe::Probe;
 use crate::sse;
 
 impl Gateway {
@@ -21,6 +22,7 @@ impl Gateway {
         &self,
         target: Arc<AdapterTarget>,
         parts: http::request::Parts,
+        probe: &Probe,
     ) -> Result<Response<Tracked>, Fail> {
         self.check_session_limit(&parts).await?;
         let (candidates, placing) = self.session_candidates(&target).await?;
@@ -30,7 +32,7 @@ impl Gateway {
         };
         let body = ForwardBody::new(Vec::new(), None, 0);
         let (replica, res) = self
-            .send_any(&target, &candidates, &parts, body, &path, true)
+            .send_any(&target, &candidates, &parts, body, &path, true, probe)
             .await?;
         let is_stream = res
             .headers()
@@ -108,13 +110,14 @@ impl Gateway {
         target: Arc<AdapterTarget>,
         parts: http::request::Parts,
         body: ProxyBody,
+        probe: &Probe,
     ) -> Result<Response<Tracked>, Fail> {
         let limit = self.body_limit(&parts.headers)?;
         let (_, sid) = sse::session_param(parts.uri.query().unwrap_or(""))
             .ok_or(ProxyError::MissingSessionParam)?;
         let sid = SessionId::new(&sid).map_err(ProxyError::BadSessionId)?;
         let body = ForwardBody::new(Vec::new(), Some(body), limit);
-        self.to_session(&target, parts, body, sid, UpstreamPath::Legacy)
+        self.to_session(&target, parts, body, sid, UpstreamPath::Legacy, probe)
             .await
     }
 }

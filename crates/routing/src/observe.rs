@@ -28,6 +28,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Response, header};
 use http_body_util::BodyExt;
 use mcp_gateway_core::{AuditEvent, AuditPrincipal, AuditSink, Principal, SessionRecord};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 use tracing::Span;
@@ -224,17 +225,18 @@ fn audited(method: &str) -> bool {
 
 // === impl Probe ===
 
-/// What a request turned out to be, gathered while it is routed. A request extension, so the
-/// routing code fills it wherever it learns something.
-#[derive(Clone, Default)]
-pub(crate) struct Probe(Arc<Mutex<Facts>>);
+/// What a request turned out to be, gathered while it is routed. Held by the request's future
+/// and lent to the routing code, which fills it wherever it learns something.
+#[derive(Default)]
+pub(crate) struct Probe(Mutex<Facts>);
 
 #[derive(Default)]
 struct Facts {
     /// Held once for the conventions' methods (they are most of them), copied for others.
     method: Option<Cow<'static, str>>,
-    target: Option<String>,
-    request_id: Option<String>,
+    target: Option<Arc<str>>,
+    /// As the message wrote it (a number's copy costs nothing); text only where it is shown.
+    request_id: Option<Value>,
     server: Option<Span>,
     arguments: Option<Arc<Mutex<ArgumentDigest>>>,
 }
@@ -248,12 +250,12 @@ impl Probe {
 /// Records what the envelope of a posted message says, and opens its SERVER span.
 pub(crate) fn on_envelope(
     observer: &Observer,
-    probe: Option<&Probe>,
+    probe: &Probe,
     env: Option<&Envelope>,
     headers: &HeaderMap,
     adapter: &str,
 ) {
-    let (Some(probe), Some(env)) = (probe, env) else {
+    let Some(env) = env else {
         return;
     };
     let Some(method) = env.method.as_deref() else {
@@ -265,17 +267,7 @@ pub(crate) fn on_envelope(
         known => Cow::Borrowed(known),
     });
     facts.target = env.name.clone();
-    facts.request_id = env
-        .id
-        .as_ref()
-        .filter(|id| !id.is_null())
-        .map(|id| match id {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Number(n) if n.is_u64() => {
-                n.as_u64().unwrap_or_default().to_string()
-            }
-            other => other.to_string(),
-        });
+    facts.request_id = env.id.clone().filter(|id| !id.is_null());
     if let Some(propagator) = &observer.propagator {
         let span = server_span(method, env, &facts, headers, adapter);
         // `params._meta` first (SEP-414), else the HTTP headers; never a mix of both.
@@ -295,6 +287,15 @@ pub(crate) fn on_envelope(
             });
         }
         facts.server = Some(span);
+    }
+}
+
+/// A JSON-RPC id as spans and audit records show it: a string without its quotes.
+fn id_text(id: &Value) -> String {
+    match id {
+        Value::String(s) => s.clone(),
+        Value::Number(n) if n.is_u64() => n.as_u64().unwrap_or_default().to_string(),
+        other => other.to_string(),
     }
 }
 
@@ -324,7 +325,7 @@ fn server_span(
         gen_ai.prompt.name = tracing::field::Empty,
         gen_ai.operation.name = tracing::field::Empty,
         mcp.resource.uri = tracing::field::Empty,
-        jsonrpc.request.id = facts.request_id.as_deref(),
+        jsonrpc.request.id = facts.request_id.as_ref().map(id_text).as_deref(),
         mcp.protocol.version = header_str(headers, "mcp-protocol-version"),
         mcp.session.id = header_str(headers, "mcp-session-id"),
         error.type = tracing::field::Empty,
@@ -373,14 +374,13 @@ pub(crate) struct Upstream {
 /// `started`, and writes its context into `trace_context`, sent with the request.
 pub(crate) fn client_attempt(
     observer: &Observer,
-    probe: Option<&Probe>,
+    probe: &Probe,
     replica: &mcp_gateway_core::Replica,
     headers: &HeaderMap,
     trace_context: &mut HeaderMap,
     started: Instant,
 ) -> Upstream {
     let span = observer.propagator.as_ref().and_then(|propagator| {
-        let probe = probe?;
         let facts = probe.lock();
         let parent = facts.server.clone()?;
         let method = facts.method.clone().unwrap_or_default();
@@ -405,7 +405,7 @@ pub(crate) fn client_attempt(
             gen_ai.prompt.name = tracing::field::Empty,
             gen_ai.operation.name = tracing::field::Empty,
             mcp.resource.uri = tracing::field::Empty,
-            jsonrpc.request.id = facts.request_id.as_deref(),
+            jsonrpc.request.id = facts.request_id.as_ref().map(id_text).as_deref(),
             mcp.protocol.version = header_str(headers, "mcp-protocol-version"),
             mcp.session.id = header_str(headers, "mcp-session-id"),
             error.type = tracing::field::Empty,
@@ -441,13 +441,12 @@ fn server_address(base_url: &str) -> (&str, Option<u16>) {
 
 /// An attempt that got no response (refused, timed out): its CLIENT span and histogram.
 pub(crate) fn client_failed(
-    probe: Option<&Probe>,
+    probe: &Probe,
     adapter: &str,
     observer: &Observer,
     upstream: Upstream,
     error_type: &'static str,
 ) {
-    let Some(probe) = probe else { return };
     let facts = probe.lock();
     let Some(method) = facts.method.as_deref() else {
         return;
@@ -592,13 +591,13 @@ fn hex(bytes: &[u8]) -> String {
 /// read for routing) now, the rest as the replica reads it. Returns the body to forward.
 pub(crate) fn digest_arguments(
     observer: &Observer,
-    probe: Option<&Probe>,
+    probe: &Probe,
     prefix: &[Bytes],
     rest: Option<ProxyBody>,
 ) -> Option<ProxyBody> {
-    let Some(probe) = probe.filter(|_| observer.audits()) else {
+    if !observer.audits() {
         return rest;
-    };
+    }
     let mut facts = probe.lock();
     if !facts.method.as_deref().is_some_and(audited) {
         return rest;
@@ -722,7 +721,7 @@ pub(crate) fn observe_response(
     mut res: Response<Tracked>,
 ) -> Response<Tracked> {
     let upstream = res.body_mut().attempt.take();
-    let mut facts = std::mem::take(&mut *probe.lock());
+    let mut facts = probe.0.into_inner().unwrap_or_else(|e| e.into_inner());
     let (Some(method), Some(adapter)) = (facts.method.take(), adapter) else {
         return res;
     };
@@ -842,7 +841,7 @@ impl Finish {
                 replica: replica.map(|r| r.to_string()),
                 method: method.to_owned(),
                 target: target.map(str::to_owned),
-                request_id: self.facts.request_id.clone(),
+                request_id: self.facts.request_id.as_ref().map(id_text),
                 decision: if self.refused.is_some() {
                     "refused"
                 } else {

@@ -328,6 +328,7 @@ impl Gateway {
         body: ForwardBody,
         path: &str,
         retry_5xx: bool,
+        probe: &Probe,
     ) -> Result<(&'r Replica, Response<Tracked>), ProxyError> {
         let mut body = Some(body);
         let mut last = None;
@@ -341,7 +342,7 @@ impl Gateway {
             } else {
                 None
             };
-            match self.send(target, replica, parts, b, path).await {
+            match self.send(target, replica, parts, b, path, probe).await {
                 Ok(res) if res.status().is_server_error() && copy.is_some() => {
                     tracing::info!(adapter = %target.name, replica = %replica.id,
                         status = %res.status(), "replica could not open a session; trying the next");
@@ -372,6 +373,7 @@ impl Gateway {
         parts: &http::request::Parts,
         mut body: ForwardBody,
         path_and_query: &str,
+        probe: &Probe,
     ) -> Result<Response<Tracked>, SendError> {
         let config = &self.shared.config;
         let adapter = target.name.as_str();
@@ -384,7 +386,6 @@ impl Gateway {
             )
             .increment(1);
         };
-        let probe = parts.extensions.get::<Probe>();
         let mut trace_context = HeaderMap::new();
         // One reading of the clock for the attempt's start and its deadline.
         let started = tokio::time::Instant::now();

@@ -162,7 +162,7 @@ proptest! {
             prop_assert_eq!(&env.id, &id, "{}", text);
         }
         if let Some(n) = &env.name {
-            prop_assert_eq!(Some(n), name.as_ref(), "{}", text);
+            prop_assert_eq!(Some(&**n), name.as_deref(), "{}", text);
         }
         prop_assert!(!env.batch);
         // Whatever the chunking: a prefix is never decided differently.
