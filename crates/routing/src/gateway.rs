@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
-use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http::{Method, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::BodyExt;
 use mcp_gateway_core::{
@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use crate::RoutingConfig;
 use crate::body::{BodyTooLarge, BoxError, ForwardBody, ProxyBody, Tracked};
 use crate::error::{ProxyError, find_source};
-use crate::headers::{self, MCP_METHOD, MCP_NAME, MCP_SESSION_ID};
+use crate::headers::{self, MCP_SESSION_ID, Seen};
 use crate::jsonrpc::{self, Envelope, Scan};
 use crate::observe::{self, Observer, Probe, TracePropagator};
 use crate::placement::{self, HealthTable, Placing};
@@ -133,6 +133,7 @@ struct Routed {
     target: Arc<AdapterTarget>,
     kind: Kind,
     parts: http::request::Parts,
+    seen: Seen,
     body: ProxyBody,
 }
 
@@ -252,11 +253,15 @@ impl Gateway {
                     target,
                     kind,
                     parts,
+                    seen,
                     body,
                 }) => match (kind, &parts.method) {
-                    (Kind::Mcp, &Method::POST) => self.post_mcp(target, parts, body, &probe).await,
+                    (Kind::Mcp, &Method::POST) => {
+                        self.post_mcp(target, parts, &seen, body, &probe).await
+                    }
                     (Kind::Mcp, &Method::GET | &Method::DELETE) => {
-                        self.stream_or_delete(target, parts, body, &probe).await
+                        self.stream_or_delete(target, parts, &seen, body, &probe)
+                            .await
                     }
                     (Kind::Mcp, m) => {
                         Err(ProxyError::MethodNotAllowed(m.clone(), "GET, POST, DELETE").into())
@@ -264,7 +269,7 @@ impl Gateway {
                     (Kind::Sse, &Method::GET) => self.open_legacy(target, parts, &probe).await,
                     (Kind::Sse, m) => Err(ProxyError::MethodNotAllowed(m.clone(), "GET").into()),
                     (Kind::Messages, &Method::POST) => {
-                        self.post_legacy(target, parts, body, &probe).await
+                        self.post_legacy(target, parts, &seen, body, &probe).await
                     }
                     (Kind::Messages, m) => {
                         Err(ProxyError::MethodNotAllowed(m.clone(), "POST").into())
@@ -294,17 +299,21 @@ impl Gateway {
         let route = parse_route(parts.uri.path());
         let label = route.map_or("none", |(_, k)| k.label());
         let refuse = |err: ProxyError| (label, None, Prepared::Refused(err.into(), None));
-        if headers::size(&parts.headers) > config.max_header_bytes {
+        let mut seen = Seen::of(&parts.headers);
+        if seen.size > config.max_header_bytes {
             return refuse(ProxyError::HeadersTooLarge(config.max_header_bytes));
         }
         // HTTP/2 carries the host in `:authority`, not `Host`: treat them alike.
-        if !parts.headers.contains_key(header::HOST)
+        if seen.host.is_none()
             && let Some(authority) = parts.uri.authority()
             && let Ok(host) = http::HeaderValue::from_str(authority.as_str())
         {
-            parts.headers.insert(header::HOST, host);
+            parts.headers.insert(header::HOST, host.clone());
+            seen.host = Some(host);
         }
-        if let Err(e) = headers::check_host_and_origin(&parts.headers, config) {
+        if let Err(e) =
+            headers::check_host_and_origin_of(seen.host.as_ref(), seen.origin.as_ref(), config)
+        {
             return refuse(e);
         }
         let Some((name, kind)) = route else {
@@ -321,6 +330,7 @@ impl Gateway {
             target,
             kind,
             parts,
+            seen,
             body: body.map_err(Into::into).boxed_unsync(),
         };
         match refused {
@@ -405,11 +415,12 @@ impl Gateway {
         &self,
         target: Arc<AdapterTarget>,
         parts: http::request::Parts,
+        seen: &Seen,
         body: ProxyBody,
         probe: &Probe,
     ) -> Result<Response<Tracked>, Fail> {
         let body = ForwardBody::new(Vec::new(), Some(body), self.shared.config.max_body_bytes);
-        match session_id(&parts.headers)? {
+        match session_id(seen)? {
             Some(sid) => {
                 self.to_session(&target, parts, body, sid, UpstreamPath::Mcp, probe)
                     .await
@@ -460,10 +471,11 @@ impl Gateway {
         &self,
         target: Arc<AdapterTarget>,
         parts: http::request::Parts,
+        seen: &Seen,
         body: ProxyBody,
         probe: &Probe,
     ) -> Result<Response<Tracked>, Fail> {
-        let limit = self.body_limit(&parts.headers)?;
+        let limit = self.body_limit(seen)?;
         let (prefix, rest, env) = read_envelope(body, limit).await?;
         let id = env.as_ref().and_then(|e| e.id.clone());
         observe::on_envelope(
@@ -474,7 +486,7 @@ impl Gateway {
             target.name.as_str(),
         );
         let rest = observe::digest_arguments(&self.observer, probe, &prefix, rest);
-        check_mcp_headers(&parts.headers, env.as_ref()).with_id(&id)?;
+        check_mcp_headers(seen, env.as_ref()).with_id(&id)?;
         self.shared
             .meters
             .mcp_request(&target.name.shared(), env.as_ref());
@@ -488,7 +500,7 @@ impl Gateway {
             rest => (prefix, rest),
         };
         let body = ForwardBody::new(prefix, rest, limit);
-        if let Some(sid) = session_id(&parts.headers).with_id(&id)? {
+        if let Some(sid) = session_id(seen).with_id(&id)? {
             return self
                 .to_session(&target, parts, body, sid, UpstreamPath::Mcp, probe)
                 .await
@@ -595,9 +607,9 @@ impl Gateway {
 
     /// The body size limit, refusing at once a request whose `Content-Length` exceeds it
     /// (bodies without one are cut off while streaming).
-    pub(crate) fn body_limit(&self, headers: &HeaderMap) -> Result<u64, ProxyError> {
+    pub(crate) fn body_limit(&self, seen: &Seen) -> Result<u64, ProxyError> {
         let limit = self.shared.config.max_body_bytes;
-        if content_length(headers).is_some_and(|n| n > limit) {
+        if content_length(seen).is_some_and(|n| n > limit) {
             return Err(ProxyError::BodyTooLarge(limit));
         }
         Ok(limit)
@@ -716,18 +728,13 @@ pub(crate) fn mcp_path<'a>(target: &'a AdapterTarget, query: Option<&str>) -> Co
     }
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
+fn content_length(seen: &Seen) -> Option<u64> {
+    seen.content_length.as_ref()?.to_str().ok()?.parse().ok()
 }
 
 /// The `Mcp-Session-Id` of a request, validated.
-fn session_id(headers: &HeaderMap) -> Result<Option<SessionId>, ProxyError> {
-    let Some(v) = headers.get(MCP_SESSION_ID) else {
+fn session_id(seen: &Seen) -> Result<Option<SessionId>, ProxyError> {
+    let Some(v) = &seen.session_id else {
         return Ok(None);
     };
     SessionId::check(v.as_bytes()).map_err(ProxyError::BadSessionId)?;
@@ -741,15 +748,15 @@ fn session_id(headers: &HeaderMap) -> Result<Option<SessionId>, ProxyError> {
 /// `Mcp-Method` / `Mcp-Name` (MCP 2026-07-28) may only be trusted when they agree with the
 /// body. Values in the spec's Base64 form (`=?base64?…?=`) are not decoded here: the gateway
 /// never routes on them, and the replica checks them itself.
-fn check_mcp_headers(headers: &HeaderMap, env: Option<&Envelope>) -> Result<(), ProxyError> {
+fn check_mcp_headers(seen: &Seen, env: Option<&Envelope>) -> Result<(), ProxyError> {
     let Some(env) = env else { return Ok(()) };
-    let plain = |name| {
-        headers
-            .get(name)
+    fn plain(value: &Option<http::HeaderValue>) -> Option<&str> {
+        value
+            .as_ref()
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.starts_with("=?"))
-    };
-    if let Some(m) = plain(MCP_METHOD)
+    }
+    if let Some(m) = plain(&seen.mcp_method)
         && env.method.as_deref() != Some(m)
     {
         return Err(ProxyError::HeaderMismatch(format!(
@@ -757,7 +764,7 @@ fn check_mcp_headers(headers: &HeaderMap, env: Option<&Envelope>) -> Result<(), 
             env.method.as_deref().unwrap_or("")
         )));
     }
-    if let Some(n) = plain(MCP_NAME)
+    if let Some(n) = plain(&seen.mcp_name)
         && env.name.as_deref() != Some(n)
     {
         return Err(ProxyError::HeaderMismatch(format!(
@@ -881,7 +888,7 @@ mod tests {
         }
     }
 
-    fn hdrs(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    fn hdrs(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
         pairs
             .iter()
             .map(|(k, v)| {
@@ -893,42 +900,47 @@ mod tests {
             .collect()
     }
 
+    /// What routing reads of such headers.
+    fn seen(pairs: &[(&'static str, &'static str)]) -> Seen {
+        Seen::of(&hdrs(pairs))
+    }
+
     #[test]
     fn mcp_headers_must_match_the_body() {
         let call = env("tools/call", Some("echo"));
-        assert!(check_mcp_headers(&hdrs(&[]), Some(&call)).is_ok());
+        assert!(check_mcp_headers(&seen(&[]), Some(&call)).is_ok());
         assert!(
             check_mcp_headers(
-                &hdrs(&[("mcp-method", "tools/call"), ("mcp-name", "echo")]),
+                &seen(&[("mcp-method", "tools/call"), ("mcp-name", "echo")]),
                 Some(&call)
             )
             .is_ok()
         );
         assert!(matches!(
-            check_mcp_headers(&hdrs(&[("mcp-method", "tools/list")]), Some(&call)),
+            check_mcp_headers(&seen(&[("mcp-method", "tools/list")]), Some(&call)),
             Err(ProxyError::HeaderMismatch(_))
         ));
         assert!(matches!(
-            check_mcp_headers(&hdrs(&[("mcp-name", "rm_rf")]), Some(&call)),
+            check_mcp_headers(&seen(&[("mcp-name", "rm_rf")]), Some(&call)),
             Err(ProxyError::HeaderMismatch(_))
         ));
         // Encoded values are left to the replica.
         assert!(
-            check_mcp_headers(&hdrs(&[("mcp-name", "=?base64?ZWNobw==?=")]), Some(&call)).is_ok()
+            check_mcp_headers(&seen(&[("mcp-name", "=?base64?ZWNobw==?=")]), Some(&call)).is_ok()
         );
     }
 
     #[test]
     fn session_ids_are_validated() {
         assert!(
-            session_id(&hdrs(&[("mcp-session-id", "abc-123")]))
+            session_id(&seen(&[("mcp-session-id", "abc-123")]))
                 .unwrap()
                 .is_some()
         );
-        assert!(session_id(&hdrs(&[])).unwrap().is_none());
-        assert!(session_id(&hdrs(&[("mcp-session-id", "a b")])).is_err());
+        assert!(session_id(&seen(&[])).unwrap().is_none());
+        assert!(session_id(&seen(&[("mcp-session-id", "a b")])).is_err());
         let long: &'static str = Box::leak("x".repeat(200).into_boxed_str());
-        assert!(session_id(&hdrs(&[("mcp-session-id", long)])).is_err());
+        assert!(session_id(&seen(&[("mcp-session-id", long)])).is_err());
     }
 
     #[tokio::test]

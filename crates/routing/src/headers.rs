@@ -11,8 +11,6 @@ use crate::wire::{header_line, header_start, list};
 
 pub const MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
 pub const MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
-pub const MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
-pub const MCP_NAME: HeaderName = HeaderName::from_static("mcp-name");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -102,8 +100,23 @@ pub(crate) struct Forward<'a> {
 impl crate::h1::WriteHeaders for Forward<'_> {
     fn write_headers(&self, out: &mut Vec<u8>) {
         let headers = self.headers;
-        let host = headers.get(header::HOST);
-        let named = connection_named(headers);
+        // The values the replaced headers depend on, from one pass over the names rather than
+        // a lookup each.
+        let (mut host, mut forwarded_for, mut connection) = (None, None, false);
+        for (name, value) in headers {
+            if name == header::HOST {
+                host = host.or(Some(value));
+            } else if name == X_FORWARDED_FOR {
+                forwarded_for = forwarded_for.or(Some(value));
+            } else if name == header::CONNECTION {
+                connection = true;
+            }
+        }
+        let named = if connection {
+            connection_named(headers)
+        } else {
+            Vec::new()
+        };
         let identity = self.names.zip(self.principal);
         let replaced = |name: &HeaderName| {
             is_hop_by_hop(name)
@@ -133,7 +146,7 @@ impl crate::h1::WriteHeaders for Forward<'_> {
         // The values built here are written in place, not gathered in a `String` first.
         if let Some(addr) = self.client {
             header_start(out, X_FORWARDED_FOR.as_str());
-            if let Some(prev) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            if let Some(prev) = forwarded_for.and_then(|v| v.to_str().ok()) {
                 out.extend_from_slice(prev.as_bytes());
                 out.extend_from_slice(b", ");
             }
@@ -194,21 +207,54 @@ fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
 /// percent-encoded.
 fn push_identity_value(out: &mut Vec<u8>, value: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    for b in value.bytes() {
-        if (b == b' ' || b.is_ascii_graphic()) && b != b'%' && b != b',' {
-            out.push(b);
-        } else {
-            out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
-        }
+    let plain = |b: u8| (b == b' ' || b.is_ascii_graphic()) && b != b'%' && b != b',';
+    let mut rest = value.as_bytes();
+    // Runs of plain bytes (usually the whole value) are copied at once.
+    while let Some(n) = rest.iter().position(|&b| !plain(b)) {
+        let b = rest[n];
+        out.extend_from_slice(&rest[..n]);
+        out.extend_from_slice(&[b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        rest = &rest[n + 1..];
     }
+    out.extend_from_slice(rest);
 }
 
-/// Total bytes of header names and values.
-pub fn size(headers: &HeaderMap) -> usize {
-    headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len())
-        .sum()
+/// The request headers routing reads, found in one pass over the map instead of a lookup
+/// each (a lookup hashes the name and probes the table: ~140 instructions, and a request
+/// needs seven). The first value of a name counts, as with [`HeaderMap::get`].
+#[derive(Debug, Default)]
+pub(crate) struct Seen {
+    /// Total bytes of header names and values.
+    pub(crate) size: usize,
+    pub(crate) host: Option<HeaderValue>,
+    pub(crate) origin: Option<HeaderValue>,
+    pub(crate) content_length: Option<HeaderValue>,
+    pub(crate) session_id: Option<HeaderValue>,
+    pub(crate) mcp_method: Option<HeaderValue>,
+    pub(crate) mcp_name: Option<HeaderValue>,
+}
+
+impl Seen {
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
+        let mut seen = Seen::default();
+        for (name, value) in headers {
+            let name = name.as_str();
+            seen.size += name.len() + value.len();
+            let slot = match name {
+                "host" => &mut seen.host,
+                "origin" => &mut seen.origin,
+                "content-length" => &mut seen.content_length,
+                "mcp-session-id" => &mut seen.session_id,
+                "mcp-method" => &mut seen.mcp_method,
+                "mcp-name" => &mut seen.mcp_name,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(value.clone());
+            }
+        }
+        seen
+    }
 }
 
 /// Whether the request announces the stateless era (2026-07-28 or later).
@@ -272,10 +318,20 @@ pub fn check_host_and_origin(
     headers: &HeaderMap,
     config: &RoutingConfig,
 ) -> Result<(), ProxyError> {
-    let host = headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    check_host_and_origin_of(
+        headers.get(header::HOST),
+        headers.get(header::ORIGIN),
+        config,
+    )
+}
+
+/// [`check_host_and_origin`] of the two headers' (first) values.
+pub(crate) fn check_host_and_origin_of(
+    host: Option<&HeaderValue>,
+    origin: Option<&HeaderValue>,
+    config: &RoutingConfig,
+) -> Result<(), ProxyError> {
+    let host = host.and_then(|v| v.to_str().ok()).unwrap_or("");
     if !config.allowed_hosts.is_empty() {
         let h = host_part(host);
         let ok = config.allowed_hosts.iter().any(|allowed| {
@@ -285,7 +341,7 @@ pub fn check_host_and_origin(
             return Err(ProxyError::HostNotAllowed(host.chars().take(100).collect()));
         }
     }
-    let Some(origin) = headers.get(header::ORIGIN) else {
+    let Some(origin) = origin else {
         return Ok(());
     };
     let origin_str = origin.to_str().unwrap_or("");
@@ -341,6 +397,31 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn one_pass_finds_what_lookups_find() {
+        let mut h = HeaderMap::new();
+        h.append(header::HOST, HeaderValue::from_static("gw.example:8080"));
+        h.append("mcp-session-id", HeaderValue::from_static("first"));
+        h.append("mcp-session-id", HeaderValue::from_static("second"));
+        h.append(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        h.append("mcp-method", HeaderValue::from_static("tools/call"));
+        h.append("x-other", HeaderValue::from_static("mcp-name"));
+        let seen = Seen::of(&h);
+        for (found, name) in [
+            (&seen.host, "host"),
+            (&seen.origin, "origin"),
+            (&seen.content_length, "content-length"),
+            (&seen.session_id, "mcp-session-id"),
+            (&seen.mcp_method, "mcp-method"),
+            (&seen.mcp_name, "mcp-name"),
+        ] {
+            assert_eq!(found.as_ref(), h.get(name), "{name}");
+        }
+        let size: usize = h.iter().map(|(n, v)| n.as_str().len() + v.len()).sum();
+        assert_eq!(seen.size, size);
+        assert_eq!(Seen::of(&HeaderMap::new()).size, 0);
     }
 
     #[test]

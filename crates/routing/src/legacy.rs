@@ -13,6 +13,7 @@ use mcp_gateway_core::{AdapterTarget, LegacyEndpoint, SessionId, SessionKey, Ses
 use crate::body::{EndpointRewriter, ForwardBody, OnClose, OnEndpoint, ProxyBody, Tracked};
 use crate::error::ProxyError;
 use crate::gateway::{Fail, Gateway, UpstreamPath, principal};
+use crate::headers::Seen;
 use crate::observe::Probe;
 use crate::sse;
 
@@ -109,10 +110,11 @@ impl Gateway {
         &self,
         target: Arc<AdapterTarget>,
         parts: http::request::Parts,
+        seen: &Seen,
         body: ProxyBody,
         probe: &Probe,
     ) -> Result<Response<Tracked>, Fail> {
-        let limit = self.body_limit(&parts.headers)?;
+        let limit = self.body_limit(seen)?;
         let (_, sid) = sse::session_param(parts.uri.query().unwrap_or(""))
             .ok_or(ProxyError::MissingSessionParam)?;
         let sid = SessionId::new(&sid).map_err(ProxyError::BadSessionId)?;
