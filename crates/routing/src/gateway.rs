@@ -18,7 +18,7 @@ use http::{Method, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::BodyExt;
 use mcp_gateway_core::{
-    Action, AdapterName, AdapterTarget, AuditSink, Authorizer, Principal, Replica, ReplicaResolver,
+    Action, AdapterName, AdapterTarget, AuditSink, Authorizer, Principal, ReplicaResolver,
     SessionId, SessionKey, SessionRecord, SessionStore,
 };
 use serde_json::Value;
@@ -30,7 +30,7 @@ use crate::error::{ProxyError, find_source};
 use crate::headers::{self, MCP_SESSION_ID, Seen};
 use crate::jsonrpc::{self, Envelope, Scan};
 use crate::observe::{self, Observer, Probe, TracePropagator};
-use crate::placement::{self, HealthTable, Placing};
+use crate::placement::{self, Candidates, HealthTable, Placing};
 use crate::stats::Meters;
 use crate::upstream::{self, SendError};
 
@@ -657,29 +657,26 @@ impl Gateway {
 
     /// Candidates for a new session, best first, and a guard that counts the session on the
     /// first candidate until its record is written.
-    pub(crate) async fn session_candidates(
+    pub(crate) async fn session_candidates<'t>(
         &self,
-        target: &AdapterTarget,
-    ) -> Result<(Vec<Replica>, Option<Placing>), ProxyError> {
+        target: &'t AdapterTarget,
+    ) -> Result<(Candidates<'t>, Option<Placing>), ProxyError> {
         let counts: HashMap<Arc<str>, u64> = self.shared.store.live_sessions(&target.name).await?;
         let health = &self.shared.health;
         let name = target.name.as_str();
-        let candidates: Vec<Replica> = placement::for_new_session(
+        let candidates = placement::for_new_session(
             target,
             &counts,
             |r| health.get(name, &r.id).placing(),
             |r| health.get(name, &r.id).ejected(),
-        )
-        .into_iter()
-        .cloned()
-        .collect();
+        );
         let placing = candidates
             .first()
             .map(|r| health.get(name, &r.id).start_placing());
         Ok((candidates, placing))
     }
 
-    fn stateless_candidates(&self, target: &AdapterTarget) -> Vec<Replica> {
+    fn stateless_candidates<'t>(&self, target: &'t AdapterTarget) -> Candidates<'t> {
         let health = &self.shared.health;
         let name = target.name.as_str();
         placement::for_stateless(
@@ -687,9 +684,6 @@ impl Gateway {
             |r| health.get(name, &r.id).in_flight(),
             |r| health.get(name, &r.id).ejected(),
         )
-        .into_iter()
-        .cloned()
-        .collect()
     }
 }
 

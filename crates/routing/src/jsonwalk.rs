@@ -100,11 +100,11 @@ enum Capture {
 }
 
 /// Levels kept inline: an MCP response's values of interest are at most four deep
-/// (`result.tools[i].name`), and skipped values push none, so a response is read without
+/// (`result.tools[i].name`, five levels with the message), and skipped values push none, so a response is read without
 /// allocating. Deeper input spills to the heap.
-const INLINE_FRAMES: usize = 8;
-/// Scalar bytes kept inline (codes, `isError`, most tool names).
-const INLINE_SCALAR: usize = 64;
+const INLINE_FRAMES: usize = 5;
+/// Scalar bytes kept inline (codes, `isError`, short tool names).
+const INLINE_SCALAR: usize = 32;
 
 /// The walker's state between chunks.
 pub(crate) struct Walker {
@@ -375,12 +375,15 @@ impl Walker {
                     };
                 }
                 State::Bare => {
-                    if is_ws(b) || matches!(b, b',' | b'}' | b']') {
+                    // The token's bytes in this chunk are kept at once, not byte by byte.
+                    let ends = |b: u8| is_ws(b) || matches!(b, b',' | b'}' | b']');
+                    let n = chunk[i..].iter().position(|&b| ends(b));
+                    let token = &chunk[i..n.map_or(chunk.len(), |n| i + n)];
+                    self.keep_scalar(token);
+                    i += token.len();
+                    if n.is_some() {
                         self.end(chunk, i, &mut raw_start, v);
                         self.state = State::After;
-                    } else {
-                        self.keep_scalar(&chunk[i..=i]);
-                        i += 1;
                     }
                 }
                 State::After => {

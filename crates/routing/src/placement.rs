@@ -7,6 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use mcp_gateway_core::{AdapterTarget, Replica};
+use smallvec::SmallVec;
 use tokio::time::Instant;
 
 /// What this gateway process knows of one replica: requests in flight and passive ejection.
@@ -187,6 +188,10 @@ impl HealthTable {
     }
 }
 
+/// Replicas to try, best first; a few are held inline (most adapters have one or two
+/// replicas), so choosing costs no allocation and no reference count.
+pub type Candidates<'a> = SmallVec<[&'a Replica; 4]>;
+
 /// Candidates for a new session, best first: placeable replicas that are not ejected, by fewest
 /// live sessions, ties to the lowest ordinal. When every placeable replica is ejected they are
 /// all tried anyway (better a likely failure than a certain one), in the same order.
@@ -196,7 +201,7 @@ pub fn for_new_session<'a>(
     sessions: &HashMap<Arc<str>, u64>,
     placing: impl Fn(&Replica) -> u64,
     ejected: impl Fn(&Replica) -> bool,
-) -> Vec<&'a Replica> {
+) -> Candidates<'a> {
     order(
         target,
         |r| sessions.get(&r.id).copied().unwrap_or(0) + placing(r),
@@ -210,7 +215,7 @@ pub fn for_stateless(
     target: &AdapterTarget,
     in_flight: impl Fn(&Replica) -> u64,
     ejected: impl Fn(&Replica) -> bool,
-) -> Vec<&Replica> {
+) -> Candidates<'_> {
     order(target, in_flight, ejected)
 }
 
@@ -218,13 +223,13 @@ fn order(
     target: &AdapterTarget,
     load: impl Fn(&Replica) -> u64,
     ejected: impl Fn(&Replica) -> bool,
-) -> Vec<&Replica> {
+) -> Candidates<'_> {
     let placeable = || target.replicas.iter().filter(|r| r.placeable());
     // One placeable replica is the only candidate whatever its load and health: neither is
     // looked up (most adapters have one replica, and each lookup is a map's).
     let mut first_two = placeable();
     if let (Some(only), None) = (first_two.next(), first_two.next()) {
-        return vec![only];
+        return smallvec::smallvec![only];
     }
     let mut healthy: Vec<(u64, u32, &Replica)> = Vec::with_capacity(target.replicas.len());
     let mut sick = Vec::new();
@@ -271,7 +276,7 @@ mod tests {
         }
     }
 
-    fn ids(v: Vec<&Replica>) -> Vec<&str> {
+    fn ids(v: Candidates<'_>) -> Vec<&str> {
         v.into_iter().map(|r| &*r.id).collect()
     }
 

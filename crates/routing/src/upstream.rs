@@ -323,7 +323,7 @@ impl Gateway {
     pub(crate) async fn send_any<'r>(
         &self,
         target: &AdapterTarget,
-        candidates: &'r [Replica],
+        candidates: &[&'r Replica],
         parts: &http::request::Parts,
         body: ForwardBody,
         path: &str,
@@ -334,7 +334,7 @@ impl Gateway {
         let mut last = None;
         // A 5xx answer passed over, returned should no later candidate answer at all.
         let mut last_res = None;
-        for (i, replica) in candidates.iter().enumerate() {
+        for (i, &replica) in candidates.iter().enumerate() {
             let Some(b) = body.take() else { break };
             let is_last = i + 1 == candidates.len();
             let copy = if retry_5xx && !is_last {
