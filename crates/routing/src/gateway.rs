@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use http::{Method, Request, Response, StatusCode, header};
 use http_body::Body;
 use http_body_util::BodyExt;
@@ -137,12 +137,32 @@ struct Routed {
     body: ProxyBody,
 }
 
-/// What [`Gateway::prepare`] decided.
-enum Prepared {
-    Forward(Routed),
-    /// Refused before anything was sent; with the request when its refusal is audited (the
-    /// record names the operation, read from the body).
-    Refused(Fail, Option<Routed>),
+/// What [`Gateway::prepare`] decided: the request to forward, or its refusal before anything
+/// was sent, with the request when its refusal is audited (the record names the operation,
+/// read from the body; boxed, as it is rare).
+type Prepared = Result<Routed, (Fail, Option<Box<Routed>>)>;
+
+/// What a routed request asks of its adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    PostMcp,
+    StreamOrDelete,
+    OpenLegacy,
+    PostLegacy,
+}
+
+impl Operation {
+    fn of(kind: Kind, method: &Method) -> Result<Operation, ProxyError> {
+        match (kind, method) {
+            (Kind::Mcp, &Method::POST) => Ok(Operation::PostMcp),
+            (Kind::Mcp, &Method::GET | &Method::DELETE) => Ok(Operation::StreamOrDelete),
+            (Kind::Mcp, m) => Err(ProxyError::MethodNotAllowed(m.clone(), "GET, POST, DELETE")),
+            (Kind::Sse, &Method::GET) => Ok(Operation::OpenLegacy),
+            (Kind::Sse, m) => Err(ProxyError::MethodNotAllowed(m.clone(), "GET")),
+            (Kind::Messages, &Method::POST) => Ok(Operation::PostLegacy),
+            (Kind::Messages, m) => Err(ProxyError::MethodNotAllowed(m.clone(), "POST")),
+        }
+    }
 }
 
 // === impl Gateway ===
@@ -230,7 +250,10 @@ impl Gateway {
     /// right to the adapter) is decided before the future is made, in [`prepare`](Self::prepare):
     /// the future then holds the request once, taken apart, and each kind of request awaits its
     /// own method directly. Every level of nested futures is moved whole as it starts, so
-    /// fewer and smaller levels are less copying per request.
+    /// fewer and smaller levels are less copying per request. For the same reason the methods
+    /// on the way to a replica return an `async` block instead of being `async fn`s: an
+    /// `async fn` keeps each argument it takes by value twice in its state (as the argument and
+    /// as the local it is moved to), and a request's parts are 224 bytes.
     pub fn handle<B>(
         &self,
         req: Request<B>,
@@ -246,43 +269,40 @@ impl Gateway {
             .then(|| req.extensions().get::<Principal>().cloned())
             .flatten();
         let (route, adapter, prepared) = self.prepare(req);
-        async move {
-            let probe = Probe::default();
-            let outcome = match prepared {
-                Prepared::Forward(Routed {
-                    target,
-                    kind,
-                    parts,
-                    seen,
-                    body,
-                }) => match (kind, &parts.method) {
-                    (Kind::Mcp, &Method::POST) => {
-                        self.post_mcp(target, parts, &seen, body, &probe).await
+        // Two futures, so that each holds what it needs in place: a routed request's fields
+        // are moved from the future's own capture into the method that takes them (binding
+        // them first would keep a second copy of each in the state).
+        match prepared {
+            Ok(routed) => Either::Left(async move {
+                let probe = Probe::default();
+                let op = match Operation::of(routed.kind, &routed.parts.method) {
+                    Ok(op) => op,
+                    Err(e) => {
+                        return self.finish(Err(e.into()), probe, route, adapter, caller, started);
                     }
-                    (Kind::Mcp, &Method::GET | &Method::DELETE) => {
-                        self.stream_or_delete(target, parts, &seen, body, &probe)
+                };
+                let (target, parts, seen, body) =
+                    (routed.target, routed.parts, &routed.seen, routed.body);
+                let outcome = match op {
+                    Operation::PostMcp => self.post_mcp(target, parts, seen, body, &probe).await,
+                    Operation::StreamOrDelete => {
+                        self.stream_or_delete(target, parts, seen, body, &probe)
                             .await
                     }
-                    (Kind::Mcp, m) => {
-                        Err(ProxyError::MethodNotAllowed(m.clone(), "GET, POST, DELETE").into())
+                    Operation::OpenLegacy => self.open_legacy(target, parts, &probe).await,
+                    Operation::PostLegacy => {
+                        self.post_legacy(target, parts, seen, body, &probe).await
                     }
-                    (Kind::Sse, &Method::GET) => self.open_legacy(target, parts, &probe).await,
-                    (Kind::Sse, m) => Err(ProxyError::MethodNotAllowed(m.clone(), "GET").into()),
-                    (Kind::Messages, &Method::POST) => {
-                        self.post_legacy(target, parts, &seen, body, &probe).await
-                    }
-                    (Kind::Messages, m) => {
-                        Err(ProxyError::MethodNotAllowed(m.clone(), "POST").into())
-                    }
-                },
-                Prepared::Refused(fail, audited) => {
-                    if let Some(routed) = audited {
-                        self.audit_refusal(routed, &probe).await;
-                    }
-                    Err(fail)
+                };
+                self.finish(outcome, probe, route, adapter, caller, started)
+            }),
+            Err((fail, audited)) => Either::Right(async move {
+                let probe = Probe::default();
+                if let Some(routed) = audited {
+                    self.audit_refusal(routed, &probe).await;
                 }
-            };
-            self.finish(outcome, probe, route, adapter, caller, started)
+                self.finish(Err(fail), probe, route, adapter, caller, started)
+            }),
         }
     }
 
@@ -298,7 +318,7 @@ impl Gateway {
         let (mut parts, body) = req.into_parts();
         let route = parse_route(parts.uri.path());
         let label = route.map_or("none", |(_, k)| k.label());
-        let refuse = |err: ProxyError| (label, None, Prepared::Refused(err.into(), None));
+        let refuse = |err: ProxyError| (label, None, Err((err.into(), None)));
         let mut seen = Seen::of(&parts.headers);
         if seen.size > config.max_header_bytes {
             return refuse(ProxyError::HeadersTooLarge(config.max_header_bytes));
@@ -334,7 +354,7 @@ impl Gateway {
             body: body.map_err(Into::into).boxed_unsync(),
         };
         match refused {
-            Ok(()) => (label, adapter, Prepared::Forward(routed)),
+            Ok(()) => (label, adapter, Ok(routed)),
             Err(e) => {
                 // The refusal is audited with the operation it refused.
                 let audited = self.observer.audits()
@@ -343,14 +363,14 @@ impl Gateway {
                 (
                     label,
                     adapter,
-                    Prepared::Refused(e.into(), audited.then_some(routed)),
+                    Err((e.into(), audited.then(|| Box::new(routed)))),
                 )
             }
         }
     }
 
     /// Reads the envelope of a refused message, so its audit record names the operation.
-    async fn audit_refusal(&self, routed: Routed, probe: &Probe) {
+    async fn audit_refusal(&self, routed: Box<Routed>, probe: &Probe) {
         let limit = self.shared.config.max_body_bytes;
         if let Ok((_, _, env)) = read_envelope(routed.body, limit).await {
             observe::on_envelope(
@@ -411,28 +431,32 @@ impl Gateway {
     }
 
     /// `GET` (the server's stream) or `DELETE` (the end) of `/adapters/{name}/mcp`.
-    async fn stream_or_delete(
+    fn stream_or_delete(
         &self,
         target: Arc<AdapterTarget>,
         parts: http::request::Parts,
         seen: &Seen,
         body: ProxyBody,
         probe: &Probe,
-    ) -> Result<Response<Tracked>, Fail> {
-        let body = ForwardBody::new(Vec::new(), Some(body), self.shared.config.max_body_bytes);
-        match session_id(seen)? {
-            Some(sid) => {
-                self.to_session(&target, parts, body, sid, UpstreamPath::Mcp, probe)
-                    .await
-            }
-            // No session: let a replica give its own answer (400 or 405).
-            None => {
-                let candidates = self.stateless_candidates(&target);
-                let path = mcp_path(&target, parts.uri.query());
-                let (_, res) = self
-                    .send_any(&target, &candidates, &parts, body, &path, false, probe)
-                    .await?;
-                Ok(res)
+    ) -> impl Future<Output = Result<Response<Tracked>, Fail>> + Send {
+        async move {
+            let body = ForwardBody::new(Vec::new(), Some(body), self.shared.config.max_body_bytes);
+            // Bound first: a scrutinee's temporaries would live across the await below.
+            let sid = session_id(seen)?;
+            match sid {
+                Some(sid) => {
+                    self.to_session(&target, parts, body, sid, UpstreamPath::Mcp, probe)
+                        .await
+                }
+                // No session: let a replica give its own answer (400 or 405).
+                None => {
+                    let candidates = self.stateless_candidates(&target);
+                    let path = mcp_path(&target, parts.uri.query());
+                    let (_, res) = self
+                        .send_any(&target, &candidates, &parts, body, &path, false, probe)
+                        .await?;
+                    Ok(res)
+                }
             }
         }
     }
@@ -467,83 +491,86 @@ impl Gateway {
 
     /// `POST /adapters/{name}/mcp`: a message of a session, a new session, or a stateless
     /// request.
-    async fn post_mcp(
+    fn post_mcp(
         &self,
         target: Arc<AdapterTarget>,
         parts: http::request::Parts,
         seen: &Seen,
         body: ProxyBody,
         probe: &Probe,
-    ) -> Result<Response<Tracked>, Fail> {
-        let limit = self.body_limit(seen)?;
-        let (prefix, rest, env) = read_envelope(body, limit).await?;
-        let id = env.as_ref().and_then(|e| e.id.clone());
-        observe::on_envelope(
-            &self.observer,
-            probe,
-            env.as_ref(),
-            &parts.headers,
-            target.name.as_str(),
-        );
-        let rest = observe::digest_arguments(&self.observer, probe, &prefix, rest);
-        check_mcp_headers(seen, env.as_ref()).with_id(&id)?;
-        self.shared
-            .meters
-            .mcp_request(&target.name.shared(), env.as_ref());
-        let initialize = env.as_ref().is_some_and(Envelope::is_initialize);
-        let (prefix, rest) = match rest {
-            // Held whole (it is small), so a replica's 5xx can be retried on the next one.
-            Some(rest) if initialize => {
-                let whole = read_rest(prefix, rest, limit).await;
-                (whole.with_id(&id)?, None)
-            }
-            rest => (prefix, rest),
-        };
-        let body = ForwardBody::new(prefix, rest, limit);
-        if let Some(sid) = session_id(seen).with_id(&id)? {
-            return self
-                .to_session(&target, parts, body, sid, UpstreamPath::Mcp, probe)
-                .await
-                .with_id(&id);
-        }
-        let (candidates, _placing) = if initialize {
-            self.check_session_limit(&parts).await.with_id(&id)?;
-            self.session_candidates(&target).await.with_id(&id)?
-        } else {
-            (self.stateless_candidates(&target), None)
-        };
-        let path = mcp_path(&target, parts.uri.query());
-        let (replica, res) = self
-            .send_any(&target, &candidates, &parts, body, &path, initialize, probe)
-            .await
-            .with_id(&id)?;
-        // Any answer that opens a session (normally to `initialize`) is recorded before the
-        // client can learn the session id.
-        if res.status().is_success()
-            && let Some(value) = res.headers().get(MCP_SESSION_ID)
-        {
-            let sid = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|s| SessionId::new(s).ok())
-                .ok_or_else(|| ProxyError::BadUpstreamResponse {
-                    adapter: target.name.to_string(),
-                    replica: replica.id.to_string(),
-                    reason: "Mcp-Session-Id is not a short visible-ASCII token".into(),
-                })
-                .with_id(&id)?;
-            let key = SessionKey {
-                adapter: target.name.clone(),
-                id: sid,
+    ) -> impl Future<Output = Result<Response<Tracked>, Fail>> + Send {
+        async move {
+            let limit = self.body_limit(seen)?;
+            let (prefix, rest, env) = read_envelope(body, limit).await?;
+            let id = env.as_ref().and_then(|e| e.id.clone());
+            observe::on_envelope(
+                &self.observer,
+                probe,
+                env.as_ref(),
+                &parts.headers,
+                target.name.as_str(),
+            );
+            let rest = observe::digest_arguments(&self.observer, probe, &prefix, rest);
+            check_mcp_headers(seen, env.as_ref()).with_id(&id)?;
+            self.shared
+                .meters
+                .mcp_request(&target.name.shared(), env.as_ref());
+            let initialize = env.as_ref().is_some_and(Envelope::is_initialize);
+            let (prefix, rest) = match rest {
+                // Held whole (it is small), so a replica's 5xx can be retried on the next one.
+                Some(rest) if initialize => {
+                    let whole = read_rest(prefix, rest, limit).await;
+                    (whole.with_id(&id)?, None)
+                }
+                rest => (prefix, rest),
             };
-            let record = SessionRecord::new(key, replica.id.clone(), principal(&parts));
-            self.shared.store.put(record).await.with_id(&id)?;
-            tracing::debug!(adapter = %target.name, replica = %replica.id, "session opened");
+            let body = ForwardBody::new(prefix, rest, limit);
+            let sid = session_id(seen).with_id(&id)?;
+            if let Some(sid) = sid {
+                return self
+                    .to_session(&target, parts, body, sid, UpstreamPath::Mcp, probe)
+                    .await
+                    .with_id(&id);
+            }
+            let (candidates, _placing) = if initialize {
+                self.check_session_limit(&parts).await.with_id(&id)?;
+                self.session_candidates(&target).await.with_id(&id)?
+            } else {
+                (self.stateless_candidates(&target), None)
+            };
+            let path = mcp_path(&target, parts.uri.query());
+            let (replica, res) = self
+                .send_any(&target, &candidates, &parts, body, &path, initialize, probe)
+                .await
+                .with_id(&id)?;
+            // Any answer that opens a session (normally to `initialize`) is recorded before the
+            // client can learn the session id.
+            if res.status().is_success()
+                && let Some(value) = res.headers().get(MCP_SESSION_ID)
+            {
+                let sid = std::str::from_utf8(value.as_bytes())
+                    .ok()
+                    .and_then(|s| SessionId::new(s).ok())
+                    .ok_or_else(|| ProxyError::BadUpstreamResponse {
+                        adapter: target.name.to_string(),
+                        replica: replica.id.to_string(),
+                        reason: "Mcp-Session-Id is not a short visible-ASCII token".into(),
+                    })
+                    .with_id(&id)?;
+                let key = SessionKey {
+                    adapter: target.name.clone(),
+                    id: sid,
+                };
+                let record = SessionRecord::new(key, replica.id.clone(), principal(&parts));
+                self.shared.store.put(record).await.with_id(&id)?;
+                tracing::debug!(adapter = %target.name, replica = %replica.id, "session opened");
+            }
+            Ok(res)
         }
-        Ok(res)
     }
 
     /// A request of an existing session: to the replica that owns it, or 404.
-    pub(crate) async fn to_session(
+    pub(crate) fn to_session(
         &self,
         target: &AdapterTarget,
         parts: http::request::Parts,
@@ -551,57 +578,61 @@ impl Gateway {
         sid: SessionId,
         upstream: UpstreamPath,
         probe: &Probe,
-    ) -> Result<Response<Tracked>, Fail> {
-        let store = &self.shared.store;
-        let key = SessionKey {
-            adapter: target.name.clone(),
-            id: sid,
-        };
-        let record = store.get(&key).await?.ok_or(ProxyError::SessionNotFound)?;
-        let owner = match (
-            record.principal.as_deref(),
-            parts.extensions.get::<Principal>(),
-        ) {
-            (Some(owner), Some(caller)) => caller.is_session_owner(owner),
-            (None, None) => true,
-            _ => false,
-        };
-        if !owner {
-            return Err(ProxyError::SessionNotFound.into());
-        }
-        let path = match (&upstream, &record.legacy) {
-            (UpstreamPath::Mcp, None) => mcp_path(target, parts.uri.query()),
-            (UpstreamPath::Legacy, Some(legacy)) => Cow::Borrowed(legacy.path_and_query.as_str()),
-            // A legacy session id on the streamable route, or the reverse.
-            _ => return Err(ProxyError::SessionNotFound.into()),
-        };
-        let Some(replica) = target.replica(&record.replica) else {
-            observe::session_ended(&record, Some("replica_gone"));
-            store.remove(&key).await?;
-            return Err(ProxyError::SessionNotFound.into());
-        };
-        match self.send(target, replica, &parts, body, &path, probe).await {
-            Ok(res) => {
-                let ended = res.status() == StatusCode::NOT_FOUND
-                    || (parts.method == Method::DELETE && res.status().is_success());
-                if ended {
-                    let deleted = parts.method == Method::DELETE;
-                    observe::session_ended(&record, (!deleted).then_some("session_not_found"));
-                    store.remove(&key).await?;
-                }
-                Ok(res)
+    ) -> impl Future<Output = Result<Response<Tracked>, Fail>> + Send {
+        async move {
+            let store = &self.shared.store;
+            let key = SessionKey {
+                adapter: target.name.clone(),
+                id: sid,
+            };
+            let record = store.get(&key).await?.ok_or(ProxyError::SessionNotFound)?;
+            let owner = match (
+                record.principal.as_deref(),
+                parts.extensions.get::<Principal>(),
+            ) {
+                (Some(owner), Some(caller)) => caller.is_session_owner(owner),
+                (None, None) => true,
+                _ => false,
+            };
+            if !owner {
+                return Err(ProxyError::SessionNotFound.into());
             }
-            Err(SendError::NotConnected {
-                err, refused: true, ..
-            }) => {
-                // Nothing listens where the session lived: its state is gone with the process.
-                tracing::info!(adapter = %target.name, replica = %replica.id, error = %err,
-                    "session's replica is gone; client must start a new session");
+            let path = match (&upstream, &record.legacy) {
+                (UpstreamPath::Mcp, None) => mcp_path(target, parts.uri.query()),
+                (UpstreamPath::Legacy, Some(legacy)) => {
+                    Cow::Borrowed(legacy.path_and_query.as_str())
+                }
+                // A legacy session id on the streamable route, or the reverse.
+                _ => return Err(ProxyError::SessionNotFound.into()),
+            };
+            let Some(replica) = target.replica(&record.replica) else {
                 observe::session_ended(&record, Some("replica_gone"));
                 store.remove(&key).await?;
-                Err(ProxyError::SessionNotFound.into())
+                return Err(ProxyError::SessionNotFound.into());
+            };
+            match self.send(target, replica, &parts, body, &path, probe).await {
+                Ok(res) => {
+                    let ended = res.status() == StatusCode::NOT_FOUND
+                        || (parts.method == Method::DELETE && res.status().is_success());
+                    if ended {
+                        let deleted = parts.method == Method::DELETE;
+                        observe::session_ended(&record, (!deleted).then_some("session_not_found"));
+                        store.remove(&key).await?;
+                    }
+                    Ok(res)
+                }
+                Err(SendError::NotConnected {
+                    err, refused: true, ..
+                }) => {
+                    // Nothing listens where the session lived: its state is gone with the process.
+                    tracing::info!(adapter = %target.name, replica = %replica.id, error = %err,
+                    "session's replica is gone; client must start a new session");
+                    observe::session_ended(&record, Some("replica_gone"));
+                    store.remove(&key).await?;
+                    Err(ProxyError::SessionNotFound.into())
+                }
+                Err(e) => Err(e.into_error().into()),
             }
-            Err(e) => Err(e.into_error().into()),
         }
     }
 

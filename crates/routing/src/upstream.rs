@@ -320,7 +320,7 @@ impl Gateway {
     /// out moves on to the next (the body was never read, so nothing was half-sent). With
     /// `retry_5xx` (the opening of a new session, whose body is held whole), a 5xx answer moves
     /// on too: a replica that cannot open sessions does not fail the client's.
-    pub(crate) async fn send_any<'r>(
+    pub(crate) fn send_any<'r>(
         &self,
         target: &AdapterTarget,
         candidates: &[&'r Replica],
@@ -329,44 +329,46 @@ impl Gateway {
         path: &str,
         retry_5xx: bool,
         probe: &Probe,
-    ) -> Result<(&'r Replica, Response<Tracked>), ProxyError> {
-        let mut body = Some(body);
-        let mut last = None;
-        // A 5xx answer passed over, returned should no later candidate answer at all.
-        let mut last_res = None;
-        for (i, &replica) in candidates.iter().enumerate() {
-            let Some(b) = body.take() else { break };
-            let is_last = i + 1 == candidates.len();
-            let copy = if retry_5xx && !is_last {
-                b.try_clone()
-            } else {
-                None
-            };
-            match self.send(target, replica, parts, b, path, probe).await {
-                Ok(res) if res.status().is_server_error() && copy.is_some() => {
-                    tracing::info!(adapter = %target.name, replica = %replica.id,
+    ) -> impl Future<Output = Result<(&'r Replica, Response<Tracked>), ProxyError>> + Send {
+        async move {
+            let mut body = Some(body);
+            let mut last = None;
+            // A 5xx answer passed over, returned should no later candidate answer at all.
+            let mut last_res = None;
+            for (i, &replica) in candidates.iter().enumerate() {
+                let Some(b) = body.take() else { break };
+                let is_last = i + 1 == candidates.len();
+                let copy = if retry_5xx && !is_last {
+                    b.try_clone()
+                } else {
+                    None
+                };
+                match self.send(target, replica, parts, b, path, probe).await {
+                    Ok(res) if res.status().is_server_error() && copy.is_some() => {
+                        tracing::info!(adapter = %target.name, replica = %replica.id,
                         status = %res.status(), "replica could not open a session; trying the next");
-                    body = copy;
-                    last_res = Some((replica, res));
+                        body = copy;
+                        last_res = Some((replica, res));
+                    }
+                    Ok(res) => return Ok((replica, res)),
+                    Err(SendError::NotConnected {
+                        err, body: again, ..
+                    }) => {
+                        last = Some(err);
+                        body = Some(again);
+                    }
+                    Err(e) => return Err(e.into_error()),
                 }
-                Ok(res) => return Ok((replica, res)),
-                Err(SendError::NotConnected {
-                    err, body: again, ..
-                }) => {
-                    last = Some(err);
-                    body = Some(again);
-                }
-                Err(e) => return Err(e.into_error()),
             }
+            if let Some(answer) = last_res {
+                return Ok(answer);
+            }
+            Err(last.unwrap_or_else(|| ProxyError::NoReadyReplica(target.name.to_string())))
         }
-        if let Some(answer) = last_res {
-            return Ok(answer);
-        }
-        Err(last.unwrap_or_else(|| ProxyError::NoReadyReplica(target.name.to_string())))
     }
 
     /// Sends one request to one replica and wraps its response for the client.
-    pub(crate) async fn send(
+    pub(crate) fn send(
         &self,
         target: &AdapterTarget,
         replica: &Replica,
@@ -374,144 +376,146 @@ impl Gateway {
         mut body: ForwardBody,
         path_and_query: &str,
         probe: &Probe,
-    ) -> Result<Response<Tracked>, SendError> {
-        let config = &self.shared.config;
-        let adapter = target.name.as_str();
-        let upstream_error = |kind: &'static str| {
-            metrics::counter!(
-                "mcp_gateway_upstream_errors_total",
-                "adapter" => adapter.to_owned(),
-                "replica" => replica.id.to_string(),
-                "kind" => kind
-            )
-            .increment(1);
-        };
-        let mut trace_context = HeaderMap::new();
-        // One reading of the clock for the attempt's start and its deadline.
-        let started = tokio::time::Instant::now();
-        let attempt = observe::client_attempt(
-            &self.observer,
-            probe,
-            replica,
-            &parts.headers,
-            &mut trace_context,
-            started,
-        );
-        let headers = headers::Forward {
-            headers: &parts.headers,
-            client: parts.extensions.get::<ClientAddr>().map(|a| a.0),
-            names: config.identity_headers.as_ref(),
-            principal: parts.extensions.get::<Principal>(),
-            upstream: &target.upstream_headers,
-            extra: &trace_context,
-        };
+    ) -> impl Future<Output = Result<Response<Tracked>, SendError>> + Send {
+        async move {
+            let config = &self.shared.config;
+            let adapter = target.name.as_str();
+            let upstream_error = |kind: &'static str| {
+                metrics::counter!(
+                    "mcp_gateway_upstream_errors_total",
+                    "adapter" => adapter.to_owned(),
+                    "replica" => replica.id.to_string(),
+                    "kind" => kind
+                )
+                .increment(1);
+            };
+            let mut trace_context = HeaderMap::new();
+            // One reading of the clock for the attempt's start and its deadline.
+            let started = tokio::time::Instant::now();
+            let attempt = observe::client_attempt(
+                &self.observer,
+                probe,
+                replica,
+                &parts.headers,
+                &mut trace_context,
+                started,
+            );
+            let headers = headers::Forward {
+                headers: &parts.headers,
+                client: parts.extensions.get::<ClientAddr>().map(|a| a.0),
+                names: config.identity_headers.as_ref(),
+                principal: parts.extensions.get::<Principal>(),
+                upstream: &target.upstream_headers,
+                extra: &trace_context,
+            };
 
-        let health = self.shared.health.get(adapter, &replica.id);
-        let in_flight = health.start();
-        // The answer's head must come within the request timeout; the connection's own timer
-        // keeps it (no timer per request).
-        let deadline = started + config.request_timeout;
-        let sent = self
-            .upstream
-            .request(
-                &replica.base_url,
-                &parts.method,
-                path_and_query,
-                &headers,
-                &mut body,
-                deadline,
-            )
-            .await;
-        let err = match sent {
-            Ok((answer, conn)) => {
-                let outcome = if answer.status.is_server_error() {
-                    Outcome::ServerError
-                } else {
-                    Outcome::Success
-                };
-                record_outcome(config, adapter, replica, &health, outcome);
-                let mut res = self.respond(answer, conn, replica.base_url.clone(), in_flight);
-                attempt.attach(&mut res);
-                return Ok(res);
-            }
-            Err(PoolError::Connect(e)) => e,
-            Err(PoolError::Target(reason)) => {
-                observe::client_failed(probe, adapter, &self.observer, attempt, "io_error");
-                return Err(SendError::Other(ProxyError::BadUpstreamResponse {
-                    adapter: adapter.to_owned(),
-                    replica: replica.id.to_string(),
-                    reason: format!("invalid upstream URL: {reason}"),
-                }));
-            }
-            Err(PoolError::Exchange(h1::Error::TimedOut)) => {
-                observe::client_failed(probe, adapter, &self.observer, attempt, "timeout");
-                upstream_error("timeout");
-                return Err(SendError::Other(ProxyError::UpstreamTimeout {
-                    adapter: adapter.to_owned(),
-                    replica: replica.id.to_string(),
-                    after: config.request_timeout,
-                }));
-            }
-            Err(PoolError::Exchange(e)) => {
-                if let Some(limit) = find_source::<BodyTooLarge>(&e) {
-                    observe::client_failed(
-                        probe,
-                        adapter,
-                        &self.observer,
-                        attempt,
-                        "body_too_large",
-                    );
-                    return Err(SendError::Other(ProxyError::BodyTooLarge(limit.0)));
+            let health = self.shared.health.get(adapter, &replica.id);
+            let in_flight = health.start();
+            // The answer's head must come within the request timeout; the connection's own timer
+            // keeps it (no timer per request).
+            let deadline = started + config.request_timeout;
+            let sent = self
+                .upstream
+                .request(
+                    &replica.base_url,
+                    &parts.method,
+                    path_and_query,
+                    &headers,
+                    &mut body,
+                    deadline,
+                )
+                .await;
+            let err = match sent {
+                Ok((answer, conn)) => {
+                    let outcome = if answer.status.is_server_error() {
+                        Outcome::ServerError
+                    } else {
+                        Outcome::Success
+                    };
+                    record_outcome(config, adapter, replica, &health, outcome);
+                    let mut res = self.respond(answer, conn, replica.base_url.clone(), in_flight);
+                    attempt.attach(&mut res);
+                    return Ok(res);
                 }
-                observe::client_failed(probe, adapter, &self.observer, attempt, "io_error");
-                upstream_error("io");
-                return Err(SendError::Other(match e {
-                    h1::Error::Protocol(reason) => {
-                        record_outcome(config, adapter, replica, &health, Outcome::ServerError);
-                        ProxyError::BadUpstreamResponse {
-                            adapter: adapter.to_owned(),
-                            replica: replica.id.to_string(),
-                            reason,
-                        }
-                    }
-                    e => ProxyError::UpstreamUnavailable {
+                Err(PoolError::Connect(e)) => e,
+                Err(PoolError::Target(reason)) => {
+                    observe::client_failed(probe, adapter, &self.observer, attempt, "io_error");
+                    return Err(SendError::Other(ProxyError::BadUpstreamResponse {
                         adapter: adapter.to_owned(),
                         replica: replica.id.to_string(),
-                        reason: error_chain(&e),
-                    },
-                }));
-            }
-        };
-        let kind = err.kind();
-        let error_type = if kind == ErrorKind::TimedOut {
-            "connect_timeout"
-        } else {
-            "connect_error"
-        };
-        observe::client_failed(probe, adapter, &self.observer, attempt, error_type);
-        record_outcome(config, adapter, replica, &health, Outcome::ConnectFailure);
-        let err = if kind == ErrorKind::TimedOut {
-            upstream_error("connect_timeout");
-            ProxyError::UpstreamTimeout {
-                adapter: adapter.to_owned(),
-                replica: replica.id.to_string(),
-                after: config.connect_timeout,
-            }
-        } else {
-            upstream_error("connect");
-            ProxyError::UpstreamUnavailable {
-                adapter: adapter.to_owned(),
-                replica: replica.id.to_string(),
-                reason: format!("cannot connect: {}", error_chain(&err)),
-            }
-        };
-        tracing::warn!(adapter, replica = %replica.id, error = %err, "no connection to the replica");
-        Err(SendError::NotConnected {
-            err,
-            // No byte of the body was read: the connection never opened.
-            body,
-            refused: kind == ErrorKind::ConnectionRefused,
-        })
+                        reason: format!("invalid upstream URL: {reason}"),
+                    }));
+                }
+                Err(PoolError::Exchange(h1::Error::TimedOut)) => {
+                    observe::client_failed(probe, adapter, &self.observer, attempt, "timeout");
+                    upstream_error("timeout");
+                    return Err(SendError::Other(ProxyError::UpstreamTimeout {
+                        adapter: adapter.to_owned(),
+                        replica: replica.id.to_string(),
+                        after: config.request_timeout,
+                    }));
+                }
+                Err(PoolError::Exchange(e)) => {
+                    if let Some(limit) = find_source::<BodyTooLarge>(&e) {
+                        observe::client_failed(
+                            probe,
+                            adapter,
+                            &self.observer,
+                            attempt,
+                            "body_too_large",
+                        );
+                        return Err(SendError::Other(ProxyError::BodyTooLarge(limit.0)));
+                    }
+                    observe::client_failed(probe, adapter, &self.observer, attempt, "io_error");
+                    upstream_error("io");
+                    return Err(SendError::Other(match e {
+                        h1::Error::Protocol(reason) => {
+                            record_outcome(config, adapter, replica, &health, Outcome::ServerError);
+                            ProxyError::BadUpstreamResponse {
+                                adapter: adapter.to_owned(),
+                                replica: replica.id.to_string(),
+                                reason,
+                            }
+                        }
+                        e => ProxyError::UpstreamUnavailable {
+                            adapter: adapter.to_owned(),
+                            replica: replica.id.to_string(),
+                            reason: error_chain(&e),
+                        },
+                    }));
+                }
+            };
+            let kind = err.kind();
+            let error_type = if kind == ErrorKind::TimedOut {
+                "connect_timeout"
+            } else {
+                "connect_error"
+            };
+            observe::client_failed(probe, adapter, &self.observer, attempt, error_type);
+            record_outcome(config, adapter, replica, &health, Outcome::ConnectFailure);
+            let err = if kind == ErrorKind::TimedOut {
+                upstream_error("connect_timeout");
+                ProxyError::UpstreamTimeout {
+                    adapter: adapter.to_owned(),
+                    replica: replica.id.to_string(),
+                    after: config.connect_timeout,
+                }
+            } else {
+                upstream_error("connect");
+                ProxyError::UpstreamUnavailable {
+                    adapter: adapter.to_owned(),
+                    replica: replica.id.to_string(),
+                    reason: format!("cannot connect: {}", error_chain(&err)),
+                }
+            };
+            tracing::warn!(adapter, replica = %replica.id, error = %err, "no connection to the replica");
+            Err(SendError::NotConnected {
+                err,
+                // No byte of the body was read: the connection never opened.
+                body,
+                refused: kind == ErrorKind::ConnectionRefused,
+            })
+        }
     }
 
     fn respond(
