@@ -108,15 +108,18 @@ pub(crate) struct Observer {
     pub propagator: Option<Arc<dyn TracePropagator>>,
     pub audit: Option<Arc<dyn AuditSink>>,
     pub audit_arguments: bool,
-    pub(crate) names: RwLock<HashMap<Arc<str>, Names>>,
+    /// The tools and prompts each adapter's replicas listed (at most [`MAX_NAMES`] of each),
+    /// looked up for every `tools/call` and `prompts/get`. Hashed with foldhash, seeded per
+    /// process: the names come from replicas, not from callers, and are bounded.
+    pub(crate) names: RwLock<HashMap<Arc<str>, Names, foldhash::fast::RandomState>>,
     /// The operation histograms (SERVER, CLIENT) by label set, registered once.
     pub(crate) operations: Handles<(Histogram, Histogram)>,
 }
 
 #[derive(Default)]
 pub(crate) struct Names {
-    tools: HashSet<Box<str>>,
-    prompts: HashSet<Box<str>>,
+    tools: HashSet<Box<str>, foldhash::fast::RandomState>,
+    prompts: HashSet<Box<str>, foldhash::fast::RandomState>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
