@@ -1,9 +1,10 @@
 //! The gateway service: routes each request of the data plane to a replica.
 //!
 //! Reading order: [`Gateway::handle`] (which route; metrics and the one error conversion in
-//! `finish`), `prepare` (the checks that need no waiting), then one method per kind of request: `post_mcp` and `to_session` here, `open_legacy`
-//! and `post_legacy` in [`crate::legacy`]; `send` in [`crate::upstream`] is the single place
-//! that talks to a replica, and [`crate::stats`] holds the gateway's own metrics.
+//! `finish`), `prepare` (the checks that need no waiting), then one method per kind of
+//! request: `post_mcp`, `stream_or_delete` and `to_session` here, `open_legacy` and
+//! `post_legacy` in [`crate::legacy`]; `send` in [`crate::upstream`] is the single place that
+//! talks to a replica, and [`crate::stats`] holds the gateway's own metrics.
 
 use std::borrow::Cow;
 use std::collections::HashMap;

@@ -268,7 +268,8 @@ pub fn is_stateless(headers: &HeaderMap) -> bool {
 
 /// Splits `host[:port]` (also `[v6]:port`) and returns the host part (compared without case).
 fn host_part(authority: &str) -> &str {
-    let a = authority.trim();
+    // Header values reach here as visible ASCII: bytes, not chars, are looked at.
+    let a = authority.trim_ascii();
     if a.starts_with('[') {
         // `[v6]` or `[v6]:port`, nothing else after the bracket.
         match a.find(']') {
@@ -283,9 +284,10 @@ fn host_part(authority: &str) -> &str {
             _ => a,
         }
     } else {
-        a.rsplit_once(':')
-            .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
-            .map_or(a, |(h, _)| h)
+        match a.bytes().rposition(|b| b == b':') {
+            Some(i) if a.as_bytes()[i + 1..].iter().all(u8::is_ascii_digit) => &a[..i],
+            _ => a,
+        }
     }
 }
 
