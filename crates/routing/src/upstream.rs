@@ -320,6 +320,9 @@ impl Gateway {
     /// out moves on to the next (the body was never read, so nothing was half-sent). With
     /// `retry_5xx` (the opening of a new session, whose body is held whole), a 5xx answer moves
     /// on too: a replica that cannot open sessions does not fail the client's.
+    // Not an `async fn`: it would keep each by-value argument twice (see `Gateway::handle`).
+    #[allow(clippy::manual_async_fn)]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn send_any<'r>(
         &self,
         target: &AdapterTarget,
@@ -368,6 +371,8 @@ impl Gateway {
     }
 
     /// Sends one request to one replica and wraps its response for the client.
+    // Not an `async fn`: it would keep each by-value argument twice (see `Gateway::handle`).
+    #[allow(clippy::manual_async_fn)]
     pub(crate) fn send(
         &self,
         target: &AdapterTarget,
