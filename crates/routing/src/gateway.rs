@@ -270,9 +270,10 @@ impl Gateway {
             .then(|| req.extensions().get::<Principal>().cloned())
             .flatten();
         let (route, adapter, prepared) = self.prepare(req);
-        // Two futures, so that each holds what it needs in place: a routed request's fields
-        // are moved from the future's own capture into the method that takes them (binding
-        // them first would keep a second copy of each in the state).
+        // Two futures, so that each captures only what it needs. The routed request's fields
+        // are captured one by one and moved into the method that takes them; a match on one
+        // enum of both outcomes inside a single future kept a second copy of the parts in its
+        // state (`-Zprint-type-sizes`).
         match prepared {
             Ok(routed) => Either::Left(async move {
                 let probe = Probe::default();

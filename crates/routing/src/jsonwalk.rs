@@ -100,8 +100,8 @@ enum Capture {
 }
 
 /// Levels kept inline: an MCP response's values of interest are at most four deep
-/// (`result.tools[i].name`, five levels with the message), and skipped values push none, so a response is read without
-/// allocating. Deeper input spills to the heap.
+/// (`result.tools[i].name`, five levels with the message), and skipped values push none, so a
+/// response is read without allocating. Deeper input spills to the heap.
 const INLINE_FRAMES: usize = 5;
 /// Scalar bytes kept inline (codes, `isError`, short tool names).
 const INLINE_SCALAR: usize = 32;
