@@ -409,7 +409,7 @@ impl Front {
             return self.route(req);
         }
         let Some(layer) = self.auth.clone() else {
-            req.extensions_mut().insert((*self.anonymous).clone());
+            req.extensions_mut().insert(Arc::clone(&self.anonymous));
             return self.route(req);
         };
         // What is decided without waiting (an API key, a missing or malformed header) is
@@ -418,7 +418,7 @@ impl Front {
         if let Some(outcome) = self
             .authenticator
             .as_ref()
-            .and_then(|a| a.authenticate_now(req.headers()))
+            .and_then(|a| a.authenticate_now_shared(req.headers()))
         {
             return match outcome {
                 Ok(principal) => {

@@ -29,10 +29,7 @@ pub async fn record(State(state): State<ApiState>, req: Request, next: Next) -> 
         _ => return next.run(req).await,
     };
     let adapter = named.map(str::to_owned);
-    let principal = req
-        .extensions()
-        .get::<Principal>()
-        .map(AuditPrincipal::from);
+    let principal = Principal::of(req.extensions()).map(AuditPrincipal::from);
     let started = tokio::time::Instant::now();
     let res = next.run(req).await;
     let status = res.status();

@@ -24,9 +24,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(Caller(
-            parts
-                .extensions
-                .get::<Principal>()
+            Principal::of(&parts.extensions)
                 .cloned()
                 .unwrap_or_else(|| Principal::anonymous(Vec::new())),
         ))

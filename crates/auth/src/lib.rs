@@ -117,7 +117,7 @@ struct Inner {
     /// once, not on every request. Holds at most one entry per configured key (only a match
     /// enters). The key file's key is not remembered here: its file is looked at on every use,
     /// so that deleting it revokes the key at once.
-    known_keys: std::sync::RwLock<HashMap<Box<str>, Principal, foldhash::fast::RandomState>>,
+    known_keys: std::sync::RwLock<HashMap<Box<str>, Arc<Principal>, foldhash::fast::RandomState>>,
     key_file: Option<KeyFileConfig>,
     /// What the key file held when last read, and how it looked then.
     key_file_seen: std::sync::Mutex<Option<FileSeen>>,
@@ -219,7 +219,7 @@ impl Authenticator {
         match token::bearer(headers) {
             Ok(token) => match token::classify(token) {
                 Credential::Jwt(jwt) => counted(self.jwt(jwt, resources).await),
-                Credential::ApiKey(key) => counted(self.api_key(key)),
+                Credential::ApiKey(key) => counted(self.api_key(key).map(Arc::unwrap_or_clone)),
             },
             Err(e) => counted(Err(e)),
         }
@@ -234,6 +234,17 @@ impl Authenticator {
         &self,
         headers: &http::HeaderMap,
     ) -> Option<Result<Principal, AuthError>> {
+        self.authenticate_now_shared(headers)
+            .map(|outcome| outcome.map(Arc::unwrap_or_clone))
+    }
+
+    /// [`authenticate_now`](Self::authenticate_now), with the principal shared: an API key's
+    /// principal is made once and lent to each of its requests (an `Arc<Principal>` request
+    /// extension, which [`Principal::of`] reads), not copied.
+    pub fn authenticate_now_shared(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> Option<Result<Arc<Principal>, AuthError>> {
         match token::bearer(headers) {
             Ok(token) => match token::classify(token) {
                 Credential::Jwt(_) => None,
@@ -243,7 +254,7 @@ impl Authenticator {
         }
     }
 
-    fn api_key(&self, key: &str) -> Result<Principal, AuthError> {
+    fn api_key(&self, key: &str) -> Result<Arc<Principal>, AuthError> {
         let known = self
             .inner
             .known_keys
@@ -255,11 +266,11 @@ impl Authenticator {
         drop(known);
         let digest = hash_api_key(key);
         let principal = |subject: &str, roles: &[String]| {
-            Principal::new(
+            Arc::new(Principal::new(
                 subject,
                 Some(Principal::API_KEY_ISSUER.into()),
                 roles.to_vec(),
-            )
+            ))
         };
         if let Some(k) = self.inner.api_keys.get(&digest) {
             let p = principal(&k.subject, &k.roles);
@@ -450,7 +461,7 @@ fn principal(issuer: &Issuer, claims: &Value) -> Result<Principal, AuthError> {
 }
 
 /// `result`, with a failure counted in `mcp_gateway_auth_failures_total{reason}` and logged.
-fn counted(result: Result<Principal, AuthError>) -> Result<Principal, AuthError> {
+fn counted<P>(result: Result<P, AuthError>) -> Result<P, AuthError> {
     if let Err(e) = &result {
         metrics::counter!("mcp_gateway_auth_failures_total", "reason" => e.reason()).increment(1);
         tracing::debug!(reason = e.reason(), error = %e, "authentication failed");

@@ -16,8 +16,14 @@
 //! issuer, or an API key of that name, act as the creator).
 
 use std::fmt;
+use std::sync::Arc;
 
 /// An authenticated caller.
+///
+/// A request carries its caller as a request extension, either as a `Principal` or as an
+/// `Arc<Principal>`: a front that serves many requests as one principal (the anonymous caller
+/// of a gateway without authentication, the holder of an API key) shares it instead of copying
+/// its strings for every request. [`Principal::of`] reads either.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     /// Who: the token's subject claim, or the name of a static API key. Recorded as an
@@ -48,6 +54,14 @@ impl Principal {
     /// gateway gives it the admin role: without authentication there is nobody to refuse).
     pub fn anonymous(roles: Vec<String>) -> Self {
         Self::new(Self::ANONYMOUS, None, roles)
+    }
+
+    /// The caller of a request: its `Arc<Principal>` extension, else its `Principal` one.
+    pub fn of(extensions: &http::Extensions) -> Option<&Principal> {
+        extensions
+            .get::<Arc<Principal>>()
+            .map(|shared| &**shared)
+            .or_else(|| extensions.get::<Principal>())
     }
 
     pub fn has_role(&self, role: &str) -> bool {
@@ -259,6 +273,25 @@ mod tests {
         assert!(!policy.may_create(&who("x", &[])));
         assert!(policy.may_create(&who("x", &["mcp.creator"])));
         assert!(policy.may_create(&who("x", &["mcp.admin"])));
+    }
+
+    #[test]
+    fn the_caller_is_read_shared_or_owned() {
+        let mut extensions = http::Extensions::new();
+        assert_eq!(Principal::of(&extensions), None);
+        extensions.insert(who("owned", &[]));
+        assert_eq!(
+            Principal::of(&extensions).map(|p| p.subject.as_str()),
+            Some("owned")
+        );
+        // A shared one wins: a front that inserts it means it (and inserts no other).
+        extensions.insert(Arc::new(who("shared", &["r"])));
+        assert_eq!(
+            Principal::of(&extensions).map(|p| p.subject.as_str()),
+            Some("shared")
+        );
+        extensions.remove::<Principal>();
+        assert_eq!(Principal::of(&extensions), Some(&who("shared", &["r"])));
     }
 
     #[test]

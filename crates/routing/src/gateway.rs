@@ -267,7 +267,7 @@ impl Gateway {
         let caller = self
             .observer
             .audits()
-            .then(|| req.extensions().get::<Principal>().cloned())
+            .then(|| Principal::of(req.extensions()).cloned())
             .flatten();
         let (route, adapter, prepared) = self.prepare(req);
         // Two futures, so that each captures only what it needs. The routed request's fields
@@ -347,7 +347,7 @@ impl Gateway {
             return refuse(ProxyError::UnknownAdapter(name.chars().take(80).collect()));
         };
         let adapter = Some(target.name.clone());
-        let refused = self.authorize(&target, parts.extensions.get::<Principal>());
+        let refused = self.authorize(&target, Principal::of(&parts.extensions));
         let routed = Routed {
             target,
             kind,
@@ -596,7 +596,7 @@ impl Gateway {
             let record = store.get(&key).await?.ok_or(ProxyError::SessionNotFound)?;
             let owner = match (
                 record.principal.as_deref(),
-                parts.extensions.get::<Principal>(),
+                Principal::of(&parts.extensions),
             ) {
                 (Some(owner), Some(caller)) => caller.is_session_owner(owner),
                 (None, None) => true,
@@ -665,7 +665,7 @@ impl Gateway {
         if store.total_sessions().await? >= max {
             return Err(ProxyError::TooManySessions(max));
         }
-        let Some(caller) = parts.extensions.get::<Principal>() else {
+        let Some(caller) = Principal::of(&parts.extensions) else {
             return Ok(());
         };
         if caller.issuer.is_none() && caller.subject == Principal::ANONYMOUS {
@@ -747,10 +747,7 @@ where
 
 /// The owner a session is bound to: the principal's issuer and subject.
 pub(crate) fn principal(parts: &http::request::Parts) -> Option<String> {
-    parts
-        .extensions
-        .get::<Principal>()
-        .map(Principal::session_owner)
+    Principal::of(&parts.extensions).map(Principal::session_owner)
 }
 
 /// The replica's MCP path with the client's query; borrowed when there is none (most requests).

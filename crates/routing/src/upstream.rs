@@ -409,7 +409,7 @@ impl Gateway {
                 headers: &parts.headers,
                 client: parts.extensions.get::<ClientAddr>().map(|a| a.0),
                 names: config.identity_headers.as_ref(),
-                principal: parts.extensions.get::<Principal>(),
+                principal: Principal::of(&parts.extensions),
                 upstream: &target.upstream_headers,
                 extra: &trace_context,
             };
