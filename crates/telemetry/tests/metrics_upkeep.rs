@@ -24,6 +24,11 @@ fn record(samples: usize) {
 
 #[test]
 fn histogram_samples_do_not_accumulate_without_scrapes() {
+    // Installing the recorder starts the upkeep thread, which first runs one interval later
+    // and then once per interval. The test is the only one in its process, so it knows that
+    // schedule: the first round (about 0.1 s) ends before the first upkeep, and the second
+    // round starts just after the second upkeep, with most of an interval before the third.
+    // An upkeep inside the first round would let that round reuse its own memory.
     let handle = mcp_gateway_telemetry::metrics().expect("installing the recorder");
     // A sample is kept as a value and an instant (24 bytes): two million of them are ~48 MB
     // while they wait for the upkeep.
