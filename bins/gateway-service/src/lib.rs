@@ -21,7 +21,7 @@ use mcp_gateway_core::{
 };
 use mcp_gateway_routing::{ClientAddr, Gateway, ProxyBody};
 use mcp_gateway_store::{MemoryStore, RedisConfig, RedisStore, StoreConfig};
-use metrics_exporter_prometheus::PrometheusHandle;
+use mcp_gateway_telemetry::MetricsHandle;
 use std::convert::Infallible;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -566,7 +566,7 @@ fn spawn_live_sessions_gauge(
 /// body says so.
 fn admin_response(
     path: &str,
-    metrics: &PrometheusHandle,
+    metrics: &MetricsHandle,
     accepting: &AtomicBool,
     store: &dyn SessionStore,
 ) -> Response<ProxyBody> {

@@ -7,18 +7,19 @@
 //! that goes. An embedder of the routing crate installs its own recorder and subscriber instead.
 
 pub mod audit;
+pub mod prometheus;
 pub mod trace;
 
 use std::sync::OnceLock;
 
 use mcp_gateway_routing::observe;
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 pub use audit::{AuditLog, AuditTarget};
+pub use prometheus::MetricsHandle;
 pub use trace::{OtlpProtocol, Tracing, TracingConfig};
 
 /// Format of log lines on stderr.
@@ -116,61 +117,21 @@ pub const METRICS: &[&str] = &[
     observe::SERVER_SESSION_DURATION,
 ];
 
-/// Buckets of every `*_seconds` histogram: 100 µs to 60 s.
-const SECONDS_BUCKETS: &[f64] = &[
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-    5.0, 10.0, 30.0, 60.0,
-];
-
-/// How often the recorder's histogram samples are folded into their buckets
-/// ([`PrometheusHandle::run_upkeep`]). The recorder keeps every sample a histogram records until
-/// then (about 24 bytes each, three histograms per proxied request), so without it a gateway
-/// whose `/metrics` nobody scrapes grew by tens of megabytes a minute under load.
-pub const METRICS_UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Installs the process-wide Prometheus recorder (once; later calls return the same handle),
-/// so several gateways in one test process share it. A thread of its own (`metrics-upkeep`)
-/// folds histogram samples into their buckets every [`METRICS_UPKEEP_INTERVAL`], so memory stays
-/// bounded whether or not anybody scrapes.
-pub fn metrics() -> Result<PrometheusHandle, TelemetryError> {
-    static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+/// Installs the process-wide metrics recorder (once; later calls return the same handle), so
+/// several gateways in one test process share it. Counters and gauges are kept by
+/// `metrics-exporter-prometheus`, histograms in fixed buckets ([`prometheus`]): a sample costs a
+/// few atomic additions and is not kept, so memory does not grow with traffic whether or not
+/// anybody scrapes.
+pub fn metrics() -> Result<MetricsHandle, TelemetryError> {
+    static HANDLE: OnceLock<Result<MetricsHandle, String>> = OnceLock::new();
     // `get_or_init` runs the installation once even when several gateways start at the same
     // time in one process (tests): the others wait for it and share the handle.
     HANDLE
         .get_or_init(|| {
-            let mut builder = PrometheusBuilder::new();
-            // The conventions' boundaries for the MCP histograms; `Full` matchers are tried
-            // before the `Suffix` one.
-            for name in [
-                observe::SERVER_OPERATION_DURATION,
-                observe::CLIENT_OPERATION_DURATION,
-                observe::SERVER_SESSION_DURATION,
-            ] {
-                builder = builder
-                    .set_buckets_for_metric(Matcher::Full(name.into()), observe::DURATION_BUCKETS)
-                    .map_err(|e| e.to_string())?;
-            }
-            let recorder = builder
-                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS_BUCKETS)
-                .map_err(|e| e.to_string())?
-                .build_recorder();
-            let handle = recorder.handle();
+            let (recorder, handle) = prometheus::recorder();
             metrics::set_global_recorder(recorder)
                 .map_err(|_| "another metrics recorder is installed".to_owned())?;
             describe();
-            // `build_recorder` leaves the upkeep to its caller (the crate's `install` would spawn
-            // it on a tokio runtime; this runs before any). A plain thread: it sleeps, then takes
-            // the histograms' samples, and needs no runtime.
-            let upkeep = handle.clone();
-            std::thread::Builder::new()
-                .name("metrics-upkeep".into())
-                .spawn(move || {
-                    loop {
-                        std::thread::sleep(METRICS_UPKEEP_INTERVAL);
-                        upkeep.run_upkeep();
-                    }
-                })
-                .map_err(|e| format!("starting the metrics upkeep thread: {e}"))?;
             Ok(handle)
         })
         .clone()
