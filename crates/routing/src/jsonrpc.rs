@@ -235,21 +235,27 @@ impl<'a> Scanner<'a> {
         }
     }
 
+    #[inline(always)]
     fn peek(&self) -> Step<u8> {
         self.buf.get(self.pos).copied().ok_or(Stop::Eof)
     }
 
+    #[inline(always)]
     fn next(&mut self) -> Step<u8> {
         let b = self.peek()?;
         self.pos += 1;
         Ok(b)
     }
 
+    /// Skips whitespace (compact JSON, the SDKs' own, has none: one test).
+    #[inline(always)]
     fn ws(&mut self) -> Step {
-        while matches!(self.peek()?, b' ' | b'\t' | b'\r' | b'\n') {
-            self.pos += 1;
+        loop {
+            match self.peek()? {
+                b' ' | b'\t' | b'\r' | b'\n' => self.pos += 1,
+                _ => return Ok(()),
+            }
         }
-        Ok(())
     }
 
     /// Consumes a string literal and decodes it.
@@ -278,6 +284,7 @@ impl<'a> Scanner<'a> {
     /// read for every member; copying each cost an allocation). Its bytes are only compared
     /// with the keys the scanner looks for, so they are not checked for being UTF-8 (no more
     /// than a skipped value's are: the replica reads the message).
+    #[inline(always)]
     fn key(&mut self) -> Step<Cow<'a, [u8]>> {
         let start = self.pos;
         let escaped = self.skip_string()?;
@@ -292,24 +299,47 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Consumes a string literal; returns whether it holds escapes.
+    /// Consumes a string literal (at its opening quote); returns whether it holds escapes.
+    /// Eight bytes at a time while eight remain in the buffer (a message's strings are short,
+    /// and most end in their first word).
+    #[inline(always)]
     fn skip_string(&mut self) -> Step<bool> {
         if self.next()? != b'"' {
             return Err(Stop::Bad("expected a string"));
         }
+        let buf = self.buf;
+        let mut i = self.pos;
         let mut escaped = false;
         loop {
-            let rest = &self.buf[self.pos..];
-            let Some(i) = crate::wire::find_quote_or_backslash(rest) else {
-                self.pos = self.buf.len();
-                return Err(Stop::Eof);
+            let at = match buf.get(i..i + 8) {
+                Some(word) => {
+                    let x = u64::from_le_bytes(word.try_into().unwrap_or_default());
+                    let found = crate::wire::quote_or_backslash_in(x);
+                    if found == 0 {
+                        i += 8;
+                        continue;
+                    }
+                    i + (found.trailing_zeros() / 8) as usize
+                }
+                None => match buf[i..].iter().position(|&b| b == b'"' || b == b'\\') {
+                    Some(n) => i + n,
+                    None => {
+                        self.pos = buf.len();
+                        return Err(Stop::Eof);
+                    }
+                },
             };
-            self.pos += i;
-            if self.next()? == b'"' {
+            if buf[at] == b'"' {
+                self.pos = at + 1;
                 return Ok(escaped);
             }
             escaped = true;
-            self.next()?; // the escaped character
+            // The escaped character is skipped, whatever it is.
+            i = at + 2;
+            if i > buf.len() {
+                self.pos = buf.len();
+                return Err(Stop::Eof);
+            }
         }
     }
 

@@ -145,17 +145,11 @@ pub fn push_hex(out: &mut Vec<u8>, n: usize) {
 /// at a time (most strings of MCP messages are short, so a vector search's setup costs more
 /// than it saves; a byte loop costs one compare pair per byte).
 pub fn find_quote_or_backslash(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGHS: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
     let mut words = bytes.chunks_exact(8);
     let mut at = 0;
     for word in &mut words {
-        let x = u64::from_le_bytes(word.try_into().unwrap_or_default());
-        let found =
-            has_zero(x ^ (ONES * u64::from(b'"'))) | has_zero(x ^ (ONES * u64::from(b'\\')));
+        let found = quote_or_backslash_in(u64::from_le_bytes(word.try_into().unwrap_or_default()));
         if found != 0 {
-            // The lowest flagged byte is a true match (borrows only carry upward).
             return Some(at + (found.trailing_zeros() / 8) as usize);
         }
         at += 8;
@@ -165,6 +159,17 @@ pub fn find_quote_or_backslash(bytes: &[u8]) -> Option<usize> {
         .iter()
         .position(|&b| b == b'"' || b == b'\\')
         .map(|i| at + i)
+}
+
+/// The bytes of `x` (eight bytes read little-endian) that are `"` or `\\`, each flagged by its
+/// high bit. The lowest flag is a true match (borrows only carry upward); those above it may
+/// not be.
+#[inline(always)]
+pub fn quote_or_backslash_in(x: u64) -> u64 {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGHS;
+    has_zero(x ^ (ONES * u64::from(b'"'))) | has_zero(x ^ (ONES * u64::from(b'\\')))
 }
 
 #[cfg(test)]
