@@ -301,7 +301,9 @@ impl<'a> Scanner<'a> {
 
     /// Consumes a string literal (at its opening quote); returns whether it holds escapes.
     /// Eight bytes at a time while eight remain in the buffer (a message's strings are short,
-    /// and most end in their first word).
+    /// and most end in their first word). The same search as `wire::find_quote_or_backslash`,
+    /// written out here over the whole body: a shared search called on the rest of the body
+    /// measured about 120 instructions more per scan, even inlined.
     #[inline(always)]
     fn skip_string(&mut self) -> Step<bool> {
         if self.next()? != b'"' {

@@ -28,7 +28,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 
 /// Buckets of every other `*_seconds` histogram (`mcp_gateway_request_duration_seconds`):
 /// 100 µs to 60 s.
-pub const SECONDS_BUCKETS: &[f64] = &[
+const SECONDS_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0, 30.0, 60.0,
 ];
@@ -169,15 +169,13 @@ impl Histograms {
                 }
             }
             let sum = f64::from_bits(histogram.sum.load(Ordering::Relaxed));
-            let braces = |labels: &str| {
-                if labels.is_empty() {
-                    String::new()
-                } else {
-                    format!("{{{labels}}}")
-                }
+            let braced = if labels.is_empty() {
+                String::new()
+            } else {
+                format!("{{{labels}}}")
             };
-            let _ = writeln!(out, "{name}_sum{} {sum}", braces(&labels));
-            let _ = writeln!(out, "{name}_count{} {cumulative}", braces(&labels));
+            let _ = writeln!(out, "{name}_sum{braced} {sum}");
+            let _ = writeln!(out, "{name}_count{braced} {cumulative}");
         }
         if family.is_some() {
             out.push('\n');
