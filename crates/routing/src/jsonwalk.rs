@@ -15,7 +15,7 @@ const MAX_DEPTH: usize = 64;
 /// so walking into an object allocates nothing.
 const MAX_KEY: usize = 22;
 /// Longest scalar reported; longer ones are cut (a tool name is at most 128 bytes).
-const MAX_SCALAR: usize = 256;
+pub(crate) const MAX_SCALAR: usize = 256;
 
 /// One level of the path to the current value.
 #[derive(Debug, Default)]

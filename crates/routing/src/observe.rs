@@ -35,7 +35,7 @@ use tracing::Span;
 
 use crate::body::{ProxyBody, Tracked, Watch};
 use crate::jsonrpc::Envelope;
-use crate::jsonwalk::{Frame as Path, Interest, SseData, Visit, Walker, path_is};
+use crate::jsonwalk::{Frame as Path, Interest, MAX_SCALAR, SseData, Visit, Walker, path_is};
 use crate::stats::Handles;
 use metrics::Histogram;
 
@@ -690,9 +690,52 @@ impl Visit for Outcome {
 }
 
 enum Reader {
+    /// `application/json` at the start of a message: a frame that holds a whole message is
+    /// read by [`jsonrpc::answer`](crate::jsonrpc::answer), anything else by a walker.
+    JsonFirst,
     Json(Walker),
     Sse(SseData, Walker),
     None,
+}
+
+impl Reader {
+    fn read(&mut self, data: &[u8], outcome: &mut Outcome) {
+        match self {
+            Reader::JsonFirst => {
+                // A listing's names are read by the walker alone.
+                if outcome.listing.is_none()
+                    && let Some(answer) = crate::jsonrpc::answer(data)
+                {
+                    // The message ended with the frame: whatever comes next starts another.
+                    outcome.answered(&answer);
+                    return;
+                }
+                let mut walker = Walker::default();
+                walker.feed(data, outcome);
+                *self = Reader::Json(walker);
+            }
+            Reader::Json(w) => w.feed(data, outcome),
+            Reader::Sse(sse, w) => sse.feed(data, w, outcome),
+            Reader::None => {}
+        }
+    }
+}
+
+impl Outcome {
+    /// What a whole message read at once says, as the walker would have reported it.
+    fn answered(&mut self, a: &crate::jsonrpc::Answer<'_>) {
+        let text = |t: &[u8]| String::from_utf8_lossy(&t[..t.len().min(MAX_SCALAR)]).into_owned();
+        self.responded |= a.responded;
+        if let Some(code) = a.code {
+            self.code = Some(text(code));
+        }
+        if let Some(message) = a.message {
+            self.message = Some(text(message));
+        }
+        if let Some(is_error) = a.is_error {
+            self.is_error = is_error;
+        }
+    }
 }
 
 /// Everything needed to record an operation when its response ends.
@@ -734,7 +777,7 @@ pub(crate) fn observe_response(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let reader = if content_type.starts_with("application/json") {
-        Reader::Json(Walker::default())
+        Reader::JsonFirst
     } else if content_type.starts_with("text/event-stream") {
         Reader::Sse(SseData::default(), Walker::default())
     } else {
@@ -767,11 +810,7 @@ pub(crate) fn observe_response(
 
 impl Finish {
     fn read(&mut self, data: &[u8]) {
-        match &mut self.reader {
-            Reader::Json(w) => w.feed(data, &mut self.outcome),
-            Reader::Sse(sse, w) => sse.feed(data, w, &mut self.outcome),
-            Reader::None => {}
-        }
+        self.reader.read(data, &mut self.outcome);
     }
 
     fn error_type(&self, complete: bool) -> Option<String> {
@@ -928,7 +967,22 @@ mod tests {
         for b in body.as_bytes().chunks(1) {
             w.feed(b, &mut bytes);
         }
-        for o in [&whole, &bytes] {
+        // As a response's reader reads it: in one frame (at once when it is a whole message),
+        // then in two.
+        let mut first = Outcome {
+            listing,
+            ..Outcome::default()
+        };
+        Reader::JsonFirst.read(body.as_bytes(), &mut first);
+        let mut split = Outcome {
+            listing,
+            ..Outcome::default()
+        };
+        let mut reader = Reader::JsonFirst;
+        let (a, b) = body.as_bytes().split_at(body.len() / 2);
+        reader.read(a, &mut split);
+        reader.read(b, &mut split);
+        for o in [&whole, &bytes, &first, &split] {
             assert_eq!(o.found, whole.found);
             assert_eq!((&o.code, &o.message), (&whole.code, &whole.message));
             assert_eq!((o.is_error, o.responded), (whole.is_error, whole.responded));
@@ -956,6 +1010,44 @@ mod tests {
             r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"result":{}}}"#,
         );
         assert!(!o.responded);
+    }
+
+    #[test]
+    fn a_whole_answer_is_read_at_once_as_the_walker_reads_it() {
+        let answers = [
+            r#"{"id":1,"jsonrpc":"2.0","result":{"content":[{"text":"hello","type":"text"}],"isError":false}}"#,
+            r#" {"result":{"isError":"true","content":[]},"id":"a"} "#,
+            r#"{"error":{"code":-32601,"message":"Method \"x\" not found"},"id":1,"jsonrpc":"2.0"}"#,
+            r#"{"result":{"isError":true},"result":{"isError":false}}"#,
+            r#"{"error":{"code":1},"error":{"message":"second"}}"#,
+            r#"{"result":[],"id":3}"#,
+            r#"{"method":"notifications/message","params":{"level":"info"}}"#,
+        ];
+        for body in answers {
+            assert!(crate::jsonrpc::answer(body.as_bytes()).is_some(), "{body}");
+            outcome_of(None, body);
+        }
+        let o = outcome_of(None, answers[2]);
+        assert_eq!(o.code.as_deref(), Some("-32601"));
+        assert_eq!(o.message.as_deref(), Some(r#"Method \"x\" not found"#));
+        assert!(outcome_of(None, answers[1]).is_error);
+        assert!(!outcome_of(None, answers[3]).is_error);
+        // Read by the walker: not one whole message, or a value of interest that is not a
+        // scalar. The outcome is the same either way.
+        for body in [
+            r#"{"id":1,"result":{"isError":false}}{"id":2,"result":{"isError":true}}"#,
+            r#"[{"id":1,"result":{"isError":true}}]"#,
+            r#"{"id":1,"error":{"code":{"n":1},"message":["x"]}}"#,
+            r#"{"id":1,"result":{"isError":true}"#,
+        ] {
+            assert!(crate::jsonrpc::answer(body.as_bytes()).is_none(), "{body}");
+            outcome_of(None, body);
+        }
+        let long = format!(
+            r#"{{"error":{{"code":1,"message":"{}"}}}}"#,
+            "é".repeat(200)
+        );
+        assert_eq!(outcome_of(None, &long).message.map(|m| m.len()), Some(256));
     }
 
     #[test]
