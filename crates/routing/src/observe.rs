@@ -1050,6 +1050,83 @@ mod tests {
         assert_eq!(outcome_of(None, &long).message.map(|m| m.len()), Some(256));
     }
 
+    mod answers {
+        use super::*;
+        use proptest::prelude::*;
+        use serde_json::json;
+
+        fn any_json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                "[a-z\"\\\\é ]{0,8}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 16, 4, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+                    prop::collection::btree_map(
+                        prop_oneof![
+                            Just("isError".to_owned()),
+                            Just("code".to_owned()),
+                            Just("message".to_owned()),
+                            "[a-z]{0,4}"
+                        ],
+                        inner,
+                        0..4
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// A response, an error or anything else an answer could be, with its members (and
+        /// those of `result` and `error`) of any kind.
+        fn any_answer() -> impl Strategy<Value = String> {
+            let member = prop_oneof![
+                any_json().prop_map(|v| ("result".to_owned(), v)),
+                any_json().prop_map(|v| ("error".to_owned(), v)),
+                (any_json(), any_json(), any_json()).prop_map(|(code, message, data)| (
+                    "error".to_owned(),
+                    json!({ "code": code, "message": message, "data": data })
+                )),
+                (any_json(), any::<bool>()).prop_map(|(content, is_error)| (
+                    "result".to_owned(),
+                    json!({ "content": content, "isError": is_error })
+                )),
+                ("[a-z]{1,7}", any_json()),
+            ];
+            prop::collection::vec(member, 0..4).prop_map(|members| {
+                let body: Vec<String> = members
+                    .iter()
+                    .map(|(k, v)| format!("{}:{v}", Value::from(k.as_str())))
+                    .collect();
+                format!("{{{}}}", body.join(","))
+            })
+        }
+
+        proptest! {
+            /// Read at once or by the walker, in any chunking, an answer says the same.
+            #[test]
+            fn an_answer_reads_the_same_at_once_and_incrementally(body in any_answer()) {
+                outcome_of(None, &body);
+            }
+
+            /// Arbitrary bytes (cut answers, two answers, garbage) never panic either reader
+            /// and leave them agreeing.
+            #[test]
+            fn any_bytes_read_the_same_at_once_and_incrementally(
+                body in any_answer(),
+                cut in 0usize..64,
+                tail in "[\\[\\]{}\",:0-9a-z \\\\]{0,12}",
+            ) {
+                let cut = body.len().saturating_sub(cut);
+                let text = format!("{}{tail}", &body[..body.floor_char_boundary(cut)]);
+                outcome_of(None, &text);
+            }
+        }
+    }
+
     #[test]
     fn a_listing_yields_its_entries_names_only() {
         let tools = r#"{"result":{"_meta":{"name":"no"},"tools":[{"name":"echo","inputSchema":{"properties":{"name":{"type":"string"}}}},{"inputSchema":{},"name":"add"}],"nextCursor":"x"},"id":1}"#;
