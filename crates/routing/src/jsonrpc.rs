@@ -186,10 +186,10 @@ impl<'a> Scanner<'a> {
     /// without quotes, escapes as written. An object or array is refused.
     fn scalar(&mut self) -> Step<&'a [u8]> {
         let start = self.pos;
-        let quoted = self.peek()? == b'"';
-        if !quoted && matches!(self.peek()?, b'{' | b'[') {
-            return Err(Stop::Bad("expected a scalar"));
-        }
+        let quoted = match self.peek()? {
+            b'{' | b'[' => return Err(Stop::Bad("expected a scalar")),
+            b => b == b'"',
+        };
         self.skip_value()?;
         let buf: &'a [u8] = self.buf;
         Ok(if quoted {
@@ -482,6 +482,21 @@ mod tests {
             Scan::Done(e) => e,
             other => panic!("{body}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn an_answer_is_read_past_content_of_any_depth_without_recursing() {
+        let deep = format!(
+            r#"{{"result":{{"content":{}{},"isError":true}},"id":1}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let a = answer(deep.as_bytes()).expect("a whole answer");
+        assert!(a.responded);
+        assert_eq!(a.is_error, Some(true));
+        // Cut anywhere, it is not a whole message.
+        assert_eq!(answer(&deep.as_bytes()[..deep.len() - 1]), None);
+        assert_eq!(answer(&deep.as_bytes()[..50_000]), None);
     }
 
     #[test]

@@ -722,7 +722,9 @@ impl Reader {
 }
 
 impl Outcome {
-    /// What a whole message read at once says, as the walker would have reported it.
+    /// What a whole message read at once says, as the walker reports it. (One difference:
+    /// the scan also passes over values nested deeper than the walker follows, where the walker
+    /// stops reporting.)
     fn answered(&mut self, a: &crate::jsonrpc::Answer<'_>) {
         let text = |t: &[u8]| String::from_utf8_lossy(&t[..t.len().min(MAX_SCALAR)]).into_owned();
         self.responded |= a.responded;
