@@ -19,9 +19,9 @@
 //! How an operation ended (`error.type`: the JSON-RPC error code, `tool_error` for a tool result
 //! with `isError: true`) is read from the response as it streams to the client; nothing is
 //! held back. An answer that arrives whole in one frame (the usual `application/json` answer)
-//! is read by one scan of that frame ([`crate::jsonrpc::answer`]); any other (split over
+//! is read by one scan of that frame (`jsonrpc::answer`); any other (split over
 //! frames, an SSE stream, a listing whose names are learnt) by the incremental reader
-//! ([`crate::jsonwalk`]).
+//! (`jsonwalk`).
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
