@@ -145,10 +145,8 @@ pub(crate) fn answer(buf: &[u8]) -> Option<Answer<'_>> {
         _ => s.skip_value(),
     })
     .ok()?;
-    buf[s.pos..]
-        .iter()
-        .all(|&b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
-        .then_some(a)
+    // Nothing but whitespace after it: skipping whitespace reaches the end.
+    matches!(s.ws(), Err(Stop::Eof)).then_some(a)
 }
 
 enum Stop {

@@ -702,13 +702,19 @@ enum Reader {
 }
 
 impl Reader {
+    /// The reader of an `application/json` answer: a listing's names are read by the walker
+    /// alone.
+    fn json(listing: Option<Listing>) -> Self {
+        match listing {
+            Some(_) => Reader::Json(Walker::default()),
+            None => Reader::JsonFirst,
+        }
+    }
+
     fn read(&mut self, data: &[u8], outcome: &mut Outcome) {
         match self {
             Reader::JsonFirst => {
-                // A listing's names are read by the walker alone.
-                if outcome.listing.is_none()
-                    && let Some(answer) = crate::jsonrpc::answer(data)
-                {
+                if let Some(answer) = crate::jsonrpc::answer(data) {
                     // The message ended with the frame: whatever comes next starts another.
                     outcome.answered(&answer);
                     return;
@@ -781,17 +787,17 @@ pub(crate) fn observe_response(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let reader = if content_type.starts_with("application/json") {
-        Reader::JsonFirst
-    } else if content_type.starts_with("text/event-stream") {
-        Reader::Sse(SseData::default(), Walker::default())
-    } else {
-        Reader::None
-    };
     let listing = match &*method {
         "tools/list" if upstream.is_some() => Some(Listing::Tools),
         "prompts/list" if upstream.is_some() => Some(Listing::Prompts),
         _ => None,
+    };
+    let reader = if content_type.starts_with("application/json") {
+        Reader::json(listing)
+    } else if content_type.starts_with("text/event-stream") {
+        Reader::Sse(SseData::default(), Walker::default())
+    } else {
+        Reader::None
     };
     let finish = Box::new(Finish {
         observer: observer.clone(),
@@ -978,12 +984,12 @@ mod tests {
             listing,
             ..Outcome::default()
         };
-        Reader::JsonFirst.read(body.as_bytes(), &mut first);
+        Reader::json(listing).read(body.as_bytes(), &mut first);
         let mut split = Outcome {
             listing,
             ..Outcome::default()
         };
-        let mut reader = Reader::JsonFirst;
+        let mut reader = Reader::json(listing);
         let (a, b) = body.as_bytes().split_at(body.len() / 2);
         reader.read(a, &mut split);
         reader.read(b, &mut split);
