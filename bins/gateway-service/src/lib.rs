@@ -380,7 +380,14 @@ impl Front {
         // stays on one thread, so a request touches that count only, not the counts of the
         // gateway's shared parts, which every thread's requests would otherwise increment and
         // decrement on the same cache lines.
-        let front = Arc::new(self.clone());
+        // Without authentication the anonymous caller is copied too: each request lends it on
+        // (an `Arc` clone), and that count, shared by all connections, would move between
+        // cores on every request.
+        let mut front = self.clone();
+        if self.auth.is_none() {
+            front.anonymous = Arc::new(Principal::clone(&self.anonymous));
+        }
+        let front = Arc::new(front);
         hyper::service::service_fn(move |mut req: Request<server::ClientBody>| {
             req.extensions_mut().insert(ClientAddr(peer));
             Arc::clone(&front).serve(req)

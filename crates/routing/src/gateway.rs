@@ -31,7 +31,7 @@ use crate::error::{ProxyError, find_source};
 use crate::headers::{self, MCP_SESSION_ID, Seen};
 use crate::jsonrpc::{self, Envelope, Scan};
 use crate::observe::{self, Observer, Probe, TracePropagator};
-use crate::placement::{self, Candidates, HealthTable, Placing};
+use crate::placement::{self, Candidates, HealthTable, Placing, ReplicaHealth};
 use crate::stats::Meters;
 use crate::upstream::{self, SendError};
 
@@ -706,12 +706,12 @@ impl Gateway {
         let candidates = placement::for_new_session(
             target,
             &counts,
-            |r| health.get(name, &r.id).placing(),
-            |r| health.get(name, &r.id).ejected(),
+            |r| health.with(name, &r.id, |h| h.placing()),
+            |r| health.with(name, &r.id, |h| h.ejected()),
         );
         let placing = candidates
             .first()
-            .map(|r| health.get(name, &r.id).start_placing());
+            .map(|r| health.with(name, &r.id, ReplicaHealth::start_placing));
         Ok((candidates, placing))
     }
 
@@ -720,8 +720,8 @@ impl Gateway {
         let name = target.name.as_str();
         placement::for_stateless(
             target,
-            |r| health.get(name, &r.id).in_flight(),
-            |r| health.get(name, &r.id).ejected(),
+            |r| health.with(name, &r.id, |h| h.in_flight()),
+            |r| health.with(name, &r.id, |h| h.ejected()),
         )
     }
 }

@@ -153,8 +153,8 @@ impl Observer {
         })
     }
 
-    /// The SERVER and CLIENT operation histograms of a label set (the CLIENT one a no-op
-    /// without a replica), from the cache.
+    /// Records into the SERVER and CLIENT operation histograms of a label set (the CLIENT one
+    /// a no-op without a replica), from the cache: `record` is given both.
     fn operation_histograms(
         &self,
         adapter: &str,
@@ -162,7 +162,8 @@ impl Observer {
         method: &str,
         target: Option<&str>,
         error_type: Option<&str>,
-    ) -> (Histogram, Histogram) {
+        record: impl FnOnce(&Histogram, &Histogram),
+    ) {
         let listed = match (method, target) {
             ("tools/call", Some(t)) => Some((Listing::Tools, t)),
             ("prompts/get", Some(t)) => Some((Listing::Prompts, t)),
@@ -181,7 +182,7 @@ impl Observer {
             name,
             error_type.unwrap_or("\0"),
         ];
-        self.operations.get(&key, || {
+        let register = || {
             let labels = labels(self, adapter, replica, method, target, error_type);
             let client = match replica {
                 Some(_) => metrics::histogram!(CLIENT_OPERATION_DURATION, labels.clone()),
@@ -191,7 +192,9 @@ impl Observer {
                 metrics::histogram!(SERVER_OPERATION_DURATION, labels),
                 client,
             )
-        })
+        };
+        self.operations
+            .with(&key, register, |(server, client)| record(server, client));
     }
 
     fn learn(&self, adapter: &Arc<str>, listing: Listing, found: Vec<String>) {
@@ -859,12 +862,23 @@ impl Finish {
         }
         let now = Instant::now();
         let elapsed = now.saturating_duration_since(self.started);
-        let (server, client) =
-            observer.operation_histograms(adapter, replica, method, target, error_type.as_deref());
-        if let Some(up) = &self.upstream {
-            client.record(now.saturating_duration_since(up.started).as_secs_f64());
-        }
-        server.record(elapsed.as_secs_f64());
+        let upstream_elapsed = self
+            .upstream
+            .as_ref()
+            .map(|up| now.saturating_duration_since(up.started));
+        observer.operation_histograms(
+            adapter,
+            replica,
+            method,
+            target,
+            error_type.as_deref(),
+            |server, client| {
+                if let Some(up) = upstream_elapsed {
+                    client.record(up.as_secs_f64());
+                }
+                server.record(elapsed.as_secs_f64());
+            },
+        );
         if let Some(e) = &error_type {
             let message = self.outcome.message.as_deref();
             if let Some(span) = &self.facts.server {

@@ -106,9 +106,18 @@ impl ReplicaHealth {
     pub fn record(&self, outcome: Outcome, policy: &Ejection) -> Option<Duration> {
         let failures = match outcome {
             Outcome::Success => {
-                self.consecutive_failures.store(0, Ordering::Relaxed);
-                self.ejections.store(0, Ordering::Relaxed);
-                self.restore();
+                // Written only when there is something to reset: nearly every exchange
+                // succeeds, and a store would take the cache line from the other threads
+                // that read this replica's health (a load leaves it shared).
+                if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+                    self.consecutive_failures.store(0, Ordering::Relaxed);
+                }
+                if self.ejections.load(Ordering::Relaxed) != 0 {
+                    self.ejections.store(0, Ordering::Relaxed);
+                }
+                if self.ejected_until_ms.load(Ordering::Relaxed) != 0 {
+                    self.restore();
+                }
                 return None;
             }
             Outcome::ServerError => self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1,
@@ -130,6 +139,13 @@ impl ReplicaHealth {
 /// Guard of one in-flight request.
 #[derive(Debug)]
 pub struct InFlight(Arc<ReplicaHealth>);
+
+impl InFlight {
+    /// The health of the replica the request is in flight to.
+    pub fn health(&self) -> &ReplicaHealth {
+        &self.0
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -169,7 +185,20 @@ impl Default for HealthTable {
 }
 
 impl HealthTable {
+    #[cfg(test)]
     pub fn get(&self, adapter: &str, replica: &Arc<str>) -> Arc<ReplicaHealth> {
+        self.with(adapter, replica, Arc::clone)
+    }
+
+    /// `f` of the replica's health, borrowed: no reference count is touched (the count is
+    /// shared by every thread's requests to that replica, so each increment would move its
+    /// cache line between cores).
+    pub fn with<R>(
+        &self,
+        adapter: &str,
+        replica: &Arc<str>,
+        f: impl FnOnce(&Arc<ReplicaHealth>) -> R,
+    ) -> R {
         if let Some(h) = self
             .replicas
             .read()
@@ -177,14 +206,14 @@ impl HealthTable {
             .get(adapter)
             .and_then(|replicas| replicas.get(&**replica))
         {
-            return h.clone();
+            return f(h);
         }
         let mut map = self.replicas.write().unwrap_or_else(|e| e.into_inner());
-        map.entry(Arc::from(adapter))
+        f(map
+            .entry(Arc::from(adapter))
             .or_default()
             .entry(replica.clone())
-            .or_insert_with(|| Arc::new(ReplicaHealth::new(self.epoch)))
-            .clone()
+            .or_insert_with(|| Arc::new(ReplicaHealth::new(self.epoch))))
     }
 }
 

@@ -35,26 +35,35 @@ impl<T> Default for Handles<T> {
     }
 }
 
-impl<T: Clone> Handles<T> {
-    /// The handle of the label values `key`, registered with `register` the first time.
-    pub(crate) fn get(&self, key: &[&str], register: impl FnOnce() -> T) -> T {
+impl<T> Handles<T> {
+    /// `f` of the handles of the label values `key`, registered with `register` the first
+    /// time. Borrowed, not cloned: a handle's clone increments a reference count that every
+    /// thread's requests share, and each increment moves its cache line between cores.
+    pub(crate) fn with<R>(
+        &self,
+        key: &[&str],
+        register: impl FnOnce() -> T,
+        f: impl FnOnce(&T) -> R,
+    ) -> R {
         let hash = self.state.hash_one(key);
         let same =
             |k: &[Box<str>]| k.len() == key.len() && k.iter().zip(key).all(|(a, b)| **a == **b);
         {
             let map = self.map.read().unwrap_or_else(|e| e.into_inner());
             if let Some((_, t)) = map.get(&hash).and_then(|v| v.iter().find(|(k, _)| same(k))) {
-                return t.clone();
+                return f(t);
             }
         }
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         let slot = map.entry(hash).or_default();
-        if let Some((_, t)) = slot.iter().find(|(k, _)| same(k)) {
-            return t.clone();
-        }
-        let t = register();
-        slot.push((key.iter().map(|s| Box::from(*s)).collect(), t.clone()));
-        t
+        let at = match slot.iter().position(|(k, _)| same(k)) {
+            Some(at) => at,
+            None => {
+                slot.push((key.iter().map(|s| Box::from(*s)).collect(), register()));
+                slot.len() - 1
+            }
+        };
+        f(&slot[at].1)
     }
 }
 
@@ -74,7 +83,8 @@ impl Meters {
         status: StatusCode,
         secs: f64,
     ) {
-        let (count, duration) = self.requests.get(&[adapter, route, status.as_str()], || {
+        let key = [&**adapter, route, status.as_str()];
+        let register = || {
             (
                 metrics::counter!(
                     "mcp_gateway_requests_total",
@@ -88,23 +98,25 @@ impl Meters {
                     "route" => route
                 ),
             )
+        };
+        self.requests.with(&key, register, |(count, duration)| {
+            count.increment(1);
+            duration.record(secs);
         });
-        count.increment(1);
-        duration.record(secs);
     }
 
     /// `mcp_gateway_mcp_requests_total` of one posted message.
     pub(crate) fn mcp_request(&self, adapter: &Arc<str>, env: Option<&Envelope>) {
         let method = method_label(env);
+        let register = || {
+            metrics::counter!(
+                "mcp_gateway_mcp_requests_total",
+                "adapter" => adapter.clone(),
+                "method" => method
+            )
+        };
         self.mcp_requests
-            .get(&[adapter, method], || {
-                metrics::counter!(
-                    "mcp_gateway_mcp_requests_total",
-                    "adapter" => adapter.clone(),
-                    "method" => method
-                )
-            })
-            .increment(1);
+            .with(&[adapter, method], register, |count| count.increment(1));
     }
 }
 

@@ -52,15 +52,23 @@ pub(crate) struct Pool {
 
 const MAX_ADDRS: usize = 4096;
 
+/// An attempt's times: when it started (idle connections are judged by it, so that the clock
+/// is not read again for them) and when the answer's head must have come.
+#[derive(Clone, Copy)]
+struct When {
+    started: tokio::time::Instant,
+    deadline: tokio::time::Instant,
+}
+
 struct IdleConn {
     conn: Conn,
     since: std::time::Instant,
 }
 
 impl IdleConn {
-    /// Neither idle for `timeout` (the replica may be closing it) nor closed already.
-    fn usable(&self, timeout: std::time::Duration) -> bool {
-        self.since.elapsed() < timeout && self.conn.is_reusable()
+    /// Neither idle for `timeout` at `now` (the replica may be closing it) nor closed already.
+    fn usable(&self, now: std::time::Instant, timeout: std::time::Duration) -> bool {
+        now.saturating_duration_since(self.since) < timeout && self.conn.is_reusable()
     }
 }
 
@@ -123,8 +131,9 @@ impl Pool {
         path_and_query: &str,
         headers: &dyn h1::WriteHeaders,
         body: &mut ForwardBody,
-        deadline: tokio::time::Instant,
+        when: When,
     ) -> Result<(h1::Answer, Conn), PoolError> {
+        let When { started, deadline } = when;
         let addr = self.addr(base_url).map_err(PoolError::Target)?;
         h1::check_target(&addr.prefix, path_and_query).map_err(PoolError::Target)?;
         let head = h1::Head {
@@ -134,7 +143,9 @@ impl Pool {
             host: &addr.host_header,
             headers,
         };
-        while let Some(mut conn) = self.take_idle(base_url) {
+        // The attempt's start is the time idle connections are judged by (the clock is not
+        // read again for it).
+        while let Some(mut conn) = self.take_idle(base_url, started.into_std()) {
             match conn.exchange(&head, body, Some(deadline)).await {
                 Ok(answer) => return Ok((answer, conn)),
                 Err(h1::Error::Unanswered) if method.is_idempotent() && body.rewind() => {
@@ -150,11 +161,11 @@ impl Pool {
         }
     }
 
-    fn take_idle(&self, base_url: &str) -> Option<Conn> {
+    fn take_idle(&self, base_url: &str, now: std::time::Instant) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         let conns = idle.get_mut(base_url)?;
         while let Some(conn) = conns.pop() {
-            if conn.usable(self.idle_timeout) {
+            if conn.usable(now, self.idle_timeout) {
                 return Some(conn.conn);
             }
         }
@@ -183,9 +194,10 @@ impl Pool {
 
     /// Closes connections idle for the idle timeout; whether any are left.
     fn sweep_once(&self) -> bool {
+        let now = std::time::Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.retain(|_, conns| {
-            conns.retain(|c| c.usable(self.idle_timeout));
+            conns.retain(|c| c.usable(now, self.idle_timeout));
             !conns.is_empty()
         });
         !idle.is_empty()
@@ -414,8 +426,12 @@ impl Gateway {
                 extra: &trace_context,
             };
 
-            let health = self.shared.health.get(adapter, &replica.id);
-            let in_flight = health.start();
+            // The guard holds the replica's health: one reference count for both.
+            let in_flight = self
+                .shared
+                .health
+                .with(adapter, &replica.id, ReplicaHealth::start);
+            let health = in_flight.health();
             // The answer's head must come within the request timeout; the connection's own timer
             // keeps it (no timer per request).
             let deadline = started + config.request_timeout;
@@ -427,7 +443,7 @@ impl Gateway {
                     path_and_query,
                     &headers,
                     &mut body,
-                    deadline,
+                    When { started, deadline },
                 )
                 .await;
             let err = match sent {
@@ -437,7 +453,7 @@ impl Gateway {
                     } else {
                         Outcome::Success
                     };
-                    record_outcome(config, adapter, replica, &health, outcome);
+                    record_outcome(config, adapter, replica, health, outcome);
                     let mut res = self.respond(answer, conn, replica.base_url.clone(), in_flight);
                     attempt.attach(&mut res);
                     return Ok(res);
@@ -475,7 +491,7 @@ impl Gateway {
                     upstream_error("io");
                     return Err(SendError::Other(match e {
                         h1::Error::Protocol(reason) => {
-                            record_outcome(config, adapter, replica, &health, Outcome::ServerError);
+                            record_outcome(config, adapter, replica, health, Outcome::ServerError);
                             ProxyError::BadUpstreamResponse {
                                 adapter: adapter.to_owned(),
                                 replica: replica.id.to_string(),
@@ -497,7 +513,7 @@ impl Gateway {
                 "connect_error"
             };
             observe::client_failed(probe, adapter, &self.observer, attempt, error_type);
-            record_outcome(config, adapter, replica, &health, Outcome::ConnectFailure);
+            record_outcome(config, adapter, replica, health, Outcome::ConnectFailure);
             let err = if kind == ErrorKind::TimedOut {
                 upstream_error("connect_timeout");
                 ProxyError::UpstreamTimeout {
@@ -651,7 +667,10 @@ mod tests {
                 path,
                 &HeaderMap::new(),
                 &mut no_body(),
-                far(),
+                When {
+                    started: tokio::time::Instant::now(),
+                    deadline: far(),
+                },
             )
             .await
             .unwrap();
@@ -719,12 +738,19 @@ mod tests {
                 "/x",
                 &HeaderMap::new(),
                 &mut no_body(),
-                far(),
+                When {
+                    started: tokio::time::Instant::now(),
+                    deadline: far(),
+                },
             )
             .await
             .unwrap();
         drop(answer_body(pool.clone(), r.base_url.clone(), conn, &answer));
-        assert!(pool.take_idle(&r.base_url).is_none(), "not given back");
+        assert!(
+            pool.take_idle(&r.base_url, std::time::Instant::now())
+                .is_none(),
+            "not given back"
+        );
         assert_eq!(call(&pool, &r, "/y").await, "/y");
         assert_eq!(r.accepted.load(Ordering::SeqCst), 2);
     }
@@ -790,7 +816,10 @@ mod tests {
                 "/mcp",
                 &HeaderMap::new(),
                 &mut body,
-                far(),
+                When {
+                    started: tokio::time::Instant::now(),
+                    deadline: far(),
+                },
             )
             .await;
         assert!(
@@ -815,7 +844,10 @@ mod tests {
                 "/mcp",
                 &HeaderMap::new(),
                 &mut body,
-                far(),
+                When {
+                    started: tokio::time::Instant::now(),
+                    deadline: far(),
+                },
             )
             .await;
         let Err(PoolError::Connect(e)) = sent else {
