@@ -143,8 +143,6 @@ impl Pool {
             host: &addr.host_header,
             headers,
         };
-        // The attempt's start is the time idle connections are judged by (the clock is not
-        // read again for it).
         while let Some(mut conn) = self.take_idle(base_url, started.into_std()) {
             match conn.exchange(&head, body, Some(deadline)).await {
                 Ok(answer) => return Ok((answer, conn)),
@@ -597,9 +595,13 @@ mod tests {
 
     use super::*;
 
-    /// A deadline no test reaches.
-    fn far() -> tokio::time::Instant {
-        tokio::time::Instant::now() + Duration::from_secs(60)
+    /// An attempt starting now whose deadline no test reaches.
+    fn far() -> When {
+        let started = tokio::time::Instant::now();
+        When {
+            started,
+            deadline: started + Duration::from_secs(60),
+        }
     }
 
     /// A replica over real sockets: answers every request with its path, counts the
@@ -667,10 +669,7 @@ mod tests {
                 path,
                 &HeaderMap::new(),
                 &mut no_body(),
-                When {
-                    started: tokio::time::Instant::now(),
-                    deadline: far(),
-                },
+                far(),
             )
             .await
             .unwrap();
@@ -738,10 +737,7 @@ mod tests {
                 "/x",
                 &HeaderMap::new(),
                 &mut no_body(),
-                When {
-                    started: tokio::time::Instant::now(),
-                    deadline: far(),
-                },
+                far(),
             )
             .await
             .unwrap();
@@ -816,10 +812,7 @@ mod tests {
                 "/mcp",
                 &HeaderMap::new(),
                 &mut body,
-                When {
-                    started: tokio::time::Instant::now(),
-                    deadline: far(),
-                },
+                far(),
             )
             .await;
         assert!(
@@ -844,10 +837,7 @@ mod tests {
                 "/mcp",
                 &HeaderMap::new(),
                 &mut body,
-                When {
-                    started: tokio::time::Instant::now(),
-                    deadline: far(),
-                },
+                far(),
             )
             .await;
         let Err(PoolError::Connect(e)) = sent else {
